@@ -1,0 +1,153 @@
+//! Every error a user can cause, with its SQLSTATE, message, DETAIL and HINT (DESIGN.md §5).
+//!
+//! Functions return `Result<T, EventicError>`; `report()` turns the error into a Postgres
+//! ERROR. Nothing here panics on user input, and no error reaches the client as `XX000`
+//! unless it really is an internal fault.
+
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::{PgLogLevel, PgSqlErrorCode};
+
+pub type Result<T> = std::result::Result<T, EventicError>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EventicError {
+    /// P0002: no version row has this id.
+    #[error("record {id} does not exist")]
+    RecordNotFound { id: String },
+
+    /// P0002: the record exists, the asked-for version does not (or was pruned).
+    #[error("record {id} has no version {version}")]
+    VersionNotFound { id: String, version: i32, latest: i32 },
+
+    /// P0002: the record's latest version is a tombstone.
+    #[error("record {id} was deleted at version {version}")]
+    RecordDeleted { id: String, version: i32 },
+
+    /// P0002: `hydrate_as_of` before the record was created.
+    #[error("record {id} did not exist yet at {at}")]
+    NotYetCreated { id: String, at: String, created_at: String },
+
+    /// 40001: optimistic concurrency check failed.
+    #[error("record {id} is at version {actual}, not at the expected version {expected}")]
+    StaleVersion { id: String, expected: i32, actual: i32 },
+
+    /// 23505: `create` with an id that is taken.
+    #[error("record {id} already exists")]
+    RecordExists { id: String },
+
+    /// 22023: a bad argument; `hint` says what would be accepted.
+    #[error("{message}")]
+    InvalidArgument { message: String, hint: String },
+
+    /// 42501: the caller may not do this; `hint` names the allowed way.
+    #[error("{message}")]
+    NotAllowed { message: String, hint: String },
+
+    /// XX000: an SPI call failed in a way the user cannot cause.
+    #[error("internal error in eventic: {0}")]
+    Internal(String),
+}
+
+impl From<pgrx::spi::SpiError> for EventicError {
+    fn from(err: pgrx::spi::SpiError) -> Self {
+        EventicError::Internal(err.to_string())
+    }
+}
+
+impl From<pgrx::datum::TryFromDatumError> for EventicError {
+    fn from(err: pgrx::datum::TryFromDatumError) -> Self {
+        EventicError::Internal(err.to_string())
+    }
+}
+
+impl EventicError {
+    pub fn invalid(message: impl Into<String>, hint: impl Into<String>) -> Self {
+        EventicError::InvalidArgument { message: message.into(), hint: hint.into() }
+    }
+
+    pub fn not_allowed(message: impl Into<String>, hint: impl Into<String>) -> Self {
+        EventicError::NotAllowed { message: message.into(), hint: hint.into() }
+    }
+
+    pub fn sqlstate(&self) -> PgSqlErrorCode {
+        use EventicError::*;
+        match self {
+            RecordNotFound { .. }
+            | VersionNotFound { .. }
+            | RecordDeleted { .. }
+            | NotYetCreated { .. } => PgSqlErrorCode::ERRCODE_NO_DATA_FOUND,
+            StaleVersion { .. } => PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
+            RecordExists { .. } => PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION,
+            InvalidArgument { .. } => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            NotAllowed { .. } => PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            Internal(_) => PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+        }
+    }
+
+    fn detail(&self) -> Option<String> {
+        use EventicError::*;
+        match self {
+            VersionNotFound { latest, .. } => {
+                Some(format!("Its versions run from 0 to {latest}; pruned versions are gone."))
+            }
+            RecordDeleted { version, .. } => Some(format!(
+                "Version {version} is a tombstone; earlier versions and the history remain readable."
+            )),
+            NotYetCreated { created_at, .. } => Some(format!("It was created at {created_at}.")),
+            StaleVersion { .. } => {
+                Some("Another transaction wrote a newer version first; nothing was written.".into())
+            }
+            _ => None,
+        }
+    }
+
+    fn hint(&self) -> Option<String> {
+        use EventicError::*;
+        match self {
+            RecordNotFound { .. } => Some("Create it with eventic.create(class_name, data).".into()),
+            VersionNotFound { .. } => Some("See eventic.history(id) for the versions that exist.".into()),
+            RecordDeleted { .. } => Some(
+                "Read an earlier version with eventic.hydrate(id, version) or eventic.history(id).".into(),
+            ),
+            StaleVersion { .. } => Some(
+                "Re-read the record with eventic.hydrate(id) and retry with its current version.".into(),
+            ),
+            RecordExists { .. } => {
+                Some("Use eventic.set_fields(id, patch) to change an existing record.".into())
+            }
+            InvalidArgument { hint, .. } | NotAllowed { hint, .. } if !hint.is_empty() => {
+                Some(hint.clone())
+            }
+            _ => None,
+        }
+    }
+
+    /// Raise this error as a Postgres ERROR. Does not return.
+    #[track_caller]
+    pub fn report(self) -> ! {
+        let mut report = ErrorReport::new(self.sqlstate(), self.to_string(), "eventic");
+        if let Some(detail) = self.detail() {
+            report = report.set_detail(detail);
+        }
+        if let Some(hint) = self.hint() {
+            report = report.set_hint(hint);
+        }
+        report.report(PgLogLevel::ERROR);
+        unreachable!("ereport(ERROR) returned")
+    }
+}
+
+/// `result.or_report()`: the value, or the error raised as a Postgres ERROR.
+pub trait OrReport<T> {
+    fn or_report(self) -> T;
+}
+
+impl<T> OrReport<T> for Result<T> {
+    #[track_caller]
+    fn or_report(self) -> T {
+        match self {
+            Ok(value) => value,
+            Err(err) => err.report(),
+        }
+    }
+}

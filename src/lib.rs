@@ -1,0 +1,29 @@
+//! Eventic: versioned records, per-class queues and durable workflows inside PostgreSQL.
+//!
+//! Layout: `records` (the versioned store and its SQL functions), `errors` (SQLSTATEs and
+//! messages), `spi_plans` (prepared statements kept per backend). The DDL is in `sql/`.
+
+use pgrx::prelude::*;
+
+pub mod errors;
+pub mod records;
+pub mod spi_plans;
+
+::pgrx::pg_module_magic!();
+
+extension_sql_file!("../sql/records.sql", name = "records_schema", finalize);
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests;
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![]
+    }
+}

@@ -1,0 +1,306 @@
+//! The write path every change goes through: lock the record, build the next version from
+//! the latest one, append it. Also the two reads everything else is built on.
+//!
+//! Writers of one record are serialised by a transaction-scoped advisory lock on its id (no
+//! row is locked or rewritten: version rows stay untouched). After the lock is granted the
+//! latest version is read with a fresh snapshot, so under READ COMMITTED each writer builds on
+//! the version the previous writer committed; versions stay contiguous and no update is lost.
+//! Under REPEATABLE READ a writer whose snapshot is stale gets a serialization failure from
+//! the primary key (`ON CONFLICT` on an invisible row), which is the standard 40001.
+
+use std::cell::Cell;
+
+use pgrx::prelude::*;
+use pgrx::pg_sys::{self, PgBuiltInOids, PgOid};
+use pgrx::{JsonB, Uuid};
+use serde_json::{Map, Value};
+
+use crate::errors::{EventicError, Result};
+use crate::records::fields::Patch;
+use crate::spi_plans::plan;
+
+/// `locktag_field4` of eventic's record locks: neither 1 nor 2, so they never collide with
+/// `pg_advisory_lock(bigint)` or `pg_advisory_lock(int, int)` keys. Visible in `pg_locks`
+/// as `locktype = 'advisory'`, `objsubid = 17782`.
+const RECORD_LOCK_SPACE: u16 = 0x4576;
+
+pub fn new_uuid_v7() -> Uuid {
+    Uuid::from_bytes(*uuid::Uuid::now_v7().as_bytes())
+}
+
+/// Block until this transaction holds the write lock of record `id`.
+pub fn lock_record(id: Uuid) {
+    let bytes = id.as_bytes();
+    let word = |i: usize| u32::from_be_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+    let tag = pg_sys::LOCKTAG {
+        // SAFETY: MyDatabaseId is set for the whole life of a backend connected to a database.
+        locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
+        locktag_field2: word(0) ^ word(8),
+        locktag_field3: word(4) ^ word(12),
+        locktag_field4: RECORD_LOCK_SPACE,
+        locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
+        locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
+    };
+    // SAFETY: a valid LOCKTAG; a transaction-level (not session) lock, released at commit or
+    // abort. Deadlocks are found by the deadlock detector like any heavyweight lock.
+    unsafe {
+        pg_sys::LockAcquire(&tag, pg_sys::ExclusiveLock as pg_sys::LOCKMODE, false, false);
+    }
+}
+
+thread_local! {
+    /// True while eventic itself inserts or deletes version rows; the guard triggers on
+    /// `eventic.records` refuse everything else.
+    static WRITING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks eventic's own writes for the guard triggers for as long as it lives (also when an
+/// ERROR unwinds through it).
+pub struct OwnWrite {
+    previous: bool,
+}
+
+impl OwnWrite {
+    pub fn begin() -> Self {
+        OwnWrite { previous: WRITING.with(|w| w.replace(true)) }
+    }
+}
+
+impl Drop for OwnWrite {
+    fn drop(&mut self) {
+        WRITING.with(|w| w.set(self.previous));
+    }
+}
+
+pub fn is_own_write() -> bool {
+    WRITING.with(|w| w.get())
+}
+
+/// One version row as the functions need it.
+pub struct VersionRow {
+    pub version: i32,
+    pub class_type: String,
+    pub data: Map<String, Value>,
+    pub deleted: bool,
+    pub version_id: Option<Uuid>,
+    pub created_at: Option<TimestampWithTimeZone>,
+    pub created_by: Option<String>,
+}
+
+const SELECT_LATEST: &str = "SELECT version, class_type, data, deleted, version_id, created_at, created_by::text \
+       FROM eventic.records WHERE id = $1 ORDER BY version DESC LIMIT 1";
+const SELECT_VERSION: &str = "SELECT version, class_type, data, deleted, version_id, created_at, created_by::text \
+       FROM eventic.records WHERE id = $1 AND version = $2";
+const SELECT_AS_OF: &str = "SELECT version, class_type, data, deleted, version_id, created_at, created_by::text \
+       FROM eventic.records WHERE id = $1 AND created_at <= $2 ORDER BY version DESC LIMIT 1";
+const SELECT_FIRST: &str = "SELECT version, class_type, data, deleted, version_id, created_at, created_by::text \
+       FROM eventic.records WHERE id = $1 ORDER BY version LIMIT 1";
+
+fn row_from(tuple: pgrx::spi::SpiHeapTupleData<'_>) -> Result<VersionRow> {
+    let data = match tuple.get::<JsonB>(3)? {
+        Some(JsonB(Value::Object(map))) => map,
+        _ => Map::new(),
+    };
+    Ok(VersionRow {
+        version: tuple.get::<i32>(1)?.unwrap_or_default(),
+        class_type: tuple.get::<String>(2)?.unwrap_or_default(),
+        data,
+        deleted: tuple.get::<bool>(4)?.unwrap_or_default(),
+        version_id: tuple.get::<Uuid>(5)?,
+        created_at: tuple.get::<TimestampWithTimeZone>(6)?,
+        created_by: tuple.get::<String>(7)?,
+    })
+}
+
+fn read_one(sql: &'static str, args: &[PgOid], values: Vec<pgrx::datum::DatumWithOid>) -> Result<Option<VersionRow>> {
+    Spi::connect(|client| {
+        let stmt = plan(client, sql, args, false)?;
+        let mut table = client.select(&*stmt, Some(1), &values)?;
+        match table.next() {
+            Some(tuple) => Ok(Some(row_from(tuple)?)),
+            None => Ok(None),
+        }
+    })
+}
+
+const UUID: PgOid = PgOid::BuiltIn(PgBuiltInOids::UUIDOID);
+const INT4: PgOid = PgOid::BuiltIn(PgBuiltInOids::INT4OID);
+const TSTZ: PgOid = PgOid::BuiltIn(PgBuiltInOids::TIMESTAMPTZOID);
+const JSONB: PgOid = PgOid::BuiltIn(PgBuiltInOids::JSONBOID);
+const TEXT: PgOid = PgOid::BuiltIn(PgBuiltInOids::TEXTOID);
+const TEXT_ARRAY: PgOid = PgOid::BuiltIn(PgBuiltInOids::TEXTARRAYOID);
+const BOOL: PgOid = PgOid::BuiltIn(PgBuiltInOids::BOOLOID);
+
+pub fn latest(id: Uuid) -> Result<Option<VersionRow>> {
+    read_one(SELECT_LATEST, &[UUID], vec![id.into()])
+}
+
+pub fn version(id: Uuid, version: i32) -> Result<Option<VersionRow>> {
+    read_one(SELECT_VERSION, &[UUID, INT4], vec![id.into(), version.into()])
+}
+
+pub fn as_of(id: Uuid, at: TimestampWithTimeZone) -> Result<Option<VersionRow>> {
+    read_one(SELECT_AS_OF, &[UUID, TSTZ], vec![id.into(), at.into()])
+}
+
+pub fn first(id: Uuid) -> Result<Option<VersionRow>> {
+    read_one(SELECT_FIRST, &[UUID], vec![id.into()])
+}
+
+/// The latest version, or the P0002 error that says why there is none to write to / read.
+pub fn latest_live(id: Uuid) -> Result<VersionRow> {
+    match latest(id)? {
+        None => Err(EventicError::RecordNotFound { id: id.to_string() }),
+        Some(row) if row.deleted => {
+            Err(EventicError::RecordDeleted { id: id.to_string(), version: row.version })
+        }
+        Some(row) => Ok(row),
+    }
+}
+
+/// A requested version, or P0002 naming the range that exists.
+pub fn existing_version(id: Uuid, wanted: i32) -> Result<VersionRow> {
+    if let Some(row) = version(id, wanted)? {
+        return Ok(row);
+    }
+    match latest(id)? {
+        None => Err(EventicError::RecordNotFound { id: id.to_string() }),
+        Some(last) => Err(EventicError::VersionNotFound {
+            id: id.to_string(),
+            version: wanted,
+            latest: last.version,
+        }),
+    }
+}
+
+const INSERT_FIRST: &str = "INSERT INTO eventic.records \
+       (version_id, id, version, class_type, data, created_at, created_by, deleted) \
+     VALUES ($1, $2, 0, $3, $4, clock_timestamp(), current_user, false) \
+     ON CONFLICT (id, version) DO NOTHING RETURNING version";
+
+/// Append version 0 of a new record.
+pub fn insert_first(id: Uuid, class_name: &str, data: Map<String, Value>) -> Result<()> {
+    let _own = OwnWrite::begin();
+    let inserted = Spi::connect_mut(|client| -> Result<bool> {
+        let stmt = plan(client, INSERT_FIRST, &[UUID, UUID, TEXT, JSONB], true)?;
+        let args = [
+            new_uuid_v7().into(),
+            id.into(),
+            class_name.into(),
+            JsonB(Value::Object(data)).into(),
+        ];
+        Ok(!client.update(&*stmt, None, &args)?.is_empty())
+    })?;
+    if inserted { Ok(()) } else { Err(EventicError::RecordExists { id: id.to_string() }) }
+}
+
+/// One statement that reads the latest version and appends the next one, when there is
+/// something to append. Parameters: $1 id, $2 fields to set, $3 fields to remove,
+/// $4 properties to set, $5 properties to remove, $6 tombstone, $7 new version_id,
+/// $8 expected version (NULL: any).
+const APPEND_NEXT: &str = "\
+WITH cur AS MATERIALIZED (
+    SELECT version, class_type, data, deleted
+      FROM eventic.records WHERE id = $1 ORDER BY version DESC LIMIT 1),
+nxt AS MATERIALIZED (
+    SELECT cur.version, cur.class_type, cur.deleted, cur.data AS old_data,
+           CASE WHEN $6 THEN cur.data
+                WHEN cardinality($5) = 0 AND $4 = '{}'::jsonb THEN b.base
+                ELSE jsonb_set(b.base, '{properties}',
+                               (coalesce(b.base -> 'properties', '{}') - $5) || $4)
+           END AS new_data
+      FROM cur, LATERAL (SELECT (cur.data - $3) || $2 AS base) b),
+ins AS (
+    INSERT INTO eventic.records
+           (version_id, id, version, class_type, data, created_at, created_by, deleted)
+    SELECT $7, $1, version + 1, class_type, new_data, clock_timestamp(), current_user, $6
+      FROM nxt
+     WHERE NOT deleted AND ($8::int4 IS NULL OR version = $8) AND ($6 OR new_data <> old_data)
+    ON CONFLICT (id, version) DO NOTHING
+    RETURNING version)
+SELECT version, deleted, ($6 OR new_data <> old_data) AS changed, (SELECT version FROM ins)
+  FROM nxt";
+
+/// What one write does to the latest version.
+#[derive(Default)]
+pub struct Change {
+    pub fields: Patch,
+    pub properties: Patch,
+    pub tombstone: bool,
+}
+
+/// Apply `change` to the latest version of `id` and return the resulting version number.
+/// A change that alters nothing writes nothing and returns the current version.
+pub fn append(id: Uuid, change: Change, expected_version: Option<i32>) -> Result<i32> {
+    lock_record(id);
+    let _own = OwnWrite::begin();
+    let outcome = Spi::connect_mut(|client| -> Result<Option<(i32, bool, bool, Option<i32>)>> {
+        let stmt = plan(
+            client,
+            APPEND_NEXT,
+            &[UUID, JSONB, TEXT_ARRAY, JSONB, TEXT_ARRAY, BOOL, UUID, INT4],
+            true,
+        )?;
+        let args = [
+            id.into(),
+            JsonB(Value::Object(change.fields.set)).into(),
+            change.fields.removed.into(),
+            JsonB(Value::Object(change.properties.set)).into(),
+            change.properties.removed.into(),
+            change.tombstone.into(),
+            new_uuid_v7().into(),
+            expected_version.into(),
+        ];
+        let mut table = client.update(&*stmt, None, &args)?;
+        let Some(row) = table.next() else { return Ok(None) };
+        Ok(Some((
+            row.get::<i32>(1)?.unwrap_or_default(),
+            row.get::<bool>(2)?.unwrap_or_default(),
+            row.get::<bool>(3)?.unwrap_or_default(),
+            row.get::<i32>(4)?,
+        )))
+    })?;
+    let id_text = || id.to_string();
+    match outcome {
+        None => Err(EventicError::RecordNotFound { id: id_text() }),
+        Some((version, true, _, _)) => Err(EventicError::RecordDeleted { id: id_text(), version }),
+        Some((actual, _, _, _)) if expected_version.is_some_and(|e| e != actual) => {
+            Err(EventicError::StaleVersion { id: id_text(), expected: expected_version.unwrap_or_default(), actual })
+        }
+        Some((version, _, false, _)) => Ok(version),
+        Some((_, _, true, Some(new_version))) => Ok(new_version),
+        Some((actual, _, true, None)) => Err(EventicError::StaleVersion {
+            id: id_text(),
+            expected: actual,
+            actual: actual + 1,
+        }),
+    }
+}
+
+const DELETE_ALL: &str = "DELETE FROM eventic.records WHERE id = $1";
+
+/// Remove every version of `id`; the number removed.
+pub fn delete_all(id: Uuid) -> Result<i64> {
+    lock_record(id);
+    let _own = OwnWrite::begin();
+    Spi::connect_mut(|client| -> Result<i64> {
+        let stmt = plan(client, DELETE_ALL, &[UUID], true)?;
+        Ok(client.update(&*stmt, None, &[id.into()])?.len() as i64)
+    })
+}
+
+/// Run a statement that removes version rows (prune), marked as eventic's own write.
+pub fn delete_where(sql: &str, args: &[pgrx::datum::DatumWithOid]) -> Result<i64> {
+    let _own = OwnWrite::begin();
+    Spi::connect_mut(|client| Ok(client.update(sql, None, args)?.len() as i64))
+}
+
+/// True when the current role owns `eventic.records` (or is a member of its owner) or is a
+/// superuser: the roles that may purge or prune history.
+pub fn may_remove_history() -> Result<bool> {
+    Ok(Spi::get_one::<bool>(
+        "SELECT pg_has_role(current_user, relowner, 'USAGE') \
+           FROM pg_class WHERE oid = 'eventic.records'::regclass",
+    )?
+    .unwrap_or(false))
+}

@@ -1,0 +1,33 @@
+//! Prepared SPI statements kept for the life of the backend, so the hot paths (`set_field`,
+//! `hydrate`) parse and plan their SQL once per connection, not once per call.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use pgrx::pg_sys::PgOid;
+use pgrx::spi::{OwnedPreparedStatement, SpiClient};
+
+use crate::errors::Result;
+
+thread_local! {
+    static PLANS: RefCell<HashMap<&'static str, Rc<OwnedPreparedStatement>>> =
+        RefCell::new(HashMap::new());
+}
+
+/// The kept plan for `sql`, preparing it on first use. `mutating` plans always run with a fresh
+/// snapshot (SPI read_only = false), which the write path needs after taking its lock.
+pub fn plan(
+    client: &SpiClient<'_>,
+    sql: &'static str,
+    args: &[PgOid],
+    mutating: bool,
+) -> Result<Rc<OwnedPreparedStatement>> {
+    if let Some(found) = PLANS.with(|plans| plans.borrow().get(sql).cloned()) {
+        return Ok(found);
+    }
+    let prepared = if mutating { client.prepare_mut(sql, args)? } else { client.prepare(sql, args)? };
+    let kept = Rc::new(prepared.keep());
+    PLANS.with(|plans| plans.borrow_mut().insert(sql, kept.clone()));
+    Ok(kept)
+}
