@@ -39,9 +39,15 @@ ensure_toolchain() {
 }
 
 # Build the extension and install it into the system Postgres.
+# The old library file is unlinked first: running backends keep their mapping of it, where
+# an in-place overwrite would crash them.
 install_extension() {
-    log "building and installing eventic into PostgreSQL $PG_MAJOR"
-    (cd "$ROOT" && cargo pgrx install --release --pg-config "$PG_CONFIG" >/dev/null)
+    local profile=${EVENTIC_PROFILE:-release}
+    log "building ($profile) and installing eventic into PostgreSQL $PG_MAJOR"
+    as_root rm -f "$("$PG_CONFIG" --pkglibdir)/eventic.so"
+    local flags=()
+    [ "$profile" = release ] && flags+=(--release)
+    (cd "$ROOT" && cargo pgrx install "${flags[@]}" --pg-config "$PG_CONFIG" >/dev/null)
 }
 
 # start_cluster DIR PORT [extra postgresql.conf lines...]: a throwaway cluster owned by

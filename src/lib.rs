@@ -15,7 +15,9 @@ extension_sql_file!("../sql/records.sql", name = "records_schema", finalize);
 
 #[cfg(any(test, feature = "pg_test"))]
 #[pg_schema]
-mod tests;
+mod tests {
+    include!("pg_tests.rs");
+}
 
 /// Required by `cargo pgrx test`.
 #[cfg(test)]

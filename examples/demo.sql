@@ -1,0 +1,36 @@
+-- The seed's Story, walked through versions (run by scripts/demo against a throwaway cluster).
+\set QUIET on
+\pset footer off
+CREATE EXTENSION IF NOT EXISTS eventic;
+
+\echo '== 1. create a Story (version 0)'
+SELECT eventic.create('Story', '{"title": null, "body": null}') AS story_id \gset
+\echo story id: :story_id
+
+\echo '== 2. change it: each change appends an immutable version'
+SELECT eventic.set_field(:'story_id', 'title', '"The Hare and the Tortoise"') AS version;
+SELECT eventic.set_field(:'story_id', 'body', '"Once upon a time …"') AS version;
+\echo '   setting a field to the value it already has writes nothing:'
+SELECT eventic.set_field(:'story_id', 'body', '"Once upon a time …"') AS version;
+SELECT eventic.set_fields(:'story_id', '{"body": "Once upon a time, a hare mocked a tortoise.", "words": 8}') AS version;
+SELECT eventic.add_property(:'story_id', 'featured') AS version;
+\echo '   any client can also use a plain UPDATE; it appends a version too:'
+UPDATE eventic.records SET data = data || '{"words": 9}' WHERE id = :'story_id';
+
+\echo '== 3. history (oldest first)'
+SELECT version, changed_fields, data->>'title' AS title, left(data->>'body', 30) AS body, created_by
+  FROM eventic.history(:'story_id');
+
+\echo '== 4. what changed between version 1 and the latest'
+SELECT jsonb_pretty(eventic.diff(:'story_id', 1, (SELECT max(version) FROM eventic.records WHERE id = :'story_id'))) AS diff;
+
+\echo '== 5. version 1, as it was'
+SELECT eventic.hydrate(:'story_id', 1) AS version_1;
+
+\echo '== 6. a stale writer is refused (expected_version 1, the record is further on):'
+\set ON_ERROR_STOP off
+SELECT eventic.set_field(:'story_id', 'title', '"Overwritten?"', expected_version => 1);
+\set ON_ERROR_STOP on
+
+\echo '== 7. the final JSON'
+SELECT jsonb_pretty(eventic.hydrate(:'story_id')) AS story;

@@ -1,0 +1,118 @@
+// `#[pg_test]` unit tests: each runs inside a Postgres backend (in its own transaction) via
+// `cargo pgrx test`. SQL-surface details are covered by `pg_test/` regression files; these
+// check the Rust write path and error mapping from inside.
+
+use pgrx::prelude::*;
+use pgrx::{JsonB, Uuid};
+use serde_json::json;
+
+const STORY: &str = "00000000-0000-7000-8000-0000000000a1";
+
+fn create_story() -> Uuid {
+    Spi::get_one::<Uuid>(&format!(
+        "SELECT eventic.create('Story', '{{\"title\": \"a\"}}', '{STORY}')"
+    ))
+    .expect("create")
+    .expect("an id")
+}
+
+fn one<T: FromDatum + IntoDatum>(sql: &str) -> T {
+    Spi::get_one::<T>(sql).expect("query").expect("a value")
+}
+
+#[pg_test]
+fn create_then_hydrate_returns_the_model_dump() {
+    create_story();
+    let doc = one::<JsonB>(&format!("SELECT eventic.hydrate('{STORY}')")).0;
+    assert_eq!(
+        doc,
+        json!({"id": STORY, "version": 0, "class_type": "Story", "title": "a", "properties": {}})
+    );
+}
+
+#[pg_test]
+fn set_field_appends_versions_built_on_the_latest() {
+    create_story();
+    assert_eq!(one::<i32>(&format!("SELECT eventic.set_field('{STORY}', 'title', '\"b\"')")), 1);
+    assert_eq!(one::<i32>(&format!("SELECT eventic.set_field('{STORY}', 'body', '\"x\"')")), 2);
+    let doc = one::<JsonB>(&format!("SELECT eventic.hydrate('{STORY}')")).0;
+    assert_eq!(doc["title"], json!("b"));
+    assert_eq!(doc["body"], json!("x"));
+    assert_eq!(one::<i64>(&format!("SELECT count(*) FROM eventic.records WHERE id = '{STORY}'")), 3);
+}
+
+#[pg_test]
+fn setting_the_current_value_writes_nothing() {
+    create_story();
+    assert_eq!(one::<i32>(&format!("SELECT eventic.set_field('{STORY}', 'title', '\"a\"')")), 0);
+    assert_eq!(one::<i32>(&format!("SELECT eventic.set_fields('{STORY}', '{{}}')")), 0);
+    assert_eq!(one::<i64>(&format!("SELECT count(*) FROM eventic.records WHERE id = '{STORY}'")), 1);
+}
+
+#[pg_test(error = "record 00000000-0000-7000-8000-0000000000a1 is at version 1, not at the expected version 0")]
+fn stale_expected_version_is_refused() {
+    create_story();
+    Spi::run(&format!("SELECT eventic.set_field('{STORY}', 'title', '\"b\"', 0)")).unwrap();
+    Spi::run(&format!("SELECT eventic.set_field('{STORY}', 'title', '\"c\"', 0)")).unwrap();
+}
+
+#[pg_test(error = "record 00000000-0000-7000-8000-0000000000ff does not exist")]
+fn unknown_record_is_reported() {
+    Spi::run("SELECT eventic.set_field('00000000-0000-7000-8000-0000000000ff', 'a', '1')").unwrap();
+}
+
+#[pg_test(error = "invalid field name \"not a field\"")]
+fn bad_field_name_is_refused() {
+    create_story();
+    Spi::run(&format!("SELECT eventic.set_field('{STORY}', 'not a field', '1')")).unwrap();
+}
+
+#[pg_test(error = "record 00000000-0000-7000-8000-0000000000a1 was deleted at version 1")]
+fn writes_after_delete_are_refused() {
+    create_story();
+    assert_eq!(one::<i32>(&format!("SELECT eventic.delete('{STORY}')")), 1);
+    // the earlier version stays readable
+    assert_eq!(one::<JsonB>(&format!("SELECT eventic.hydrate('{STORY}', 0)")).0["title"], json!("a"));
+    Spi::run(&format!("SELECT eventic.set_field('{STORY}', 'title', '\"z\"')")).unwrap();
+}
+
+#[pg_test]
+fn update_of_records_appends_one_version_and_keeps_old_rows() {
+    create_story();
+    Spi::run(&format!("SELECT eventic.set_field('{STORY}', 'title', '\"b\"')")).unwrap();
+    Spi::run(&format!(
+        "UPDATE eventic.records SET data = data || '{{\"body\": \"x\"}}' WHERE id = '{STORY}'"
+    ))
+    .unwrap();
+    assert_eq!(one::<i64>(&format!("SELECT count(*) FROM eventic.records WHERE id = '{STORY}'")), 3);
+    let v0 = one::<JsonB>(&format!("SELECT data FROM eventic.records WHERE id = '{STORY}' AND version = 0")).0;
+    assert_eq!(v0, json!({"title": "a", "properties": {}}));
+    let v2 = one::<JsonB>(&format!("SELECT data FROM eventic.records WHERE id = '{STORY}' AND version = 2")).0;
+    assert_eq!(v2, json!({"title": "b", "body": "x", "properties": {}}));
+}
+
+#[pg_test]
+fn history_lists_changed_fields_oldest_first() {
+    create_story();
+    Spi::run(&format!("SELECT eventic.set_fields('{STORY}', '{{\"title\": \"b\", \"n\": 1}}')")).unwrap();
+    Spi::run(&format!("SELECT eventic.add_property('{STORY}', 'featured')")).unwrap();
+    let changed = one::<String>(&format!(
+        "SELECT string_agg(version || ':' || array_to_string(changed_fields, ','), ' ' ORDER BY version) \
+           FROM eventic.history('{STORY}')"
+    ));
+    assert_eq!(changed, "0:properties,title 1:n,title 2:properties");
+}
+
+#[pg_test]
+fn diff_reports_old_and_new_values() {
+    create_story();
+    Spi::run(&format!("SELECT eventic.set_field('{STORY}', 'title', '\"b\"')")).unwrap();
+    let diff = one::<JsonB>(&format!("SELECT eventic.diff('{STORY}', 0, 1)")).0;
+    assert_eq!(diff, json!({"title": {"old": "a", "new": "b"}}));
+}
+
+#[pg_test(error = "version rows of eventic.records cannot be deleted")]
+fn deleting_history_is_refused() {
+    create_story();
+    Spi::run("DELETE FROM eventic.records").unwrap();
+}
