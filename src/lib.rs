@@ -1,15 +1,22 @@
 //! Eventic: versioned records, per-class queues and durable workflows inside PostgreSQL.
 //!
 //! Layout: `records` (the versioned store and its SQL functions), `errors` (SQLSTATEs and
-//! messages), `spi_plans` (prepared statements kept per backend). The DDL is in `sql/`.
+//! messages), `settings` (GUCs),
+//! `spi_plans` (prepared statements kept per backend). The DDL is in `sql/`.
 
 use pgrx::prelude::*;
 
 pub mod errors;
 pub mod records;
+pub mod settings;
 pub mod spi_plans;
 
 ::pgrx::pg_module_magic!();
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    settings::init();
+}
 
 extension_sql_file!("../sql/records.sql", name = "records_schema", finalize);
 

@@ -116,3 +116,17 @@ fn deleting_history_is_refused() {
     create_story();
     Spi::run("DELETE FROM eventic.records").unwrap();
 }
+
+#[pg_test]
+fn relaxed_field_names_accept_any_key() {
+    create_story();
+    Spi::run("SET LOCAL eventic.strict_field_names = off").unwrap();
+    assert_eq!(one::<i32>(&format!("SELECT eventic.set_field('{STORY}', 'first-name', '\"Ada\"')")), 1);
+    Spi::run("SET LOCAL eventic.strict_field_names = on").unwrap();
+    let accepted = PgTryBuilder::new(|| {
+        Spi::run(&format!("SELECT eventic.set_field('{STORY}', 'last-name', '\"L\"')")).is_ok()
+    })
+    .catch_others(|_| false)
+    .execute();
+    assert!(!accepted, "strict names refuse last-name");
+}

@@ -32,14 +32,17 @@ pub fn check_class_name(name: &str) -> Result<()> {
     }
 }
 
-/// A field is what a Pydantic model attribute would be: an identifier, not one of the reserved
-/// keys. `properties` is a field too, but only an object may be stored in it.
-pub fn check_field(name: &str, value: &Value) -> Result<()> {
-    if !is_identifier(name) {
+/// A field is what a Pydantic model attribute would be: an identifier (with `strict_names`;
+/// otherwise any non-empty key), not one of the reserved keys. `properties` is a field too,
+/// but only an object may be stored in it.
+pub fn check_field(name: &str, value: &Value, strict_names: bool) -> Result<()> {
+    let acceptable = if strict_names { is_identifier(name) } else { !name.is_empty() };
+    if !acceptable {
         return Err(EventicError::invalid(
             format!("invalid field name {name:?}"),
             "A field name is letters, digits and underscores, starting with a letter or \
-             underscore, at most 63 characters.",
+             underscore, at most 63 characters (SET eventic.strict_field_names = off accepts \
+             any non-empty key).",
         ));
     }
     if RESERVED_FIELDS.contains(&name) {
@@ -59,7 +62,11 @@ pub fn check_field(name: &str, value: &Value) -> Result<()> {
 }
 
 /// Check a whole document (create) or patch (set_fields): an object whose keys are all valid.
-pub fn check_document<'a>(doc: &'a Value, what: &str) -> Result<&'a Map<String, Value>> {
+pub fn check_document<'a>(
+    doc: &'a Value,
+    what: &str,
+    strict_names: bool,
+) -> Result<&'a Map<String, Value>> {
     let map = doc.as_object().ok_or_else(|| {
         EventicError::invalid(
             format!("{what} must be a JSON object, not {}", json_type(doc)),
@@ -67,7 +74,7 @@ pub fn check_document<'a>(doc: &'a Value, what: &str) -> Result<&'a Map<String, 
         )
     })?;
     for (name, value) in map {
-        check_field(name, value)?;
+        check_field(name, value, strict_names)?;
     }
     Ok(map)
 }
@@ -165,12 +172,17 @@ mod unit_tests {
 
     #[test]
     fn field_names() {
-        assert!(check_field("title", &json!("x")).is_ok());
-        assert!(check_field("properties", &json!({})).is_ok());
+        assert!(check_field("title", &json!("x"), true).is_ok());
+        assert!(check_field("properties", &json!({}), true).is_ok());
         for bad in ["", "9lives", "a b", "version", "id", "class_type"] {
-            assert!(check_field(bad, &json!(1)).is_err(), "{bad:?} accepted");
+            assert!(check_field(bad, &json!(1), true).is_err(), "{bad:?} accepted");
         }
-        assert!(check_field("properties", &json!([1])).is_err());
+        assert!(check_field("properties", &json!([1]), true).is_err());
+        // relaxed: any non-empty key that is not reserved
+        assert!(check_field("first-name", &json!(1), false).is_ok());
+        for bad in ["", "version"] {
+            assert!(check_field(bad, &json!(1), false).is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]

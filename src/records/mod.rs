@@ -12,6 +12,7 @@ use pgrx::{JsonB, Uuid};
 use serde_json::{Map, Value};
 
 use crate::errors::{EventicError, OrReport, Result};
+use crate::settings::strict_field_names;
 use fields::{check_class_name, check_document, check_field, check_property_key, Patch, PROPERTIES};
 use store::{Change, VersionRow};
 
@@ -30,7 +31,7 @@ fn set_patch(set: Map<String, Value>) -> Change {
 
 pub fn create_record(class_name: &str, data: Value, id: Option<Uuid>) -> Result<Uuid> {
     check_class_name(class_name)?;
-    let mut doc = check_document(&data, "data")?.clone();
+    let mut doc = check_document(&data, "data", strict_field_names())?.clone();
     doc.entry(PROPERTIES).or_insert_with(|| Value::Object(Map::new()));
     let id = id.unwrap_or_else(store::new_uuid_v7);
     store::insert_first(id, class_name, doc)?;
@@ -57,7 +58,7 @@ fn set_field(
     expected_version: default!(Option<i32>, "NULL"),
 ) -> i32 {
     (|| {
-        check_field(field, &value.0)?;
+        check_field(field, &value.0, strict_field_names())?;
         let mut set = Map::new();
         set.insert(field.to_string(), value.0);
         store::append(id, set_patch(set), expected_version)
@@ -69,7 +70,7 @@ fn set_field(
 #[pg_extern(volatile, parallel_unsafe)]
 fn set_fields(id: Uuid, patch: JsonB, expected_version: default!(Option<i32>, "NULL")) -> i32 {
     (|| {
-        let set = check_document(&patch.0, "patch")?.clone();
+        let set = check_document(&patch.0, "patch", strict_field_names())?.clone();
         store::append(id, set_patch(set), expected_version)
     })()
     .or_report()
@@ -79,7 +80,7 @@ fn set_fields(id: Uuid, patch: JsonB, expected_version: default!(Option<i32>, "N
 /// latest row meant) to the latest version: fields set, added or removed.
 pub fn apply_document_change(id: Uuid, old: &Value, new: &Value) -> Result<i32> {
     let old = old.as_object().cloned().unwrap_or_default();
-    let new_map = check_document(new, "data")?;
+    let new_map = check_document(new, "data", strict_field_names())?;
     let patch = Patch::between(&old, new_map);
     store::append(id, Change { fields: patch, ..Change::default() }, None)
 }
