@@ -82,16 +82,17 @@ SELECT * FROM pg_temp.try($$SELECT eventic.set_fields('00000000-0000-7000-8000-0
 SELECT * FROM pg_temp.try($$SELECT eventic.set_field('00000000-0000-7000-8000-000000000001', 'title', '"b"', 0)$$);
 
 ------------------------------------------------------------------------------------------
--- 22023: bad field names
-SELECT * FROM pg_temp.try($$SELECT eventic.set_field('00000000-0000-7000-8000-000000000001', '', '1')$$);
-SELECT * FROM pg_temp.try($$SELECT eventic.set_field('00000000-0000-7000-8000-000000000001', '9lives', '1')$$);
-SELECT * FROM pg_temp.try($$SELECT eventic.set_field('00000000-0000-7000-8000-000000000001', 'two words', '1')$$);
-SELECT * FROM pg_temp.try($$SELECT eventic.set_field('00000000-0000-7000-8000-000000000001', 'semi;colon', '1')$$);
-SELECT * FROM pg_temp.try($$SELECT eventic.set_field('00000000-0000-7000-8000-000000000001', 'dash-ed', '1')$$);
-SELECT * FROM pg_temp.try($$SELECT eventic.set_field('00000000-0000-7000-8000-000000000001', 'é', '1')$$);
-SELECT * FROM pg_temp.try($$SELECT eventic.set_field('00000000-0000-7000-8000-000000000001', repeat('x', 64), '1')$$);
-SELECT * FROM pg_temp.try($$SELECT eventic.set_fields('00000000-0000-7000-8000-000000000001', '{"ok": 1, "not ok": 2}')$$);
-SELECT * FROM pg_temp.try($$SELECT eventic.create('Story', '{"a.b": 1}')$$);
+-- 22023: bad field names (the HINT, which names eventic.strict_field_names in newer builds,
+-- is left out here)
+SELECT code, message, nothing_written FROM pg_temp.try($$SELECT eventic.set_field('00000000-0000-7000-8000-000000000001', '', '1')$$);
+SELECT code, message, nothing_written FROM pg_temp.try($$SELECT eventic.set_field('00000000-0000-7000-8000-000000000001', '9lives', '1')$$);
+SELECT code, message, nothing_written FROM pg_temp.try($$SELECT eventic.set_field('00000000-0000-7000-8000-000000000001', 'two words', '1')$$);
+SELECT code, message, nothing_written FROM pg_temp.try($$SELECT eventic.set_field('00000000-0000-7000-8000-000000000001', 'semi;colon', '1')$$);
+SELECT code, message, nothing_written FROM pg_temp.try($$SELECT eventic.set_field('00000000-0000-7000-8000-000000000001', 'dash-ed', '1')$$);
+SELECT code, message, nothing_written FROM pg_temp.try($$SELECT eventic.set_field('00000000-0000-7000-8000-000000000001', 'é', '1')$$);
+SELECT code, message, nothing_written FROM pg_temp.try($$SELECT eventic.set_field('00000000-0000-7000-8000-000000000001', repeat('x', 64), '1')$$);
+SELECT code, message, nothing_written FROM pg_temp.try($$SELECT eventic.set_fields('00000000-0000-7000-8000-000000000001', '{"ok": 1, "not ok": 2}')$$);
+SELECT code, message, nothing_written FROM pg_temp.try($$SELECT eventic.create('Story', '{"a.b": 1}')$$);
 -- 22023: reserved fields
 SELECT * FROM pg_temp.try($$SELECT eventic.set_field('00000000-0000-7000-8000-000000000001', 'id', '"x"')$$);
 SELECT * FROM pg_temp.try($$SELECT eventic.set_field('00000000-0000-7000-8000-000000000001', 'version', '3')$$);
@@ -131,6 +132,18 @@ SELECT * FROM pg_temp.try($$SELECT eventic.remove_property('00000000-0000-7000-8
 SELECT * FROM pg_temp.try($$SELECT eventic.create('Story', '{}', '00000000-0000-7000-8000-000000000001')$$);
 SELECT code, message, nothing_written FROM pg_temp.try($$SELECT eventic.create('Story', '{}', '00000000-0000-7000-8000-000000000002')$$);
 \x off
+
+-- SQL NULL arguments of the STRICT functions: NULL, nothing written (no error)
+SELECT * FROM pg_temp.try($$SELECT eventic.hydrate_as_of(NULL, now())$$);
+SELECT eventic.hydrate_as_of('00000000-0000-7000-8000-000000000001', NULL) IS NULL AS hydrate_as_of,
+       eventic.diff('00000000-0000-7000-8000-000000000001', NULL, 1) IS NULL AS diff,
+       (SELECT count(*) FROM eventic.history(NULL)) = 0 AS history,
+       eventic.list_properties(NULL) IS NULL AS list_properties,
+       eventic.add_property('00000000-0000-7000-8000-000000000001', NULL) IS NULL AS add_property,
+       eventic.add_property('00000000-0000-7000-8000-000000000001', 'k', NULL) IS NULL AS add_property_value,
+       eventic.remove_property('00000000-0000-7000-8000-000000000001', NULL) IS NULL AS remove_property,
+       eventic.delete(NULL) IS NULL AS delete,
+       eventic.purge(NULL) IS NULL AS purge;
 
 -- nothing at all was written by any of the errors
 SELECT pg_temp.fingerprint() = :'fingerprint' AS nothing_written,
