@@ -17,7 +17,11 @@ pub enum EventicError {
 
     /// P0002: the record exists, the asked-for version does not (or was pruned).
     #[error("record {id} has no version {version}")]
-    VersionNotFound { id: String, version: i32, latest: i32 },
+    VersionNotFound {
+        id: String,
+        version: i32,
+        latest: i32,
+    },
 
     /// P0002: the record's latest version is a tombstone.
     #[error("record {id} was deleted at version {version}")]
@@ -25,11 +29,19 @@ pub enum EventicError {
 
     /// P0002: `hydrate_as_of` before the record was created.
     #[error("record {id} did not exist yet at {at}")]
-    NotYetCreated { id: String, at: String, created_at: String },
+    NotYetCreated {
+        id: String,
+        at: String,
+        created_at: String,
+    },
 
     /// 40001: optimistic concurrency check failed.
     #[error("record {id} is at version {actual}, not at the expected version {expected}")]
-    StaleVersion { id: String, expected: i32, actual: i32 },
+    StaleVersion {
+        id: String,
+        expected: i32,
+        actual: i32,
+    },
 
     /// 23505: `create` with an id that is taken.
     #[error("record {id} already exists")]
@@ -62,11 +74,26 @@ impl From<pgrx::datum::TryFromDatumError> for EventicError {
 
 impl EventicError {
     pub fn invalid(message: impl Into<String>, hint: impl Into<String>) -> Self {
-        EventicError::InvalidArgument { message: message.into(), hint: hint.into() }
+        EventicError::InvalidArgument {
+            message: message.into(),
+            hint: hint.into(),
+        }
+    }
+
+    /// 22023 for a SQL NULL where a value is required (the functions are not STRICT, so that
+    /// a NULL is reported instead of silently doing nothing).
+    pub fn null_argument(name: &str) -> Self {
+        EventicError::invalid(
+            format!("{name} must not be null"),
+            "Pass a value (a JSON null is 'null'::jsonb, not SQL NULL).",
+        )
     }
 
     pub fn not_allowed(message: impl Into<String>, hint: impl Into<String>) -> Self {
-        EventicError::NotAllowed { message: message.into(), hint: hint.into() }
+        EventicError::NotAllowed {
+            message: message.into(),
+            hint: hint.into(),
+        }
     }
 
     pub fn sqlstate(&self) -> PgSqlErrorCode {
@@ -94,9 +121,10 @@ impl EventicError {
                 "Version {version} is a tombstone; earlier versions and the history remain readable."
             )),
             NotYetCreated { created_at, .. } => Some(format!("It was created at {created_at}.")),
-            StaleVersion { .. } => {
-                Some("Another transaction wrote a newer version first; nothing was written.".into())
-            }
+            StaleVersion { expected, actual, .. } if expected < actual => Some(format!(
+                "Version {actual} was written after version {expected}; nothing was written."
+            )),
+            StaleVersion { .. } => Some("Nothing was written.".into()),
             _ => None,
         }
     }
@@ -104,16 +132,27 @@ impl EventicError {
     fn hint(&self) -> Option<String> {
         use EventicError::*;
         match self {
-            RecordNotFound { .. } => Some("Create it with eventic.create(class_name, data).".into()),
-            VersionNotFound { .. } => Some("See eventic.history(id) for the versions that exist.".into()),
+            RecordNotFound { .. } => {
+                Some("Create it with eventic.create(class_name, data).".into())
+            }
+            VersionNotFound { .. } => {
+                Some("See eventic.history(id) for the versions that exist.".into())
+            }
             RecordDeleted { .. } => Some(
-                "Read an earlier version with eventic.hydrate(id, version) or eventic.history(id).".into(),
+                "Read an earlier version with eventic.hydrate(id, version) or eventic.history(id)."
+                    .into(),
             ),
             StaleVersion { .. } => Some(
-                "Re-read the record with eventic.hydrate(id) and retry with its current version.".into(),
+                "Re-read the record with eventic.hydrate(id) and retry with its current version."
+                    .into(),
             ),
-            RecordExists { .. } => {
-                Some("Use eventic.set_fields(id, patch) to change an existing record.".into())
+            RecordExists { .. } => Some(
+                "Ids are never reused, not even after eventic.delete; change a live record with \
+                 eventic.set_fields(id, patch), or create a new one without an id."
+                    .into(),
+            ),
+            NotYetCreated { .. } => {
+                Some("created_at is the clock time of each write; see eventic.history(id).".into())
             }
             InvalidArgument { hint, .. } | NotAllowed { hint, .. } if !hint.is_empty() => {
                 Some(hint.clone())
@@ -135,6 +174,11 @@ impl EventicError {
         report.report(PgLogLevel::ERROR);
         unreachable!("ereport(ERROR) returned")
     }
+}
+
+/// The value of a required argument, or 22023 naming it.
+pub fn required<T>(value: Option<T>, name: &str) -> Result<T> {
+    value.ok_or_else(|| EventicError::null_argument(name))
 }
 
 /// `result.or_report()`: the value, or the error raised as a Postgres ERROR.

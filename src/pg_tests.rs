@@ -130,3 +130,14 @@ fn relaxed_field_names_accept_any_key() {
     .execute();
     assert!(!accepted, "strict names refuse last-name");
 }
+
+#[pg_test]
+fn view_update_without_properties_keeps_the_bag() {
+    create_story();
+    Spi::run(&format!("SELECT eventic.add_property('{STORY}', 'featured')")).unwrap();
+    Spi::run(&format!("UPDATE eventic.latest SET data = '{{\"title\": \"c\"}}' WHERE id = '{STORY}'"))
+        .unwrap();
+    let doc = one::<JsonB>(&format!("SELECT eventic.hydrate('{STORY}')")).0;
+    assert_eq!(doc["title"], json!("c"));
+    assert_eq!(doc["properties"], json!({"featured": true}));
+}

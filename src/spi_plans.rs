@@ -26,7 +26,11 @@ pub fn plan(
     if let Some(found) = PLANS.with(|plans| plans.borrow().get(sql).cloned()) {
         return Ok(found);
     }
-    let prepared = if mutating { client.prepare_mut(sql, args)? } else { client.prepare(sql, args)? };
+    let prepared = if mutating {
+        client.prepare_mut(sql, args)?
+    } else {
+        client.prepare(sql, args)?
+    };
     let kept = Rc::new(prepared.keep());
     PLANS.with(|plans| plans.borrow_mut().insert(sql, kept.clone()));
     Ok(kept)

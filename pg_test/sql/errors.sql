@@ -133,17 +133,25 @@ SELECT * FROM pg_temp.try($$SELECT eventic.create('Story', '{}', '00000000-0000-
 SELECT code, message, nothing_written FROM pg_temp.try($$SELECT eventic.create('Story', '{}', '00000000-0000-7000-8000-000000000002')$$);
 \x off
 
--- SQL NULL arguments of the STRICT functions: NULL, nothing written (no error)
-SELECT * FROM pg_temp.try($$SELECT eventic.hydrate_as_of(NULL, now())$$);
-SELECT eventic.hydrate_as_of('00000000-0000-7000-8000-000000000001', NULL) IS NULL AS hydrate_as_of,
-       eventic.diff('00000000-0000-7000-8000-000000000001', NULL, 1) IS NULL AS diff,
-       (SELECT count(*) FROM eventic.history(NULL)) = 0 AS history,
-       eventic.list_properties(NULL) IS NULL AS list_properties,
-       eventic.add_property('00000000-0000-7000-8000-000000000001', NULL) IS NULL AS add_property,
-       eventic.add_property('00000000-0000-7000-8000-000000000001', 'k', NULL) IS NULL AS add_property_value,
-       eventic.remove_property('00000000-0000-7000-8000-000000000001', NULL) IS NULL AS remove_property,
-       eventic.delete(NULL) IS NULL AS delete,
-       eventic.purge(NULL) IS NULL AS purge;
+-- SQL NULL for a required argument: 22023 naming the argument, nothing written
+SELECT * FROM pg_temp.try($$SELECT eventic.create(NULL)$$);
+SELECT * FROM pg_temp.try($$SELECT eventic.create('Story', NULL)$$);
+SELECT * FROM pg_temp.try($$SELECT eventic.set_field('00000000-0000-7000-8000-000000000001', 'title', NULL)$$);
+SELECT * FROM pg_temp.try($$SELECT eventic.set_fields('00000000-0000-7000-8000-000000000001', NULL)$$);
+SELECT * FROM pg_temp.try($$SELECT eventic.hydrate(NULL)$$);
+SELECT * FROM pg_temp.try($$SELECT eventic.hydrate_as_of('00000000-0000-7000-8000-000000000001', NULL)$$);
+SELECT * FROM pg_temp.try($$SELECT eventic.diff('00000000-0000-7000-8000-000000000001', NULL, 1)$$);
+SELECT * FROM pg_temp.try($$SELECT * FROM eventic.history(NULL)$$);
+SELECT * FROM pg_temp.try($$SELECT eventic.list_properties(NULL)$$);
+SELECT * FROM pg_temp.try($$SELECT eventic.add_property('00000000-0000-7000-8000-000000000001', NULL)$$);
+SELECT * FROM pg_temp.try($$SELECT eventic.add_property('00000000-0000-7000-8000-000000000001', 'k', NULL)$$);
+SELECT * FROM pg_temp.try($$SELECT eventic.remove_property('00000000-0000-7000-8000-000000000001', NULL)$$);
+SELECT * FROM pg_temp.try($$SELECT eventic.delete(NULL)$$);
+SELECT * FROM pg_temp.try($$SELECT eventic.purge(NULL)$$);
+SELECT * FROM pg_temp.try($$SELECT eventic.prune(NULL, 1)$$);
+SELECT * FROM pg_temp.try($$INSERT INTO eventic.latest (data) VALUES ('{}')$$);
+SELECT * FROM pg_temp.try($$UPDATE eventic.latest SET data = NULL WHERE id = '00000000-0000-7000-8000-000000000001'$$);
+SELECT * FROM pg_temp.try($$UPDATE eventic.records SET data = NULL WHERE id = '00000000-0000-7000-8000-000000000001'$$);
 
 -- nothing at all was written by any of the errors
 SELECT pg_temp.fingerprint() = :'fingerprint' AS nothing_written,

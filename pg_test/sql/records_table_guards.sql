@@ -98,10 +98,10 @@ SELECT * FROM pg_temp.try($$DELETE FROM eventic.records WHERE version = 0$$);
 SELECT * FROM pg_temp.try($$DELETE FROM eventic.records$$);
 -- TRUNCATE is refused as well
 SELECT * FROM pg_temp.try($$TRUNCATE eventic.records$$);
--- and for a role that is not superuser (only the SQLSTATE is shown here)
+-- and for a role that is not superuser: the guard answers, not the privilege check
 SET ROLE eventic_regress_client;
-SELECT code FROM pg_temp.try($$DELETE FROM eventic.records WHERE id = '00000000-0000-7000-8000-000000000001'$$);
-SELECT code FROM pg_temp.try($$TRUNCATE eventic.records$$);
+SELECT code, message FROM pg_temp.try($$DELETE FROM eventic.records WHERE id = '00000000-0000-7000-8000-000000000001'$$);
+SELECT code, message FROM pg_temp.try($$TRUNCATE eventic.records$$);
 RESET ROLE;
 
 -- direct INSERT by a role that is not superuser: 42501

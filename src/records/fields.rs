@@ -36,7 +36,11 @@ pub fn check_class_name(name: &str) -> Result<()> {
 /// otherwise any non-empty key), not one of the reserved keys. `properties` is a field too,
 /// but only an object may be stored in it.
 pub fn check_field(name: &str, value: &Value, strict_names: bool) -> Result<()> {
-    let acceptable = if strict_names { is_identifier(name) } else { !name.is_empty() };
+    let acceptable = if strict_names {
+        is_identifier(name)
+    } else {
+        !name.is_empty()
+    };
     if !acceptable {
         return Err(EventicError::invalid(
             format!("invalid field name {name:?}"),
@@ -115,7 +119,11 @@ impl Patch {
             .filter(|(k, v)| old.get(*k) != Some(*v))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let removed = old.keys().filter(|k| !new.contains_key(*k)).cloned().collect();
+        let removed = old
+            .keys()
+            .filter(|k| !new.contains_key(*k))
+            .cloned()
+            .collect();
         Patch { set, removed }
     }
 
@@ -175,13 +183,19 @@ mod unit_tests {
         assert!(check_field("title", &json!("x"), true).is_ok());
         assert!(check_field("properties", &json!({}), true).is_ok());
         for bad in ["", "9lives", "a b", "version", "id", "class_type"] {
-            assert!(check_field(bad, &json!(1), true).is_err(), "{bad:?} accepted");
+            assert!(
+                check_field(bad, &json!(1), true).is_err(),
+                "{bad:?} accepted"
+            );
         }
         assert!(check_field("properties", &json!([1]), true).is_err());
         // relaxed: any non-empty key that is not reserved
         assert!(check_field("first-name", &json!(1), false).is_ok());
         for bad in ["", "version"] {
-            assert!(check_field(bad, &json!(1), false).is_err(), "{bad:?} accepted");
+            assert!(
+                check_field(bad, &json!(1), false).is_err(),
+                "{bad:?} accepted"
+            );
         }
     }
 

@@ -11,9 +11,11 @@ use pgrx::prelude::*;
 use pgrx::{JsonB, Uuid};
 use serde_json::{Map, Value};
 
-use crate::errors::{EventicError, OrReport, Result};
+use crate::errors::{required, EventicError, OrReport, Result};
 use crate::settings::strict_field_names;
-use fields::{check_class_name, check_document, check_field, check_property_key, Patch, PROPERTIES};
+use fields::{
+    check_class_name, check_document, check_field, check_property_key, Patch, PROPERTIES,
+};
 use store::{Change, VersionRow};
 
 /// The model dump `hydrate` returns: the document plus id, version and class_type.
@@ -26,13 +28,20 @@ fn model_dump(id: Uuid, row: VersionRow) -> JsonB {
 }
 
 fn set_patch(set: Map<String, Value>) -> Change {
-    Change { fields: Patch { set, removed: Vec::new() }, ..Change::default() }
+    Change {
+        fields: Patch {
+            set,
+            removed: Vec::new(),
+        },
+        ..Change::default()
+    }
 }
 
 pub fn create_record(class_name: &str, data: Value, id: Option<Uuid>) -> Result<Uuid> {
     check_class_name(class_name)?;
     let mut doc = check_document(&data, "data", strict_field_names())?.clone();
-    doc.entry(PROPERTIES).or_insert_with(|| Value::Object(Map::new()));
+    doc.entry(PROPERTIES)
+        .or_insert_with(|| Value::Object(Map::new()));
     let id = id.unwrap_or_else(store::new_uuid_v7);
     store::insert_first(id, class_name, doc)?;
     Ok(id)
@@ -41,23 +50,32 @@ pub fn create_record(class_name: &str, data: Value, id: Option<Uuid>) -> Result<
 /// Create a record of class `class_name` (version 0) and return its id.
 #[pg_extern(volatile, parallel_unsafe)]
 fn create(
-    class_name: &str,
-    data: default!(JsonB, "'{}'"),
+    class_name: Option<&str>,
+    data: default!(Option<JsonB>, "'{}'"),
     id: default!(Option<Uuid>, "NULL"),
 ) -> Uuid {
-    create_record(class_name, data.0, id).or_report()
+    (|| {
+        create_record(
+            required(class_name, "class_name")?,
+            required(data, "data")?.0,
+            id,
+        )
+    })()
+    .or_report()
 }
 
 /// Append a version with one field changed; returns the new version (or the current one
 /// when the field already has that value).
 #[pg_extern(volatile, parallel_unsafe)]
 fn set_field(
-    id: Uuid,
-    field: &str,
-    value: JsonB,
+    id: Option<Uuid>,
+    field: Option<&str>,
+    value: Option<JsonB>,
     expected_version: default!(Option<i32>, "NULL"),
 ) -> i32 {
     (|| {
+        let (id, field) = (required(id, "id")?, required(field, "field")?);
+        let value = required(value, "value")?;
         check_field(field, &value.0, strict_field_names())?;
         let mut set = Map::new();
         set.insert(field.to_string(), value.0);
@@ -68,8 +86,13 @@ fn set_field(
 
 /// Append one version with every field of `patch` set.
 #[pg_extern(volatile, parallel_unsafe)]
-fn set_fields(id: Uuid, patch: JsonB, expected_version: default!(Option<i32>, "NULL")) -> i32 {
+fn set_fields(
+    id: Option<Uuid>,
+    patch: Option<JsonB>,
+    expected_version: default!(Option<i32>, "NULL"),
+) -> i32 {
     (|| {
+        let (id, patch) = (required(id, "id")?, required(patch, "patch")?);
         let set = check_document(&patch.0, "patch", strict_field_names())?.clone();
         store::append(id, set_patch(set), expected_version)
     })()
@@ -81,28 +104,46 @@ fn set_fields(id: Uuid, patch: JsonB, expected_version: default!(Option<i32>, "N
 pub fn apply_document_change(id: Uuid, old: &Value, new: &Value) -> Result<i32> {
     let old = old.as_object().cloned().unwrap_or_default();
     let new_map = check_document(new, "data", strict_field_names())?;
-    let patch = Patch::between(&old, new_map);
-    store::append(id, Change { fields: patch, ..Change::default() }, None)
+    let mut patch = Patch::between(&old, new_map);
+    // a document written without its property bag (an ORM that maps only fields) keeps the bag
+    patch.removed.retain(|name| name != PROPERTIES);
+    store::append(
+        id,
+        Change {
+            fields: patch,
+            ..Change::default()
+        },
+        None,
+    )
 }
 
 /// Used by the INSTEAD OF triggers of `eventic.latest`: turns the old and new `data` of a row
 /// into one appended version built on the latest (so concurrent writers of other fields are
 /// not overwritten).
 #[pg_extern(volatile, parallel_unsafe, name = "_apply_update")]
-fn apply_update(id: Uuid, old_data: JsonB, new_data: JsonB) -> i32 {
-    apply_document_change(id, &old_data.0, &new_data.0).or_report()
+fn apply_update(id: Option<Uuid>, old_data: Option<JsonB>, new_data: Option<JsonB>) -> i32 {
+    (|| {
+        let id = required(id, "id")?;
+        let old = old_data.map(|d| d.0).unwrap_or(Value::Null);
+        apply_document_change(id, &old, &required(new_data, "data")?.0)
+    })()
+    .or_report()
 }
 
 /// The latest version (or `version`) as a model dump.
 #[pg_extern(stable, parallel_safe)]
-fn hydrate(id: Uuid, version: default!(Option<i32>, "NULL")) -> JsonB {
+fn hydrate(id: Option<Uuid>, version: default!(Option<i32>, "NULL")) -> JsonB {
     (|| {
+        let id = required(id, "id")?;
         let row = match version {
             None => store::latest_live(id)?,
             Some(v) => {
                 let row = store::existing_version(id, v)?;
                 if row.deleted {
-                    return Err(EventicError::RecordDeleted { id: id.to_string(), version: v });
+                    return Err(EventicError::RecordDeleted {
+                        id: id.to_string(),
+                        version: v,
+                    });
                 }
                 row
             }
@@ -114,20 +155,24 @@ fn hydrate(id: Uuid, version: default!(Option<i32>, "NULL")) -> JsonB {
 
 /// The version that was current at `at`.
 #[pg_extern(stable, parallel_safe)]
-fn hydrate_as_of(id: Uuid, at: TimestampWithTimeZone) -> JsonB {
-    (|| match store::as_of(id, at)? {
-        Some(row) if row.deleted => {
-            Err(EventicError::RecordDeleted { id: id.to_string(), version: row.version })
-        }
-        Some(row) => Ok(model_dump(id, row)),
-        None => match store::first(id)? {
-            None => Err(EventicError::RecordNotFound { id: id.to_string() }),
-            Some(first) => Err(EventicError::NotYetCreated {
+fn hydrate_as_of(id: Option<Uuid>, at: Option<TimestampWithTimeZone>) -> JsonB {
+    (|| {
+        let (id, at) = (required(id, "id")?, required(at, "at")?);
+        match store::as_of(id, at)? {
+            Some(row) if row.deleted => Err(EventicError::RecordDeleted {
                 id: id.to_string(),
-                at: format!("{at}"),
-                created_at: first.created_at.map(|t| format!("{t}")).unwrap_or_default(),
+                version: row.version,
             }),
-        },
+            Some(row) => Ok(model_dump(id, row)),
+            None => match store::first(id)? {
+                None => Err(EventicError::RecordNotFound { id: id.to_string() }),
+                Some(first) => Err(EventicError::NotYetCreated {
+                    id: id.to_string(),
+                    at: format!("{at}"),
+                    created_at: first.created_at.map(|t| format!("{t}")).unwrap_or_default(),
+                }),
+            },
+        }
     })()
     .or_report()
 }
@@ -135,7 +180,7 @@ fn hydrate_as_of(id: Uuid, at: TimestampWithTimeZone) -> JsonB {
 /// Every version of the record, oldest first, with the fields each one changed.
 #[pg_extern(stable, parallel_safe)]
 fn history(
-    id: Uuid,
+    id: Option<Uuid>,
 ) -> TableIterator<
     'static,
     (
@@ -149,6 +194,7 @@ fn history(
     ),
 > {
     let rows = (|| -> Result<_> {
+        let id = required(id, "id")?;
         let rows = Spi::connect(|client| -> Result<Vec<_>> {
             let table = client.select(
                 "SELECT version, version_id, data, created_at, created_by::text, deleted \
@@ -171,11 +217,13 @@ fn history(
                 };
                 out.push((
                     row.get::<i32>(1)?.unwrap_or_default(),
-                    row.get::<Uuid>(2)?.unwrap_or_else(|| Uuid::from_bytes([0; 16])),
+                    row.get::<Uuid>(2)?
+                        .unwrap_or_else(|| Uuid::from_bytes([0; 16])),
                     JsonB(Value::Object(data.clone())),
                     changed,
-                    row.get::<TimestampWithTimeZone>(4)?
-                        .ok_or_else(|| EventicError::Internal("version without created_at".into()))?,
+                    row.get::<TimestampWithTimeZone>(4)?.ok_or_else(|| {
+                        EventicError::Internal("version without created_at".into())
+                    })?,
                     row.get::<String>(5)?.unwrap_or_default(),
                     deleted,
                 ));
@@ -194,8 +242,11 @@ fn history(
 
 /// `{"field": {"old": …, "new": …}}` for each field that differs between two versions.
 #[pg_extern(stable, parallel_safe)]
-fn diff(id: Uuid, from_version: i32, to_version: i32) -> JsonB {
+fn diff(id: Option<Uuid>, from_version: Option<i32>, to_version: Option<i32>) -> JsonB {
     (|| {
+        let id = required(id, "id")?;
+        let from_version = required(from_version, "from_version")?;
+        let to_version = required(to_version, "to_version")?;
         let from = store::existing_version(id, from_version)?;
         let to = store::existing_version(id, to_version)?;
         Ok(JsonB(fields::diff(&from.data, &to.data)))
@@ -205,12 +256,24 @@ fn diff(id: Uuid, from_version: i32, to_version: i32) -> JsonB {
 
 /// Set `key` in the record's property bag (a new version).
 #[pg_extern(volatile, parallel_unsafe)]
-fn add_property(id: Uuid, key: &str, value: default!(JsonB, "'true'")) -> i32 {
+fn add_property(
+    id: Option<Uuid>,
+    key: Option<&str>,
+    value: default!(Option<JsonB>, "'true'"),
+) -> i32 {
     (|| {
+        let (id, key) = (required(id, "id")?, required(key, "key")?);
+        let value = required(value, "value")?;
         check_property_key(key)?;
         let mut set = Map::new();
         set.insert(key.to_string(), value.0);
-        let change = Change { properties: Patch { set, removed: Vec::new() }, ..Change::default() };
+        let change = Change {
+            properties: Patch {
+                set,
+                removed: Vec::new(),
+            },
+            ..Change::default()
+        };
         store::append(id, change, None)
     })()
     .or_report()
@@ -218,29 +281,56 @@ fn add_property(id: Uuid, key: &str, value: default!(JsonB, "'true'")) -> i32 {
 
 /// Remove `key` from the record's property bag (a new version; none if it was absent).
 #[pg_extern(volatile, parallel_unsafe)]
-fn remove_property(id: Uuid, key: &str) -> i32 {
+fn remove_property(id: Option<Uuid>, key: Option<&str>) -> i32 {
     (|| {
+        let (id, key) = (required(id, "id")?, required(key, "key")?);
         check_property_key(key)?;
-        let patch = Patch { set: Map::new(), removed: vec![key.to_string()] };
-        store::append(id, Change { properties: patch, ..Change::default() }, None)
+        let patch = Patch {
+            set: Map::new(),
+            removed: vec![key.to_string()],
+        };
+        store::append(
+            id,
+            Change {
+                properties: patch,
+                ..Change::default()
+            },
+            None,
+        )
     })()
     .or_report()
 }
 
 /// The property bag of the latest version.
 #[pg_extern(stable, parallel_safe)]
-fn list_properties(id: Uuid) -> JsonB {
+fn list_properties(id: Option<Uuid>) -> JsonB {
     (|| {
-        let row = store::latest_live(id)?;
-        Ok(JsonB(row.data.get(PROPERTIES).cloned().unwrap_or_else(|| Value::Object(Map::new()))))
+        let row = store::latest_live(required(id, "id")?)?;
+        Ok(JsonB(
+            row.data
+                .get(PROPERTIES)
+                .cloned()
+                .unwrap_or_else(|| Value::Object(Map::new())),
+        ))
     })()
     .or_report()
 }
 
 /// Append a tombstone; returns its version. History stays readable.
 #[pg_extern(volatile, parallel_unsafe)]
-fn delete(id: Uuid) -> i32 {
-    store::append(id, Change { tombstone: true, ..Change::default() }, None).or_report()
+fn delete(id: Option<Uuid>) -> i32 {
+    (|| {
+        let id = required(id, "id")?;
+        store::append(
+            id,
+            Change {
+                tombstone: true,
+                ..Change::default()
+            },
+            None,
+        )
+    })()
+    .or_report()
 }
 
 fn require_history_owner(what: &str) -> Result<()> {
@@ -257,8 +347,9 @@ fn require_history_owner(what: &str) -> Result<()> {
 
 /// Remove every version of a record. Owner or superuser only.
 #[pg_extern(volatile, parallel_unsafe)]
-fn purge(id: Uuid) -> i64 {
+fn purge(id: Option<Uuid>) -> i64 {
     (|| {
+        let id = required(id, "id")?;
         require_history_owner("purge")?;
         match store::delete_all(id)? {
             0 => Err(EventicError::RecordNotFound { id: id.to_string() }),
@@ -272,11 +363,12 @@ fn purge(id: Uuid) -> i64 {
 /// `keep_last` versions and those younger than `older_than`. Owner or superuser only.
 #[pg_extern(volatile, parallel_unsafe)]
 fn prune(
-    class_name: &str,
+    class_name: Option<&str>,
     keep_last: default!(Option<i32>, "NULL"),
     older_than: default!(Option<Interval>, "NULL"),
 ) -> i64 {
     (|| {
+        let class_name = required(class_name, "class_name")?;
         check_class_name(class_name)?;
         if keep_last.is_none() && older_than.is_none() {
             return Err(EventicError::invalid(
@@ -286,11 +378,17 @@ fn prune(
         }
         if keep_last.is_some_and(|k| k < 1) {
             return Err(EventicError::invalid(
-                format!("keep_last must be at least 1, not {}", keep_last.unwrap_or_default()),
+                format!(
+                    "keep_last must be at least 1, not {}",
+                    keep_last.unwrap_or_default()
+                ),
                 "The latest version is always kept.",
             ));
         }
-        if older_than.is_some_and(|i| i.micros() < 0 || i.days() < 0 || i.months() < 0) {
+        // months counted as 30 days, as Postgres compares intervals
+        let total_micros =
+            |i: Interval| (i.months() as i64 * 30 + i.days() as i64) * 86_400_000_000 + i.micros();
+        if older_than.is_some_and(|i| total_micros(i) < 0) {
             return Err(EventicError::invalid(
                 "older_than must not be negative",
                 "Pass a positive interval such as '30 days'.",

@@ -10,8 +10,8 @@
 
 use std::cell::Cell;
 
-use pgrx::prelude::*;
 use pgrx::pg_sys::{self, PgBuiltInOids, PgOid};
+use pgrx::prelude::*;
 use pgrx::{JsonB, Uuid};
 use serde_json::{Map, Value};
 
@@ -44,7 +44,12 @@ pub fn lock_record(id: Uuid) {
     // SAFETY: a valid LOCKTAG; a transaction-level (not session) lock, released at commit or
     // abort. Deadlocks are found by the deadlock detector like any heavyweight lock.
     unsafe {
-        pg_sys::LockAcquire(&tag, pg_sys::ExclusiveLock as pg_sys::LOCKMODE, false, false);
+        pg_sys::LockAcquire(
+            &tag,
+            pg_sys::ExclusiveLock as pg_sys::LOCKMODE,
+            false,
+            false,
+        );
     }
 }
 
@@ -62,7 +67,9 @@ pub struct OwnWrite {
 
 impl OwnWrite {
     pub fn begin() -> Self {
-        OwnWrite { previous: WRITING.with(|w| w.replace(true)) }
+        OwnWrite {
+            previous: WRITING.with(|w| w.replace(true)),
+        }
     }
 }
 
@@ -87,13 +94,17 @@ pub struct VersionRow {
     pub created_by: Option<String>,
 }
 
-const SELECT_LATEST: &str = "SELECT version, class_type, data, deleted, version_id, created_at, created_by::text \
+const SELECT_LATEST: &str =
+    "SELECT version, class_type, data, deleted, version_id, created_at, created_by::text \
        FROM eventic.records WHERE id = $1 ORDER BY version DESC LIMIT 1";
-const SELECT_VERSION: &str = "SELECT version, class_type, data, deleted, version_id, created_at, created_by::text \
+const SELECT_VERSION: &str =
+    "SELECT version, class_type, data, deleted, version_id, created_at, created_by::text \
        FROM eventic.records WHERE id = $1 AND version = $2";
-const SELECT_AS_OF: &str = "SELECT version, class_type, data, deleted, version_id, created_at, created_by::text \
+const SELECT_AS_OF: &str =
+    "SELECT version, class_type, data, deleted, version_id, created_at, created_by::text \
        FROM eventic.records WHERE id = $1 AND created_at <= $2 ORDER BY version DESC LIMIT 1";
-const SELECT_FIRST: &str = "SELECT version, class_type, data, deleted, version_id, created_at, created_by::text \
+const SELECT_FIRST: &str =
+    "SELECT version, class_type, data, deleted, version_id, created_at, created_by::text \
        FROM eventic.records WHERE id = $1 ORDER BY version LIMIT 1";
 
 fn row_from(tuple: pgrx::spi::SpiHeapTupleData<'_>) -> Result<VersionRow> {
@@ -112,7 +123,11 @@ fn row_from(tuple: pgrx::spi::SpiHeapTupleData<'_>) -> Result<VersionRow> {
     })
 }
 
-fn read_one(sql: &'static str, args: &[PgOid], values: Vec<pgrx::datum::DatumWithOid>) -> Result<Option<VersionRow>> {
+fn read_one(
+    sql: &'static str,
+    args: &[PgOid],
+    values: Vec<pgrx::datum::DatumWithOid>,
+) -> Result<Option<VersionRow>> {
     Spi::connect(|client| {
         let stmt = plan(client, sql, args, false)?;
         let mut table = client.select(&*stmt, Some(1), &values)?;
@@ -136,7 +151,11 @@ pub fn latest(id: Uuid) -> Result<Option<VersionRow>> {
 }
 
 pub fn version(id: Uuid, version: i32) -> Result<Option<VersionRow>> {
-    read_one(SELECT_VERSION, &[UUID, INT4], vec![id.into(), version.into()])
+    read_one(
+        SELECT_VERSION,
+        &[UUID, INT4],
+        vec![id.into(), version.into()],
+    )
 }
 
 pub fn as_of(id: Uuid, at: TimestampWithTimeZone) -> Result<Option<VersionRow>> {
@@ -151,9 +170,10 @@ pub fn first(id: Uuid) -> Result<Option<VersionRow>> {
 pub fn latest_live(id: Uuid) -> Result<VersionRow> {
     match latest(id)? {
         None => Err(EventicError::RecordNotFound { id: id.to_string() }),
-        Some(row) if row.deleted => {
-            Err(EventicError::RecordDeleted { id: id.to_string(), version: row.version })
-        }
+        Some(row) if row.deleted => Err(EventicError::RecordDeleted {
+            id: id.to_string(),
+            version: row.version,
+        }),
         Some(row) => Ok(row),
     }
 }
@@ -191,7 +211,11 @@ pub fn insert_first(id: Uuid, class_name: &str, data: Map<String, Value>) -> Res
         ];
         Ok(!client.update(&*stmt, None, &args)?.is_empty())
     })?;
-    if inserted { Ok(()) } else { Err(EventicError::RecordExists { id: id.to_string() }) }
+    if inserted {
+        Ok(())
+    } else {
+        Err(EventicError::RecordExists { id: id.to_string() })
+    }
 }
 
 /// One statement that reads the latest version and appends the next one, when there is
@@ -252,7 +276,9 @@ pub fn append(id: Uuid, change: Change, expected_version: Option<i32>) -> Result
             expected_version.into(),
         ];
         let mut table = client.update(&*stmt, None, &args)?;
-        let Some(row) = table.next() else { return Ok(None) };
+        let Some(row) = table.next() else {
+            return Ok(None);
+        };
         Ok(Some((
             row.get::<i32>(1)?.unwrap_or_default(),
             row.get::<bool>(2)?.unwrap_or_default(),
@@ -263,9 +289,16 @@ pub fn append(id: Uuid, change: Change, expected_version: Option<i32>) -> Result
     let id_text = || id.to_string();
     match outcome {
         None => Err(EventicError::RecordNotFound { id: id_text() }),
-        Some((version, true, _, _)) => Err(EventicError::RecordDeleted { id: id_text(), version }),
+        Some((version, true, _, _)) => Err(EventicError::RecordDeleted {
+            id: id_text(),
+            version,
+        }),
         Some((actual, _, _, _)) if expected_version.is_some_and(|e| e != actual) => {
-            Err(EventicError::StaleVersion { id: id_text(), expected: expected_version.unwrap_or_default(), actual })
+            Err(EventicError::StaleVersion {
+                id: id_text(),
+                expected: expected_version.unwrap_or_default(),
+                actual,
+            })
         }
         Some((version, _, false, _)) => Ok(version),
         Some((_, _, true, Some(new_version))) => Ok(new_version),

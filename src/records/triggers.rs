@@ -7,11 +7,12 @@ use pgrx::{pg_sys, AllocatedByPostgres, JsonB, Uuid};
 use crate::errors::{EventicError, OrReport};
 use crate::records::store::{self, Change};
 
-
 /// BEFORE INSERT, per row: only eventic's own functions append versions (and superusers, so
 /// that `pg_restore` can load a dump).
 #[pg_trigger]
-fn records_guard_insert<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, EventicError> {
+fn records_guard_insert<'a>(
+    trigger: &'a PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, EventicError> {
     // SAFETY: superuser() only reads the current user's cached catalog entry.
     if store::is_own_write() || unsafe { pg_sys::superuser() } {
         return Ok(trigger.new());
@@ -26,7 +27,9 @@ fn records_guard_insert<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<PgHeapT
 
 /// BEFORE DELETE / TRUNCATE, per statement: history is removed only by eventic.purge/prune.
 #[pg_trigger]
-fn records_guard_delete<'a>(_trigger: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, EventicError> {
+fn records_guard_delete<'a>(
+    _trigger: &'a PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, EventicError> {
     if store::is_own_write() {
         return Ok(None);
     }
@@ -59,7 +62,9 @@ fn latest_version_seen_by_statement(id: Uuid) -> crate::errors::Result<Option<i3
             )
         };
         if rc != pg_sys::SPI_OK_SELECT as i32 {
-            return Err(EventicError::Internal(format!("SPI_execute_with_args returned {rc}")));
+            return Err(EventicError::Internal(format!(
+                "SPI_execute_with_args returned {rc}"
+            )));
         }
         // SAFETY: SPI_OK_SELECT leaves a tuple table with one row (an aggregate) and one column.
         unsafe {
@@ -79,7 +84,9 @@ fn latest_version_seen_by_statement(id: Uuid) -> crate::errors::Result<Option<i3
 /// snapshot acts; its change (old data → new data) is applied to the true latest version, so
 /// a version committed concurrently is built on, not overwritten.
 #[pg_trigger]
-fn records_redirect_update<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, EventicError> {
+fn records_redirect_update<'a>(
+    trigger: &'a PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, EventicError> {
     (|| -> crate::errors::Result<()> {
         let (Some(old), Some(new)) = (trigger.old(), trigger.new()) else {
             return Ok(());
@@ -89,7 +96,8 @@ fn records_redirect_update<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<PgHe
         let immutable_changed = old.get_by_name::<Uuid>("id")? != new.get_by_name::<Uuid>("id")?
             || old.get_by_name::<i32>("version")? != new.get_by_name::<i32>("version")?
             || old.get_by_name::<Uuid>("version_id")? != new.get_by_name::<Uuid>("version_id")?
-            || old.get_by_name::<String>("class_type")? != new.get_by_name::<String>("class_type")?
+            || old.get_by_name::<String>("class_type")?
+                != new.get_by_name::<String>("class_type")?
             || old.get_by_name::<TimestampWithTimeZone>("created_at")?
                 != new.get_by_name::<TimestampWithTimeZone>("created_at")?;
         if immutable_changed {
@@ -105,7 +113,14 @@ fn records_redirect_update<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<PgHe
         let was_deleted = old.get_by_name::<bool>("deleted")?.unwrap_or(false);
         let now_deleted = new.get_by_name::<bool>("deleted")?.unwrap_or(false);
         if now_deleted && !was_deleted {
-            store::append(id, Change { tombstone: true, ..Change::default() }, None)?;
+            store::append(
+                id,
+                Change {
+                    tombstone: true,
+                    ..Change::default()
+                },
+                None,
+            )?;
             return Ok(());
         }
         if was_deleted && !now_deleted {
@@ -116,9 +131,8 @@ fn records_redirect_update<'a>(trigger: &'a PgTrigger<'a>) -> Result<Option<PgHe
         }
         let old_data: Option<JsonB> = old.get_by_name("data")?;
         let new_data: Option<JsonB> = new.get_by_name("data")?;
-        let (Some(old_data), Some(new_data)) = (old_data, new_data) else {
-            return Ok(()); // data is NOT NULL: the column's own constraint reports it
-        };
+        let new_data = new_data.ok_or_else(|| EventicError::null_argument("data"))?;
+        let old_data = old_data.unwrap_or(JsonB(serde_json::Value::Null));
         if old_data.0 != new_data.0 {
             crate::records::apply_document_change(id, &old_data.0, &new_data.0)?;
         }
