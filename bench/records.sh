@@ -1,0 +1,112 @@
+# Benchmark group `records` (sourced by bench/run): the write path (set_field) against an
+# in-place UPDATE and a plain append-only INSERT, and hydrate latency against history length.
+
+RECORDS_N=1000
+
+records_prepare() {
+    bench_sql -v n="$RECORDS_N" <<'SQL'
+-- 1000 Story records with a few fields; bench_ids maps a dense n to each record id.
+CREATE TABLE bench_ids (n int PRIMARY KEY, id uuid NOT NULL);
+INSERT INTO bench_ids
+SELECT n, eventic.create('Story', jsonb_build_object(
+           'title', 'Story ' || n,
+           'body', repeat('A paragraph of story text. ', 8),
+           'status', 'draft',
+           'priority', n % 5,
+           'points', n % 13,
+           'tags', jsonb_build_array('bench', 'story', 'tag' || n % 10)))
+  FROM generate_series(1, :n) n;
+
+-- The UPDATE baseline: an ordinary table with the very same 1000 documents.
+CREATE TABLE bench_plain (n int PRIMARY KEY, data jsonb NOT NULL);
+INSERT INTO bench_plain
+SELECT i.n, r.data FROM bench_ids i JOIN eventic.records r ON r.id = i.id AND r.version = 0;
+
+-- The append-only floor: shaped like eventic.records (columns, checks, keys, partial index),
+-- without its triggers, starting from the same 1000 version-0 rows.
+CREATE TABLE bench_append (
+    version_id  uuid        NOT NULL,
+    id          uuid        NOT NULL,
+    version     integer     NOT NULL CHECK (version >= 0),
+    class_type  text        NOT NULL,
+    data        jsonb       NOT NULL CHECK (jsonb_typeof(data) = 'object'),
+    created_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
+    created_by  name        NOT NULL DEFAULT current_user,
+    deleted     boolean     NOT NULL DEFAULT false,
+    PRIMARY KEY (id, version)
+);
+CREATE INDEX ON bench_append (class_type, id) WHERE version = 0;
+CREATE SEQUENCE bench_append_version START 1;
+INSERT INTO bench_append SELECT * FROM eventic.records;
+
+-- hydrate: one record with 1 version, one with 100, one with 10,000.
+CREATE TABLE bench_hydrate (versions int PRIMARY KEY, id uuid NOT NULL);
+INSERT INTO bench_hydrate
+SELECT v, eventic.create('Story', jsonb_build_object(
+           'title', 'history of ' || v, 'body', repeat('A paragraph of story text. ', 8),
+           'status', 'draft', 'priority', 1, 'points', 3, 'tags', jsonb_build_array('bench')))
+  FROM unnest(ARRAY[1, 100, 10000]) v;
+SELECT count(eventic.set_field(h.id, 'title', to_jsonb('title ' || g)))
+  FROM bench_hydrate h CROSS JOIN LATERAL generate_series(1, h.versions - 1) g \g /dev/null
+DO $$
+DECLARE bad text;
+BEGIN
+    SELECT string_agg(format('%s versions wanted, %s built', h.versions, n), '; ') INTO bad
+      FROM bench_hydrate h,
+           LATERAL (SELECT count(*) AS n, max(version) AS top FROM eventic.records r WHERE r.id = h.id) c
+     WHERE c.n <> h.versions OR c.top <> h.versions - 1;
+    IF bad IS NOT NULL THEN
+        RAISE EXCEPTION 'hydrate records not built as wanted: %', bad;
+    END IF;
+END
+$$;
+
+VACUUM ANALYZE;
+SQL
+}
+
+records_run() {
+    local g=records
+    bench_declare $g update_plain update_plain tps \
+        "UPDATE bench_plain SET data = jsonb_set(data, '{title}', ...) WHERE n = random 1..1000 (in place)"
+    bench_declare $g set_field update_plain tps \
+        "SELECT eventic.set_field(id of random record 1..1000, 'title', ...) (appends a version)"
+    bench_declare $g insert_append update_plain tps \
+        "INSERT INTO bench_append SELECT latest version with the title changed (plain append-only floor)"
+    bench_declare $g latest_sql latest_sql latency \
+        "SELECT data FROM eventic.records WHERE id = ... ORDER BY version DESC LIMIT 1 (1 version)"
+    bench_declare $g hydrate_v1 latest_sql latency \
+        "SELECT eventic.hydrate(id) of a record with 1 version"
+    bench_declare $g hydrate_v100 hydrate_v1 latency \
+        "SELECT eventic.hydrate(id) of a record with 100 versions"
+    bench_declare $g hydrate_v10000 hydrate_v1 latency \
+        "SELECT eventic.hydrate(id) of a record with 10,000 versions"
+
+    # writes: the three interleaved, order reversed every other round, so that table growth
+    # and machine state weigh on each alike
+    local writes=(update_plain set_field insert_append) c round b
+    for c in $BENCH_CLIENTS; do
+        for round in $(seq 1 "$BENCH_ROUNDS"); do
+            local order=("${writes[@]}")
+            [ $((round % 2)) = 0 ] && order=(insert_append set_field update_plain)
+            for b in "${order[@]}"; do
+                bench_pgbench $g "$b" "$c" "$round" "records/$b.sql"
+            done
+        done
+    done
+
+    # reads: one client, latency
+    local reads=(latest_sql:1 hydrate_v1:1 hydrate_v100:100 hydrate_v10000:10000) item
+    for round in $(seq 1 "$BENCH_ROUNDS"); do
+        local order=("${reads[@]}")
+        if [ $((round % 2)) = 0 ]; then
+            order=(hydrate_v10000:10000 hydrate_v100:100 hydrate_v1:1 latest_sql:1)
+        fi
+        for item in "${order[@]}"; do
+            b=${item%%:*}
+            local script=records/hydrate.sql
+            [ "$b" = latest_sql ] && script=records/latest_sql.sql
+            bench_pgbench $g "$b" 1 "$round" "$script" -D "versions=${item#*:}"
+        done
+    done
+}
