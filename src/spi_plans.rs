@@ -11,7 +11,9 @@ use pgrx::spi::{OwnedPreparedStatement, SpiClient};
 use crate::errors::Result;
 
 thread_local! {
-    static PLANS: RefCell<HashMap<&'static str, Rc<OwnedPreparedStatement>>> =
+    /// Keyed by the address of the `&'static str` (each statement is a constant): hashing a
+    /// pointer is free, hashing the SQL text on every call is not.
+    static PLANS: RefCell<HashMap<usize, Rc<OwnedPreparedStatement>>> =
         RefCell::new(HashMap::new());
 }
 
@@ -23,7 +25,7 @@ pub fn plan(
     args: &[PgOid],
     mutating: bool,
 ) -> Result<Rc<OwnedPreparedStatement>> {
-    if let Some(found) = PLANS.with(|plans| plans.borrow().get(sql).cloned()) {
+    if let Some(found) = PLANS.with(|plans| plans.borrow().get(&(sql.as_ptr() as usize)).cloned()) {
         return Ok(found);
     }
     let prepared = if mutating {
@@ -32,6 +34,6 @@ pub fn plan(
         client.prepare(sql, args)?
     };
     let kept = Rc::new(prepared.keep());
-    PLANS.with(|plans| plans.borrow_mut().insert(sql, kept.clone()));
+    PLANS.with(|plans| plans.borrow_mut().insert(sql.as_ptr() as usize, kept.clone()));
     Ok(kept)
 }

@@ -36,6 +36,18 @@ pub fn check_class_name(name: &str) -> Result<()> {
 /// otherwise any non-empty key), not one of the reserved keys. `properties` is a field too,
 /// but only an object may be stored in it.
 pub fn check_field(name: &str, value: &Value, strict_names: bool) -> Result<()> {
+    check_field_name(name, strict_names)?;
+    if name == PROPERTIES && !value.is_object() {
+        return Err(EventicError::invalid(
+            "field \"properties\" must be a JSON object",
+            "Use eventic.add_property(id, key, value) / eventic.remove_property(id, key).",
+        ));
+    }
+    Ok(())
+}
+
+/// The name rules of [`check_field`] alone (the value is checked only for `properties`).
+pub fn check_field_name(name: &str, strict_names: bool) -> Result<()> {
     let acceptable = if strict_names {
         is_identifier(name)
     } else {
@@ -54,12 +66,6 @@ pub fn check_field(name: &str, value: &Value, strict_names: bool) -> Result<()> 
             format!("field {name:?} is reserved"),
             "id, version and class_type come from the version row; pass the id as the id \
              argument and let eventic number the versions.",
-        ));
-    }
-    if name == PROPERTIES && !value.is_object() {
-        return Err(EventicError::invalid(
-            "field \"properties\" must be a JSON object",
-            "Use eventic.add_property(id, key, value) / eventic.remove_property(id, key).",
         ));
     }
     Ok(())

@@ -14,9 +14,11 @@ use serde_json::{Map, Value};
 use crate::errors::{required, EventicError, OrReport, Result};
 use crate::settings::strict_field_names;
 use fields::{
-    check_class_name, check_document, check_field, check_property_key, Patch, PROPERTIES,
+    check_class_name, check_document, check_field, check_field_name, check_property_key, Patch,
+    PROPERTIES,
 };
-use store::{Change, VersionRow};
+use crate::raw_jsonb::RawJsonb;
+use store::{Change, FieldValues, VersionRow};
 
 /// The model dump `hydrate` returns: the document plus id, version and class_type.
 fn model_dump(id: Uuid, row: VersionRow) -> JsonB {
@@ -25,16 +27,6 @@ fn model_dump(id: Uuid, row: VersionRow) -> JsonB {
     doc.insert("version".into(), Value::from(row.version));
     doc.insert("class_type".into(), Value::String(row.class_type));
     JsonB(Value::Object(doc))
-}
-
-fn set_patch(set: Map<String, Value>) -> Change {
-    Change {
-        fields: Patch {
-            set,
-            removed: Vec::new(),
-        },
-        ..Change::default()
-    }
 }
 
 pub fn create_record(class_name: &str, data: Value, id: Option<Uuid>) -> Result<Uuid> {
@@ -70,16 +62,18 @@ fn create(
 fn set_field(
     id: Option<Uuid>,
     field: Option<&str>,
-    value: Option<JsonB>,
+    value: Option<RawJsonb>,
     expected_version: default!(Option<i32>, "NULL"),
 ) -> i32 {
     (|| {
         let (id, field) = (required(id, "id")?, required(field, "field")?);
         let value = required(value, "value")?;
-        check_field(field, &value.0, strict_field_names())?;
-        let mut set = Map::new();
-        set.insert(field.to_string(), value.0);
-        store::append(id, set_patch(set), expected_version)
+        check_field_name(field, strict_field_names())?;
+        if field == PROPERTIES {
+            check_field(field, &value.to_value(), strict_field_names())?;
+        }
+        let change = Change { set: FieldValues::One(field.to_string(), value), ..Change::default() };
+        store::append(id, change, expected_version)
     })()
     .or_report()
 }
@@ -88,13 +82,14 @@ fn set_field(
 #[pg_extern(volatile, parallel_unsafe)]
 fn set_fields(
     id: Option<Uuid>,
-    patch: Option<JsonB>,
+    patch: Option<RawJsonb>,
     expected_version: default!(Option<i32>, "NULL"),
 ) -> i32 {
     (|| {
         let (id, patch) = (required(id, "id")?, required(patch, "patch")?);
-        let set = check_document(&patch.0, "patch", strict_field_names())?.clone();
-        store::append(id, set_patch(set), expected_version)
+        check_document(&patch.to_value(), "patch", strict_field_names())?;
+        let change = Change { set: FieldValues::Raw(patch), ..Change::default() };
+        store::append(id, change, expected_version)
     })()
     .or_report()
 }
@@ -110,7 +105,8 @@ pub fn apply_document_change(id: Uuid, old: &Value, new: &Value) -> Result<i32> 
     store::append(
         id,
         Change {
-            fields: patch,
+            set: FieldValues::Built(patch.set),
+            removed: patch.removed,
             ..Change::default()
         },
         None,

@@ -12,10 +12,12 @@ use std::cell::Cell;
 
 use pgrx::pg_sys::{self, PgBuiltInOids, PgOid};
 use pgrx::prelude::*;
+use pgrx::datum::DatumWithOid;
 use pgrx::{JsonB, Uuid};
 use serde_json::{Map, Value};
 
 use crate::errors::{EventicError, Result};
+use crate::raw_jsonb::RawJsonb;
 use crate::records::fields::Patch;
 use crate::spi_plans::plan;
 
@@ -218,39 +220,62 @@ pub fn insert_first(id: Uuid, class_name: &str, data: Map<String, Value>) -> Res
     }
 }
 
-/// One statement that reads the latest version and appends the next one, when there is
-/// something to append. Parameters: $1 id, $2 fields to set, $3 fields to remove,
-/// $4 properties to set, $5 properties to remove, $6 tombstone, $7 new version_id,
-/// $8 expected version (NULL: any).
+/// The fast path of every write: one INSERT that reads the latest version and appends the
+/// next one when there is something to append, returning its number. No row back means
+/// "nothing appended"; [`append`] then reads the latest version to say why.
+/// Parameters: $1 id, $2 fields to set (object), $3 fields to remove, $4 properties to set,
+/// $5 properties to remove, $6 tombstone, $7 new version_id, $8 expected version (NULL: any),
+/// $9 revive a deleted record, $10/$11 one field name and value to set (instead of $2).
 const APPEND_NEXT: &str = "\
-WITH cur AS MATERIALIZED (
-    SELECT version, class_type, data, deleted
-      FROM eventic.records WHERE id = $1 ORDER BY version DESC LIMIT 1),
-nxt AS MATERIALIZED (
-    SELECT cur.version, cur.class_type, cur.deleted, cur.data AS old_data,
-           CASE WHEN $6 THEN cur.data
-                WHEN cardinality($5) = 0 AND $4 = '{}'::jsonb THEN b.base
-                ELSE jsonb_set(b.base, '{properties}',
-                               (coalesce(b.base -> 'properties', '{}') - $5) || $4)
-           END AS new_data
-      FROM cur, LATERAL (SELECT (cur.data - $3) || $2 AS base) b),
-ins AS (
-    INSERT INTO eventic.records
-           (version_id, id, version, class_type, data, created_at, created_by, deleted)
-    SELECT $7, $1, version + 1, class_type, new_data, clock_timestamp(), current_user, $6
-      FROM nxt
-     WHERE NOT deleted AND ($8::int4 IS NULL OR version = $8) AND ($6 OR new_data <> old_data)
-    ON CONFLICT (id, version) DO NOTHING
-    RETURNING version)
-SELECT version, deleted, ($6 OR new_data <> old_data) AS changed, (SELECT version FROM ins)
-  FROM nxt";
+INSERT INTO eventic.records
+       (version_id, id, version, class_type, data, created_at, created_by, deleted)
+SELECT $7, $1, cur.version + 1, cur.class_type, nxt.data, clock_timestamp(), current_user, $6
+  FROM (SELECT version, class_type, data, deleted
+          FROM eventic.records WHERE id = $1 ORDER BY version DESC LIMIT 1) cur
+ CROSS JOIN LATERAL (
+        SELECT CASE WHEN $10::text IS NULL THEN $2
+                    ELSE jsonb_build_object($10::text, $11::jsonb) END AS fields) f
+ CROSS JOIN LATERAL (
+        SELECT CASE WHEN $6 THEN cur.data
+                    WHEN $9 AND cur.deleted
+                         THEN f.fields || jsonb_build_object('properties', '{}'::jsonb)
+                    WHEN cardinality($5) = 0 AND $4 = '{}'::jsonb
+                         THEN (cur.data - $3) || f.fields
+                    ELSE jsonb_set((cur.data - $3) || f.fields, '{properties}',
+                           (coalesce(((cur.data - $3) || f.fields) -> 'properties', '{}') - $5) || $4)
+               END AS data) nxt
+ WHERE (NOT cur.deleted OR $9)
+   AND ($8::int4 IS NULL OR cur.version = $8)
+   AND ($6 OR cur.deleted OR nxt.data <> cur.data)
+ON CONFLICT (id, version) DO NOTHING
+RETURNING version";
+
+/// The fields a write sets.
+pub enum FieldValues {
+    /// A JSON object, as given by the caller (no conversion).
+    Raw(RawJsonb),
+    /// An object built in Rust.
+    Built(Map<String, Value>),
+    /// One field (set_field): name and value, the value passed through untouched.
+    One(String, RawJsonb),
+}
+
+impl Default for FieldValues {
+    fn default() -> Self {
+        FieldValues::Built(Map::new())
+    }
+}
 
 /// What one write does to the latest version.
 #[derive(Default)]
 pub struct Change {
-    pub fields: Patch,
+    pub set: FieldValues,
+    pub removed: Vec<String>,
     pub properties: Patch,
     pub tombstone: bool,
+    /// Turn a tombstoned record live again with `set` as its document (tracked tables, where
+    /// a key can be deleted and inserted again).
+    pub revive: bool,
 }
 
 /// Apply `change` to the latest version of `id` and return the resulting version number.
@@ -258,55 +283,59 @@ pub struct Change {
 pub fn append(id: Uuid, change: Change, expected_version: Option<i32>) -> Result<i32> {
     lock_record(id);
     let _own = OwnWrite::begin();
-    let outcome = Spi::connect_mut(|client| -> Result<Option<(i32, bool, bool, Option<i32>)>> {
+    let revive = change.revive;
+    let appended = Spi::connect_mut(|client| -> Result<Option<i32>> {
         let stmt = plan(
             client,
             APPEND_NEXT,
-            &[UUID, JSONB, TEXT_ARRAY, JSONB, TEXT_ARRAY, BOOL, UUID, INT4],
+            &[UUID, JSONB, TEXT_ARRAY, JSONB, TEXT_ARRAY, BOOL, UUID, INT4, BOOL, TEXT, JSONB],
             true,
         )?;
+        let (set, one_name, one_value): (DatumWithOid, Option<String>, Option<RawJsonb>) =
+            match change.set {
+                FieldValues::Raw(raw) => (raw.into(), None, None),
+                FieldValues::Built(map) => (JsonB(Value::Object(map)).into(), None, None),
+                FieldValues::One(name, value) => (DatumWithOid::null::<JsonB>(), Some(name), Some(value)),
+            };
         let args = [
             id.into(),
-            JsonB(Value::Object(change.fields.set)).into(),
-            change.fields.removed.into(),
+            set,
+            change.removed.into(),
             JsonB(Value::Object(change.properties.set)).into(),
             change.properties.removed.into(),
             change.tombstone.into(),
             new_uuid_v7().into(),
             expected_version.into(),
+            revive.into(),
+            one_name.into(),
+            one_value.into(),
         ];
         let mut table = client.update(&*stmt, None, &args)?;
-        let Some(row) = table.next() else {
-            return Ok(None);
-        };
-        Ok(Some((
-            row.get::<i32>(1)?.unwrap_or_default(),
-            row.get::<bool>(2)?.unwrap_or_default(),
-            row.get::<bool>(3)?.unwrap_or_default(),
-            row.get::<i32>(4)?,
-        )))
+        Ok(match table.next() {
+            Some(row) => row.get::<i32>(1)?,
+            None => None,
+        })
     })?;
+    if let Some(version) = appended {
+        return Ok(version);
+    }
+    // Nothing appended: say why. We still hold the record's lock, so this is the same state.
     let id_text = || id.to_string();
-    match outcome {
+    match latest(id)? {
         None => Err(EventicError::RecordNotFound { id: id_text() }),
-        Some((version, true, _, _)) => Err(EventicError::RecordDeleted {
+        Some(row) if row.deleted && !revive => Err(EventicError::RecordDeleted {
             id: id_text(),
-            version,
+            version: row.version,
         }),
-        Some((actual, _, _, _)) if expected_version.is_some_and(|e| e != actual) => {
+        Some(row) if expected_version.is_some_and(|e| e != row.version) => {
             Err(EventicError::StaleVersion {
                 id: id_text(),
                 expected: expected_version.unwrap_or_default(),
-                actual,
+                actual: row.version,
             })
         }
-        Some((version, _, false, _)) => Ok(version),
-        Some((_, _, true, Some(new_version))) => Ok(new_version),
-        Some((actual, _, true, None)) => Err(EventicError::StaleVersion {
-            id: id_text(),
-            expected: actual,
-            actual: actual + 1,
-        }),
+        // the change would not alter the document: nothing to write
+        Some(row) => Ok(row.version),
     }
 }
 

@@ -1,0 +1,81 @@
+-- Classes (DESIGN.md §2): a JSON Schema per class, its queue, its typed view.
+
+CREATE TABLE eventic.classes (
+    class_name   text        PRIMARY KEY,
+    queue_name   text        NOT NULL UNIQUE REFERENCES eventic.queues (queue_name),
+    json_schema  jsonb,
+    view_schema  name,
+    view_name    name,
+    owner        name        NOT NULL DEFAULT current_user,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    updated_at   timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE eventic.classes IS
+  'Registered record classes: queue, optional JSON Schema (validated on every new version), optional typed view';
+COMMENT ON COLUMN eventic.classes.owner IS 'The role that registered the class; it (or a superuser) may change or drop it';
+SELECT pg_catalog.pg_extension_config_dump('eventic.classes', '');
+GRANT SELECT ON eventic.classes TO PUBLIC;
+
+-- Each backend caches compiled validators; any change to this table invalidates them.
+CREATE TRIGGER classes_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON eventic.classes
+    FOR EACH STATEMENT EXECUTE FUNCTION eventic.classes_changed();
+
+-- INSTEAD OF trigger of every class view: TG_ARGV[0] is the class, the rest its field columns.
+-- INSERT → eventic.create, UPDATE → one version with the changed columns, DELETE → tombstone.
+CREATE FUNCTION eventic._class_view_write() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    class_name text := TG_ARGV[0];
+    fields text[] := TG_ARGV[1:TG_NARGS - 1];
+    new_doc jsonb;
+    old_doc jsonb;
+    record_id uuid;
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        PERFORM eventic.delete(OLD.id);
+        RETURN OLD;
+    END IF;
+    -- on INSERT a NULL column is an absent field (so optional fields stay optional)
+    SELECT coalesce(jsonb_object_agg(key, value), '{}') INTO new_doc
+      FROM jsonb_each(to_jsonb(NEW))
+     WHERE key = ANY (fields) AND (TG_OP = 'UPDATE' OR value <> 'null');
+    IF jsonb_typeof(to_jsonb(NEW) -> 'properties') = 'object' THEN
+        new_doc := new_doc || jsonb_build_object('properties', to_jsonb(NEW) -> 'properties');
+    END IF;
+    IF TG_OP = 'INSERT' THEN
+        record_id := eventic.create(class_name, new_doc, NEW.id);
+    ELSE
+        IF NEW.id IS DISTINCT FROM OLD.id THEN
+            RAISE EXCEPTION 'the id of record % cannot change', OLD.id
+                USING ERRCODE = '22023', HINT = 'Insert a new row to create a new record.';
+        END IF;
+        SELECT coalesce(jsonb_object_agg(key, value), '{}') INTO old_doc
+          FROM jsonb_each(to_jsonb(OLD))
+         WHERE key = ANY (fields) OR key = 'properties';
+        PERFORM eventic._apply_update(OLD.id, old_doc, new_doc);
+        record_id := OLD.id;
+    END IF;
+    EXECUTE format('SELECT * FROM %I.%I WHERE id = $1', TG_TABLE_SCHEMA, TG_TABLE_NAME)
+       INTO NEW USING record_id;
+    RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION eventic._class_view_write() IS
+  'INSTEAD OF trigger of class views: INSERT/UPDATE/DELETE become create/versions/tombstone';
+
+-- Tracked tables: AFTER trigger; TG_ARGV[0] is the id column, TG_ARGV[1] the class.
+CREATE FUNCTION eventic._tracked_write() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        PERFORM eventic._track_change(TG_ARGV[1], TG_ARGV[0], to_jsonb(OLD), NULL);
+    ELSIF TG_OP = 'INSERT' THEN
+        PERFORM eventic._track_change(TG_ARGV[1], TG_ARGV[0], NULL, to_jsonb(NEW));
+    ELSE
+        PERFORM eventic._track_change(TG_ARGV[1], TG_ARGV[0], to_jsonb(OLD), to_jsonb(NEW));
+    END IF;
+    RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION eventic._tracked_write() IS
+  'AFTER trigger of tracked tables: each row change appends a version (see eventic.track)';
