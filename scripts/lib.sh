@@ -69,7 +69,10 @@ start_cluster() {
         echo "fsync = off"
         for line in "$@"; do echo "$line"; done
     } | run_as_postgres tee -a "$dir/data/postgresql.conf" >/dev/null
-    run_as_postgres "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null
+    # RUST_BACKTRACE in the server's environment makes pgrx append a Rust backtrace to the
+    # DETAIL of errors that cross an SPI call; users never want that in their messages
+    run_as_postgres env -u RUST_BACKTRACE -u RUST_LIB_BACKTRACE \
+        "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null
 }
 
 stop_cluster() {

@@ -66,14 +66,18 @@ COMMENT ON FUNCTION eventic._class_view_write() IS
 -- Tracked tables: AFTER trigger; TG_ARGV[0] is the id column, TG_ARGV[1] the class.
 CREATE FUNCTION eventic._tracked_write() RETURNS trigger
 LANGUAGE plpgsql AS $$
+DECLARE
+    new_row jsonb;
 BEGIN
     IF TG_OP = 'DELETE' THEN
-        PERFORM eventic._track_change(TG_ARGV[1], TG_ARGV[0], to_jsonb(OLD), NULL);
-    ELSIF TG_OP = 'INSERT' THEN
-        PERFORM eventic._track_change(TG_ARGV[1], TG_ARGV[0], NULL, to_jsonb(NEW));
-    ELSE
-        PERFORM eventic._track_change(TG_ARGV[1], TG_ARGV[0], to_jsonb(OLD), to_jsonb(NEW));
+        PERFORM eventic._track_change(TG_ARGV[1], to_jsonb(OLD) -> TG_ARGV[0], NULL, NULL);
+        RETURN NULL;
     END IF;
+    new_row := to_jsonb(NEW);
+    PERFORM eventic._track_change(TG_ARGV[1],
+                                  CASE WHEN TG_OP = 'UPDATE' THEN to_jsonb(OLD) -> TG_ARGV[0] END,
+                                  new_row -> TG_ARGV[0],
+                                  new_row - TG_ARGV[0]);
     RETURN NULL;
 END
 $$;

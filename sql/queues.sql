@@ -16,7 +16,8 @@ SELECT pg_catalog.pg_extension_config_dump('eventic.queues', '');
 
 -- Creates the table of queue `queue_name` (idempotent). Runs as the extension owner. Queue
 -- tables are not members of the extension: pg_dump dumps them (and their jobs) like any
--- table, and DROP EXTENSION needs CASCADE once they exist.
+-- table, and DROP EXTENSION leaves them (with the schema eventic); a later CREATE EXTENSION
+-- adopts them again when their class or queue is registered.
 CREATE FUNCTION eventic._create_queue(queue_name text, class_name text DEFAULT NULL)
 RETURNS void
 LANGUAGE plpgsql
@@ -31,7 +32,7 @@ BEGIN
     INSERT INTO eventic.queues (queue_name, table_name, class_name)
     VALUES (_create_queue.queue_name, tbl, _create_queue.class_name);
     EXECUTE format($ddl$
-        CREATE TABLE eventic.%1$I (
+        CREATE TABLE IF NOT EXISTS eventic.%1$I (
             job_id       bigint       GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
             fn           regprocedure NOT NULL,
             args         jsonb        NOT NULL DEFAULT '[]',
@@ -45,8 +46,8 @@ BEGIN
             lease_until  timestamptz,
             last_error   text
         );
-        CREATE INDEX %2$I ON eventic.%1$I (priority DESC, run_at, job_id);
-        CREATE UNIQUE INDEX %3$I ON eventic.%1$I (dedup_key) WHERE dedup_key IS NOT NULL;
+        CREATE INDEX IF NOT EXISTS %2$I ON eventic.%1$I (priority DESC, run_at, job_id);
+        CREATE UNIQUE INDEX IF NOT EXISTS %3$I ON eventic.%1$I (dedup_key) WHERE dedup_key IS NOT NULL;
         COMMENT ON TABLE eventic.%1$I IS %4$L;
     $ddl$, tbl, tbl || '_ready', tbl || '_dedup',
         'Jobs of eventic queue ' || queue_name || '; use eventic.enqueue, never write directly');

@@ -47,6 +47,25 @@ pub enum EventicError {
     #[error("record {id} already exists")]
     RecordExists { id: String },
 
+    /// 23514: a new version does not match its class's JSON Schema.
+    #[error("record {id} does not match the JSON Schema of class {class} at {pointer}")]
+    SchemaViolation {
+        id: String,
+        class: String,
+        pointer: String,
+        rule: String,
+        message: String,
+        schema_path: String,
+    },
+
+    /// 42704: no class / queue of that name.
+    #[error("{what} {name:?} does not exist")]
+    UnknownObject {
+        what: &'static str,
+        name: String,
+        hint: String,
+    },
+
     /// 22023: a bad argument; `hint` says what would be accepted.
     #[error("{message}")]
     InvalidArgument { message: String, hint: String },
@@ -105,6 +124,8 @@ impl EventicError {
             | NotYetCreated { .. } => PgSqlErrorCode::ERRCODE_NO_DATA_FOUND,
             StaleVersion { .. } => PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
             RecordExists { .. } => PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION,
+            SchemaViolation { .. } => PgSqlErrorCode::ERRCODE_CHECK_VIOLATION,
+            UnknownObject { .. } => PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
             InvalidArgument { .. } => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             NotAllowed { .. } => PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
             Internal(_) => PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
@@ -121,6 +142,9 @@ impl EventicError {
                 "Version {version} is a tombstone; earlier versions and the history remain readable."
             )),
             NotYetCreated { created_at, .. } => Some(format!("It was created at {created_at}.")),
+            SchemaViolation { pointer, rule, message, schema_path, .. } => Some(format!(
+                "At {pointer}: {message} (rule \"{rule}\", schema path {schema_path}). Nothing was written."
+            )),
             StaleVersion { expected, actual, .. } if expected < actual => Some(format!(
                 "Version {actual} was written after version {expected}; nothing was written."
             )),
@@ -154,7 +178,13 @@ impl EventicError {
             NotYetCreated { .. } => {
                 Some("created_at is the clock time of each write; see eventic.history(id).".into())
             }
-            InvalidArgument { hint, .. } | NotAllowed { hint, .. } if !hint.is_empty() => {
+            SchemaViolation { class, .. } => Some(format!(
+                "Fix the document, or evolve the schema with eventic.register_class('{class}', new_schema); \
+                 see SELECT json_schema FROM eventic.classes WHERE class_name = '{class}'."
+            )),
+            InvalidArgument { hint, .. } | NotAllowed { hint, .. } | UnknownObject { hint, .. }
+                if !hint.is_empty() =>
+            {
                 Some(hint.clone())
             }
             _ => None,

@@ -1,11 +1,13 @@
 //! Eventic: versioned records, per-class queues and durable workflows inside PostgreSQL.
 //!
-//! Layout: `records` (the versioned store and its SQL functions), `errors` (SQLSTATEs and
+//! Layout: `records` (the versioned store and its SQL functions), `classes` (schemas, typed
+//! views, tracked tables), `errors` (SQLSTATEs and
 //! messages), `settings` (GUCs),
 //! `spi_plans` (prepared statements kept per backend). The DDL is in `sql/`.
 
 use pgrx::prelude::*;
 
+pub mod classes;
 pub mod errors;
 pub mod raw_jsonb;
 pub mod records;
@@ -17,9 +19,28 @@ pub mod spi_plans;
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     settings::init();
+    classes::cache::init();
 }
 
-extension_sql_file!("../sql/records.sql", name = "records_schema", finalize);
+extension_sql_file!(
+    "../sql/records.sql",
+    name = "records_schema",
+    requires = [
+        records::triggers::records_guard_insert,
+        records::triggers::records_redirect_update,
+        records::triggers::records_guard_delete,
+    ]
+);
+extension_sql_file!(
+    "../sql/queues.sql",
+    name = "queues_schema",
+    requires = ["records_schema"]
+);
+extension_sql_file!(
+    "../sql/classes.sql",
+    name = "classes_schema",
+    requires = ["queues_schema", classes::triggers::classes_changed]
+);
 
 #[cfg(any(test, feature = "pg_test"))]
 #[pg_schema]

@@ -19,12 +19,18 @@ impl RawJsonb {
     /// The value as serde JSON (one text round trip).
     pub fn to_value(self) -> Value {
         // SAFETY: the datum is a non-null jsonb from an argument, valid for this call.
-        unsafe { JsonB::from_datum(self.0, false) }.map(|j| j.0).unwrap_or(Value::Null)
+        unsafe { JsonB::from_datum(self.0, false) }
+            .map(|j| j.0)
+            .unwrap_or(Value::Null)
     }
 }
 
 impl FromDatum for RawJsonb {
-    unsafe fn from_polymorphic_datum(datum: pg_sys::Datum, is_null: bool, _: pg_sys::Oid) -> Option<Self> {
+    unsafe fn from_polymorphic_datum(
+        datum: pg_sys::Datum,
+        is_null: bool,
+        _: pg_sys::Oid,
+    ) -> Option<Self> {
         (!is_null).then_some(RawJsonb(datum))
     }
 }

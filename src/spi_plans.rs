@@ -34,6 +34,10 @@ pub fn plan(
         client.prepare(sql, args)?
     };
     let kept = Rc::new(prepared.keep());
-    PLANS.with(|plans| plans.borrow_mut().insert(sql.as_ptr() as usize, kept.clone()));
+    PLANS.with(|plans| {
+        plans
+            .borrow_mut()
+            .insert(sql.as_ptr() as usize, kept.clone())
+    });
     Ok(kept)
 }

@@ -2,6 +2,7 @@
 -- (DESIGN.md §1). Ids are fixed; version ids and timestamps are never printed.
 SET client_min_messages = warning;
 DROP EXTENSION IF EXISTS eventic CASCADE;
+DROP SCHEMA IF EXISTS eventic CASCADE;
 CREATE EXTENSION eventic;
 RESET client_min_messages;
 

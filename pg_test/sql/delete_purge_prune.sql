@@ -2,6 +2,7 @@
 -- stays after delete; only the owner or a superuser can remove history.
 SET client_min_messages = warning;
 DROP EXTENSION IF EXISTS eventic CASCADE;
+DROP SCHEMA IF EXISTS eventic CASCADE;
 CREATE EXTENSION eventic;
 DROP ROLE IF EXISTS eventic_regress_user;
 RESET client_min_messages;

@@ -2,6 +2,7 @@
 -- that names the thing, a HINT that names the fix, and nothing written.
 SET client_min_messages = warning;
 DROP EXTENSION IF EXISTS eventic CASCADE;
+DROP SCHEMA IF EXISTS eventic CASCADE;
 CREATE EXTENSION eventic;
 RESET client_min_messages;
 

@@ -1,6 +1,7 @@
 -- eventic.history and eventic.diff (DESIGN.md §1).
 SET client_min_messages = warning;
 DROP EXTENSION IF EXISTS eventic CASCADE;
+DROP SCHEMA IF EXISTS eventic CASCADE;
 CREATE EXTENSION eventic;
 RESET client_min_messages;
 

@@ -3,6 +3,7 @@
 -- Row counts are what psql reports in :ROW_COUNT (the command tag an ORM checks).
 SET client_min_messages = warning;
 DROP EXTENSION IF EXISTS eventic CASCADE;
+DROP SCHEMA IF EXISTS eventic CASCADE;
 CREATE EXTENSION eventic;
 RESET client_min_messages;
 

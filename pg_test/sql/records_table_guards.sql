@@ -3,6 +3,7 @@
 -- are refused (42501).
 SET client_min_messages = warning;
 DROP EXTENSION IF EXISTS eventic CASCADE;
+DROP SCHEMA IF EXISTS eventic CASCADE;
 CREATE EXTENSION eventic;
 DROP ROLE IF EXISTS eventic_regress_client;
 RESET client_min_messages;

@@ -2,6 +2,7 @@
 -- nothing changes, optimistic concurrency with expected_version.
 SET client_min_messages = warning;
 DROP EXTENSION IF EXISTS eventic CASCADE;
+DROP SCHEMA IF EXISTS eventic CASCADE;
 CREATE EXTENSION eventic;
 RESET client_min_messages;
 

@@ -142,7 +142,9 @@ impl Patch {
 /// disappears counts as changed), sorted. The first version (no `old`) changes every field it has.
 pub fn changed_fields(old: Option<&Map<String, Value>>, new: &Map<String, Value>) -> Vec<String> {
     let Some(old) = old else {
-        return new.keys().cloned().collect();
+        let mut names: Vec<String> = new.keys().cloned().collect();
+        names.sort();
+        return names;
     };
     let mut names: Vec<String> = old
         .keys()

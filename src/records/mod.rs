@@ -12,12 +12,12 @@ use pgrx::{JsonB, Uuid};
 use serde_json::{Map, Value};
 
 use crate::errors::{required, EventicError, OrReport, Result};
+use crate::raw_jsonb::RawJsonb;
 use crate::settings::strict_field_names;
 use fields::{
     check_class_name, check_document, check_field, check_field_name, check_property_key, Patch,
     PROPERTIES,
 };
-use crate::raw_jsonb::RawJsonb;
 use store::{Change, FieldValues, VersionRow};
 
 /// The model dump `hydrate` returns: the document plus id, version and class_type.
@@ -34,6 +34,7 @@ pub fn create_record(class_name: &str, data: Value, id: Option<Uuid>) -> Result<
     let mut doc = check_document(&data, "data", strict_field_names())?.clone();
     doc.entry(PROPERTIES)
         .or_insert_with(|| Value::Object(Map::new()));
+    crate::classes::ensure_registered(class_name)?;
     let id = id.unwrap_or_else(store::new_uuid_v7);
     store::insert_first(id, class_name, doc)?;
     Ok(id)
@@ -72,7 +73,10 @@ fn set_field(
         if field == PROPERTIES {
             check_field(field, &value.to_value(), strict_field_names())?;
         }
-        let change = Change { set: FieldValues::One(field.to_string(), value), ..Change::default() };
+        let change = Change {
+            set: FieldValues::One(field.to_string(), value),
+            ..Change::default()
+        };
         store::append(id, change, expected_version)
     })()
     .or_report()
@@ -88,7 +92,10 @@ fn set_fields(
     (|| {
         let (id, patch) = (required(id, "id")?, required(patch, "patch")?);
         check_document(&patch.to_value(), "patch", strict_field_names())?;
-        let change = Change { set: FieldValues::Raw(patch), ..Change::default() };
+        let change = Change {
+            set: FieldValues::Raw(patch),
+            ..Change::default()
+        };
         store::append(id, change, expected_version)
     })()
     .or_report()
@@ -389,6 +396,9 @@ fn prune(
                 "older_than must not be negative",
                 "Pass a positive interval such as '30 days'.",
             ));
+        }
+        if crate::classes::cache::lookup(class_name)?.is_none() {
+            return Err(crate::classes::unknown_class(class_name));
         }
         require_history_owner("prune")?;
         store::delete_where(

@@ -10,9 +10,9 @@
 
 use std::cell::Cell;
 
+use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::{self, PgBuiltInOids, PgOid};
 use pgrx::prelude::*;
-use pgrx::datum::DatumWithOid;
 use pgrx::{JsonB, Uuid};
 use serde_json::{Map, Value};
 
@@ -34,12 +34,29 @@ pub fn new_uuid_v7() -> Uuid {
 pub fn lock_record(id: Uuid) {
     let bytes = id.as_bytes();
     let word = |i: usize| u32::from_be_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+    lock_key(RECORD_LOCK_SPACE, word(0) ^ word(8), word(4) ^ word(12));
+}
+
+/// `locktag_field4` of the lock that serialises registering one class.
+const CLASS_LOCK_SPACE: u16 = 0x4563;
+
+/// Block until this transaction holds the registration lock of class `name`.
+pub fn lock_class(name: &str) {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    name.hash(&mut hasher);
+    let hash = hasher.finish();
+    lock_key(CLASS_LOCK_SPACE, (hash >> 32) as u32, hash as u32);
+}
+
+/// A transaction-scoped exclusive advisory lock in one of eventic's own key spaces.
+fn lock_key(space: u16, high: u32, low: u32) {
     let tag = pg_sys::LOCKTAG {
         // SAFETY: MyDatabaseId is set for the whole life of a backend connected to a database.
         locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
-        locktag_field2: word(0) ^ word(8),
-        locktag_field3: word(4) ^ word(12),
-        locktag_field4: RECORD_LOCK_SPACE,
+        locktag_field2: high,
+        locktag_field3: low,
+        locktag_field4: space,
         locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
         locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
     };
@@ -140,13 +157,13 @@ fn read_one(
     })
 }
 
-const UUID: PgOid = PgOid::BuiltIn(PgBuiltInOids::UUIDOID);
+pub const UUID: PgOid = PgOid::BuiltIn(PgBuiltInOids::UUIDOID);
 const INT4: PgOid = PgOid::BuiltIn(PgBuiltInOids::INT4OID);
 const TSTZ: PgOid = PgOid::BuiltIn(PgBuiltInOids::TIMESTAMPTZOID);
-const JSONB: PgOid = PgOid::BuiltIn(PgBuiltInOids::JSONBOID);
-const TEXT: PgOid = PgOid::BuiltIn(PgBuiltInOids::TEXTOID);
+pub const JSONB: PgOid = PgOid::BuiltIn(PgBuiltInOids::JSONBOID);
+pub const TEXT: PgOid = PgOid::BuiltIn(PgBuiltInOids::TEXTOID);
 const TEXT_ARRAY: PgOid = PgOid::BuiltIn(PgBuiltInOids::TEXTARRAYOID);
-const BOOL: PgOid = PgOid::BuiltIn(PgBuiltInOids::BOOLOID);
+pub const BOOL: PgOid = PgOid::BuiltIn(PgBuiltInOids::BOOLOID);
 
 pub fn latest(id: Uuid) -> Result<Option<VersionRow>> {
     read_one(SELECT_LATEST, &[UUID], vec![id.into()])
@@ -288,14 +305,18 @@ pub fn append(id: Uuid, change: Change, expected_version: Option<i32>) -> Result
         let stmt = plan(
             client,
             APPEND_NEXT,
-            &[UUID, JSONB, TEXT_ARRAY, JSONB, TEXT_ARRAY, BOOL, UUID, INT4, BOOL, TEXT, JSONB],
+            &[
+                UUID, JSONB, TEXT_ARRAY, JSONB, TEXT_ARRAY, BOOL, UUID, INT4, BOOL, TEXT, JSONB,
+            ],
             true,
         )?;
         let (set, one_name, one_value): (DatumWithOid, Option<String>, Option<RawJsonb>) =
             match change.set {
                 FieldValues::Raw(raw) => (raw.into(), None, None),
                 FieldValues::Built(map) => (JsonB(Value::Object(map)).into(), None, None),
-                FieldValues::One(name, value) => (DatumWithOid::null::<JsonB>(), Some(name), Some(value)),
+                FieldValues::One(name, value) => {
+                    (DatumWithOid::null::<JsonB>(), Some(name), Some(value))
+                }
             };
         let args = [
             id.into(),

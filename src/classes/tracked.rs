@@ -1,0 +1,230 @@
+//! Tracked tables: `eventic.track(table)` makes an ordinary table versioned. Each row is a
+//! record of class `schema.table`; an AFTER trigger appends a version for every INSERT,
+//! UPDATE and DELETE, so `history`, `hydrate(id, version)`, `hydrate_as_of` and `diff` work.
+
+use pgrx::prelude::*;
+use pgrx::{JsonB, PgRelation, Uuid};
+use serde_json::Value;
+
+use crate::classes;
+use crate::errors::{required, EventicError, OrReport, Result};
+use crate::raw_jsonb::RawJsonb;
+use crate::records::fields::{check_field_name, PROPERTIES};
+use crate::records::store::{self, Change, FieldValues};
+use crate::settings::strict_field_names;
+
+/// Namespace of the UUIDv5 ids of rows whose key is not a uuid.
+const TRACKED_NAMESPACE: uuid::Uuid =
+    uuid::Uuid::from_u128(0x6576_656e_7469_4300_8000_7472_6163_6b00);
+
+/// The record id of a tracked row: its key when that is a uuid, else a UUIDv5 of
+/// `class/key` (so `eventic.tracked_id(table, key)` finds it).
+pub fn record_id(class_name: &str, key: &Value) -> Result<Uuid> {
+    let text = match key {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Null => {
+            return Err(EventicError::invalid(
+                format!("the id column of tracked table {class_name} is null"),
+                "Give every row of a tracked table a non-null id.",
+            ))
+        }
+        other => other.to_string(),
+    };
+    let id = uuid::Uuid::parse_str(&text).unwrap_or_else(|_| {
+        uuid::Uuid::new_v5(
+            &TRACKED_NAMESPACE,
+            format!("{class_name}/{text}").as_bytes(),
+        )
+    });
+    Ok(Uuid::from_bytes(*id.as_bytes()))
+}
+
+fn class_of(table: &PgRelation) -> String {
+    format!("{}.{}", table.namespace(), table.name())
+}
+
+/// Make `table` versioned. Returns its class name (`schema.table`).
+#[pg_extern(volatile, parallel_unsafe)]
+fn track(table: Option<PgRelation>, id_column: default!(Option<&str>, "'id'")) -> String {
+    (|| {
+        let table = required(table, "table")?;
+        let id_column = required(id_column, "id_column")?;
+        let class_name = class_of(&table);
+        let is_table = Spi::get_one_with_args::<bool>(
+            "SELECT relkind IN ('r', 'p') FROM pg_class WHERE oid = $1",
+            &[table.oid().into()],
+        )?
+        .unwrap_or(false);
+        if !is_table {
+            return Err(EventicError::invalid(
+                format!("{class_name} is not a table"),
+                "eventic.track works on ordinary (and partitioned) tables.",
+            ));
+        }
+        check_columns(&table, &class_name, id_column)?;
+        classes::ensure_registered(&class_name)?;
+        let quoted_table = format!(
+            "{}.{}",
+            pgrx::spi::quote_identifier(table.namespace()),
+            pgrx::spi::quote_identifier(table.name())
+        );
+        let already = Spi::get_one_with_args::<bool>(
+            "SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = $1 AND tgname = 'eventic_track')",
+            &[table.oid().into()],
+        )?
+        .unwrap_or(false);
+        if !already {
+            Spi::run(&format!(
+                "CREATE TRIGGER eventic_track AFTER INSERT OR UPDATE OR DELETE ON {quoted_table} \
+                   FOR EACH ROW EXECUTE FUNCTION eventic._tracked_write({}, {})",
+                classes::schema::quote_literal(id_column),
+                classes::schema::quote_literal(&class_name)
+            ))?;
+        }
+        // rows that exist already get their version 0 now (or a version if they changed while
+        // the table was not tracked)
+        Spi::run(&format!(
+            "SELECT eventic._track_change({cls}, NULL, to_jsonb(t) -> {col}, to_jsonb(t) - {col}) FROM {quoted_table} t",
+            cls = classes::schema::quote_literal(&class_name),
+            col = classes::schema::quote_literal(id_column),
+        ))?;
+        Ok(class_name)
+    })()
+    .or_report()
+}
+
+/// The id column must exist and be unique on its own; the other columns must be field names.
+fn check_columns(table: &PgRelation, class_name: &str, id_column: &str) -> Result<()> {
+    let attnum = Spi::get_one_with_args::<i16>(
+        "SELECT (SELECT attnum FROM pg_attribute \
+                  WHERE attrelid = $1 AND attname = $2 AND attnum > 0 AND NOT attisdropped)",
+        &[table.oid().into(), id_column.into()],
+    )?;
+    let Some(attnum) = attnum else {
+        return Err(EventicError::invalid(
+            format!("table {class_name} has no column {id_column:?}"),
+            "Pass the table's key column: eventic.track('orders', id_column => 'order_id').",
+        ));
+    };
+    let unique = Spi::get_one_with_args::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = $1 AND indisunique \
+           AND indnkeyatts = 1 AND indkey[0] = $2 AND indpred IS NULL)",
+        &[table.oid().into(), attnum.into()],
+    )?
+    .unwrap_or(false);
+    if !unique {
+        return Err(EventicError::invalid(
+            format!("column {id_column:?} of table {class_name} is not unique"),
+            "A tracked table needs a primary key or unique index on its id column alone.",
+        ));
+    }
+    let columns: Vec<String> = Spi::connect(|client| -> Result<Vec<String>> {
+        let rows = client.select(
+            "SELECT attname::text FROM pg_attribute WHERE attrelid = $1 AND attnum > 0 \
+               AND NOT attisdropped AND attname <> $2 ORDER BY attnum",
+            None,
+            &[table.oid().into(), id_column.into()],
+        )?;
+        let mut names = Vec::new();
+        for row in rows {
+            names.extend(row.get::<String>(1)?);
+        }
+        Ok(names)
+    })?;
+    let bad: Vec<&String> = columns
+        .iter()
+        .filter(|c| c.as_str() == PROPERTIES || check_field_name(c, strict_field_names()).is_err())
+        .collect();
+    if !bad.is_empty() {
+        return Err(EventicError::invalid(
+            format!("columns of table {class_name} cannot be record fields: {bad:?}"),
+            "Column names must be identifiers and not id, version, class_type or properties; \
+             rename them or track a view of the table.",
+        ));
+    }
+    Ok(())
+}
+
+/// Stop versioning `table`; its history stays.
+#[pg_extern(volatile, parallel_unsafe)]
+fn untrack(table: Option<PgRelation>) {
+    (|| {
+        let table = required(table, "table")?;
+        Spi::run(&format!(
+            "DROP TRIGGER IF EXISTS eventic_track ON {}.{}",
+            pgrx::spi::quote_identifier(table.namespace()),
+            pgrx::spi::quote_identifier(table.name())
+        ))?;
+        Ok(())
+    })()
+    .or_report()
+}
+
+/// The record id of the row of tracked `table` whose key is `key`.
+#[pg_extern(stable, parallel_safe)]
+fn tracked_id(table: Option<PgRelation>, key: Option<&str>) -> Uuid {
+    (|| {
+        let table = required(table, "table")?;
+        record_id(
+            &class_of(&table),
+            &Value::String(required(key, "key")?.to_string()),
+        )
+    })()
+    .or_report()
+}
+
+/// Make the record of a tracked row hold `doc`: create it, or append a version (reviving a
+/// tombstoned key that was inserted again).
+fn upsert(class_name: &str, id: Uuid, doc: RawJsonb) -> Result<()> {
+    let change = Change {
+        set: FieldValues::Raw(doc),
+        revive: true,
+        ..Change::default()
+    };
+    match store::append(id, change, None) {
+        Err(EventicError::RecordNotFound { .. }) => {
+            crate::records::create_record(class_name, doc.to_value(), Some(id)).map(|_| ())
+        }
+        other => other.map(|_| ()),
+    }
+}
+
+fn delete_if_live(id: Uuid) -> Result<()> {
+    let change = Change {
+        tombstone: true,
+        ..Change::default()
+    };
+    match store::append(id, change, None) {
+        Err(EventicError::RecordNotFound { .. } | EventicError::RecordDeleted { .. }) | Ok(_) => {
+            Ok(())
+        }
+        Err(other) => Err(other),
+    }
+}
+
+/// Called by the AFTER trigger of tracked tables (`eventic._tracked_write`).
+#[pg_extern(volatile, parallel_unsafe, name = "_track_change")]
+fn track_change(
+    class_name: Option<&str>,
+    old_key: Option<JsonB>,
+    new_key: Option<JsonB>,
+    new_doc: Option<RawJsonb>,
+) {
+    (|| {
+        let class_name = required(class_name, "class_name")?;
+        let old_id = old_key.map(|k| record_id(class_name, &k.0)).transpose()?;
+        let new_id = new_key.map(|k| record_id(class_name, &k.0)).transpose()?;
+        match (old_id, new_id, new_doc) {
+            (Some(old), None, _) => delete_if_live(old),
+            (old, Some(new), Some(doc)) => {
+                if let Some(old) = old.filter(|old| *old != new) {
+                    delete_if_live(old)?; // the key changed: the old record ends
+                }
+                upsert(class_name, new, doc)
+            }
+            _ => Ok(()),
+        }
+    })()
+    .or_report()
+}
