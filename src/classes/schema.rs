@@ -308,8 +308,15 @@ mod unit_tests {
             "$defs": {"Author": {"properties": {"name": {"type": "string"}}, "type": "object"}},
             "properties": {"author": {"anyOf": [{"$ref": "#/$defs/Author"}, {"type": "null"}]}}
         });
-        let validator = compile("Story", &optional).unwrap();
-        match violation(&validator, "Story", "x", &json!({"author": {"name": 7}})).unwrap() {
+        let optional_validator = compile("Story", &optional).unwrap();
+        match violation(
+            &optional_validator,
+            "Story",
+            "x",
+            &json!({"author": {"name": 7}}),
+        )
+        .unwrap()
+        {
             EventicError::SchemaViolation { pointer, rule, .. } => {
                 assert_eq!(pointer, "/author/name");
                 assert_eq!(rule, "type");
