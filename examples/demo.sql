@@ -3,6 +3,18 @@
 \pset footer off
 CREATE EXTENSION IF NOT EXISTS eventic;
 
+\echo '== 0. register the Story class: the JSON Schema Pydantic emits for'
+\echo '       class Story(Record): title: str | None = None; body: str | None = None; words: int = 0'
+\echo '   and a typed view public.story that any ORM can map like a table'
+SELECT eventic.register_class('Story', '{
+  "title": "Story", "type": "object",
+  "properties": {
+    "title": {"anyOf": [{"type": "string"}, {"type": "null"}], "default": null},
+    "body":  {"anyOf": [{"type": "string"}, {"type": "null"}], "default": null},
+    "words": {"type": "integer", "minimum": 0, "default": 0}
+  }}', view_schema => 'public');
+SELECT class_name, queue_name, view_schema || '.' || view_name AS view FROM eventic.classes;
+
 \echo '== 1. create a Story (version 0)'
 SELECT eventic.create('Story', '{"title": null, "body": null}') AS story_id \gset
 \echo story id: :story_id
@@ -32,5 +44,14 @@ SELECT eventic.hydrate(:'story_id', 1) AS version_1;
 SELECT eventic.set_field(:'story_id', 'title', '"Overwritten?"', expected_version => 1);
 \set ON_ERROR_STOP on
 
-\echo '== 7. the final JSON'
+\echo '== 7. a write that breaks the class schema is refused (words must be an integer >= 0):'
+\set ON_ERROR_STOP off
+SELECT eventic.set_field(:'story_id', 'words', '"many"');
+\set ON_ERROR_STOP on
+
+\echo '== 8. the typed view, as an ORM sees it'
+SELECT id, version, title, left(body, 30) AS body, words, properties FROM public.story;
+UPDATE public.story SET words = 10 WHERE id = :'story_id' RETURNING version, words;
+
+\echo '== 9. the final JSON'
 SELECT jsonb_pretty(eventic.hydrate(:'story_id')) AS story;
