@@ -3,7 +3,7 @@
 //! value only travels from the caller into the INSERT, so it stays a datum. Convert with
 //! [`RawJsonb::to_value`] where Rust needs to look inside.
 
-use pgrx::callconv::{Arg, ArgAbi};
+use pgrx::callconv::{Arg, ArgAbi, BoxRet, FcInfo};
 use pgrx::nullable::Nullable;
 use pgrx::pg_sys;
 use pgrx::pgrx_sql_entity_graph::metadata::{
@@ -22,6 +22,21 @@ impl RawJsonb {
         unsafe { JsonB::from_datum(self.0, false) }
             .map(|j| j.0)
             .unwrap_or(Value::Null)
+    }
+}
+
+impl RawJsonb {
+    /// Copy a value read through SPI out of SPI's memory into the caller's, so it outlives
+    /// `SPI_finish` (call while still connected).
+    pub fn transfer_out_of_spi(self) -> Self {
+        // SAFETY: a valid varlena datum; SPI is connected (SPI_datumTransfer requires it).
+        RawJsonb(unsafe { pg_sys::SPI_datumTransfer(self.0, false, -1) })
+    }
+}
+
+unsafe impl BoxRet for RawJsonb {
+    unsafe fn box_into<'fcx>(self, fcinfo: &mut FcInfo<'fcx>) -> pgrx::datum::Datum<'fcx> {
+        unsafe { fcinfo.return_raw_datum(self.0) }
     }
 }
 

@@ -139,3 +139,24 @@ def test_plain_update_and_set_field_interleave_without_loss(cluster, db):
             "SELECT count(*), max(version) FROM eventic.records WHERE id = %s", (story,)
         ).fetchone()
         assert count == top + 1 == 4 * rounds + 1
+
+
+def test_repeatable_read_writer_with_a_stale_snapshot_gets_40001(cluster, db):
+    """Under REPEATABLE READ a writer whose snapshot predates another writer's commit must
+    not build on the version it cannot see: it gets a serialization failure, nothing written."""
+    story = new_story(cluster, db)
+    with cluster.connect(dbname=db, autocommit=False) as stale, cluster.connect(dbname=db) as other:
+        stale.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        stale.execute("SELECT eventic.hydrate(%s)", (story,)).fetchone()  # takes the snapshot
+        other.execute("SELECT eventic.set_field(%s, 'title', '\"from other\"')", (story,))
+        try:
+            stale.execute("SELECT eventic.set_field(%s, 'body', '\"from stale\"')", (story,))
+            raise AssertionError("the stale writer was not refused")
+        except psycopg.errors.SerializationFailure:
+            stale.rollback()
+    with cluster.connect(dbname=db) as conn:
+        rows = conn.execute(
+            "SELECT version, data ->> 'title', data ? 'body' FROM eventic.records WHERE id = %s ORDER BY version",
+            (story,),
+        ).fetchall()
+    assert rows == [(0, "t", False), (1, "from other", False)]

@@ -191,11 +191,7 @@ fn upsert(class_name: &str, id: Uuid, doc: RawJsonb) -> Result<()> {
 }
 
 fn delete_if_live(id: Uuid) -> Result<()> {
-    let change = Change {
-        tombstone: true,
-        ..Change::default()
-    };
-    match store::append(id, change, None) {
+    match store::append_tombstone(id) {
         Err(EventicError::RecordNotFound { .. } | EventicError::RecordDeleted { .. }) | Ok(_) => {
             Ok(())
         }

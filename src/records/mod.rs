@@ -135,23 +135,28 @@ fn apply_update(id: Option<Uuid>, old_data: Option<JsonB>, new_data: Option<Json
 
 /// The latest version (or `version`) as a model dump.
 #[pg_extern(stable, parallel_safe)]
-fn hydrate(id: Option<Uuid>, version: default!(Option<i32>, "NULL")) -> JsonB {
+fn hydrate(id: Option<Uuid>, version: default!(Option<i32>, "NULL")) -> RawJsonb {
     (|| {
         let id = required(id, "id")?;
-        let row = match version {
-            None => store::latest_live(id)?,
-            Some(v) => {
-                let row = store::existing_version(id, v)?;
-                if row.deleted {
-                    return Err(EventicError::RecordDeleted {
-                        id: id.to_string(),
-                        version: v,
-                    });
-                }
-                row
-            }
-        };
-        Ok(model_dump(id, row))
+        match store::model_dump(id, version)? {
+            Some((dump, false)) => Ok(dump),
+            Some((_, true)) => Err(EventicError::RecordDeleted {
+                id: id.to_string(),
+                version: match version {
+                    Some(v) => v,
+                    None => store::latest(id)?
+                        .map(|row| row.version)
+                        .unwrap_or_default(),
+                },
+            }),
+            // no row: say whether the record or only that version is missing
+            None => Err(match version {
+                None => EventicError::RecordNotFound { id: id.to_string() },
+                Some(v) => store::existing_version(id, v).err().unwrap_or_else(|| {
+                    EventicError::Internal(format!("version {v} of record {id} appeared meanwhile"))
+                }),
+            }),
+        }
     })()
     .or_report()
 }
@@ -322,18 +327,7 @@ fn list_properties(id: Option<Uuid>) -> JsonB {
 /// Append a tombstone; returns its version. History stays readable.
 #[pg_extern(volatile, parallel_unsafe)]
 fn delete(id: Option<Uuid>) -> i32 {
-    (|| {
-        let id = required(id, "id")?;
-        store::append(
-            id,
-            Change {
-                tombstone: true,
-                ..Change::default()
-            },
-            None,
-        )
-    })()
-    .or_report()
+    (|| store::append_tombstone(required(id, "id")?))().or_report()
 }
 
 fn require_history_owner(what: &str) -> Result<()> {

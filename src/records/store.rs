@@ -185,6 +185,41 @@ pub fn first(id: Uuid) -> Result<Option<VersionRow>> {
     read_one(SELECT_FIRST, &[UUID], vec![id.into()])
 }
 
+const DUMP_LATEST: &str = "SELECT data || jsonb_build_object('id', id, 'version', version, \
+            'class_type', class_type), deleted \
+       FROM eventic.records WHERE id = $1 ORDER BY version DESC LIMIT 1";
+const DUMP_VERSION: &str = "SELECT data || jsonb_build_object('id', id, 'version', version, \
+            'class_type', class_type), deleted \
+       FROM eventic.records WHERE id = $1 AND version = $2";
+
+/// The model dump of the latest version (or `version`) built in SQL and handed back as a
+/// datum: `hydrate` never converts the document to Rust and back. `None` when there is no
+/// such row; the flag is `deleted`.
+pub fn model_dump(id: Uuid, version: Option<i32>) -> Result<Option<(RawJsonb, bool)>> {
+    Spi::connect(|client| {
+        let mut table = match version {
+            None => client.select(
+                &*plan(client, DUMP_LATEST, &[UUID], false)?,
+                Some(1),
+                &[id.into()],
+            )?,
+            Some(v) => client.select(
+                &*plan(client, DUMP_VERSION, &[UUID, INT4], false)?,
+                Some(1),
+                &[id.into(), v.into()],
+            )?,
+        };
+        let Some(row) = table.next() else {
+            return Ok(None);
+        };
+        let deleted = row.get::<bool>(2)?.unwrap_or(false);
+        let dump = row
+            .get::<RawJsonb>(1)?
+            .ok_or_else(|| EventicError::Internal("model dump is null".into()))?;
+        Ok(Some((dump.transfer_out_of_spi(), deleted)))
+    })
+}
+
 /// The latest version, or the P0002 error that says why there is none to write to / read.
 pub fn latest_live(id: Uuid) -> Result<VersionRow> {
     match latest(id)? {
@@ -243,8 +278,10 @@ pub fn insert_first(id: Uuid, class_name: &str, data: Map<String, Value>) -> Res
 /// Parameters: $1 id, $2 fields to set (object), $3 fields to remove, $4 properties to set,
 /// $5 properties to remove, $6 tombstone, $7 new version_id, $8 expected version (NULL: any),
 /// $9 revive a deleted record, $10/$11 one field name and value to set (instead of $2).
-const APPEND_NEXT: &str = "\
-INSERT INTO eventic.records
+macro_rules! append_next_sql {
+    ($on_conflict:literal) => {
+        concat!(
+            "INSERT INTO eventic.records
        (version_id, id, version, class_type, data, created_at, created_by, deleted)
 SELECT $7, $1, cur.version + 1, cur.class_type, nxt.data, clock_timestamp(), current_user, $6
   FROM (SELECT version, class_type, data, deleted
@@ -263,9 +300,24 @@ SELECT $7, $1, cur.version + 1, cur.class_type, nxt.data, clock_timestamp(), cur
                END AS data) nxt
  WHERE (NOT cur.deleted OR $9)
    AND ($8::int4 IS NULL OR cur.version = $8)
-   AND ($6 OR cur.deleted OR nxt.data <> cur.data)
-ON CONFLICT (id, version) DO NOTHING
-RETURNING version";
+   AND ($6 OR cur.deleted OR nxt.data <> cur.data) ",
+            $on_conflict,
+            " RETURNING version"
+        )
+    };
+}
+
+/// READ COMMITTED: the record lock plus a fresh snapshot make a conflict impossible, so a
+/// plain INSERT (no speculative insertion).
+const APPEND_NEXT: &str = append_next_sql!("");
+/// REPEATABLE READ / SERIALIZABLE: the snapshot can predate a committed version; ON CONFLICT
+/// on that invisible row makes Postgres raise the standard 40001 instead of a 23505.
+const APPEND_NEXT_SNAPSHOT: &str = append_next_sql!("ON CONFLICT (id, version) DO NOTHING");
+
+fn uses_transaction_snapshot() -> bool {
+    // SAFETY: a plain read of the current transaction's isolation level.
+    unsafe { pg_sys::XactIsoLevel >= pg_sys::XACT_REPEATABLE_READ as i32 }
+}
 
 /// The fields a write sets.
 pub enum FieldValues {
@@ -302,9 +354,14 @@ pub fn append(id: Uuid, change: Change, expected_version: Option<i32>) -> Result
     let _own = OwnWrite::begin();
     let revive = change.revive;
     let appended = Spi::connect_mut(|client| -> Result<Option<i32>> {
+        let sql = if uses_transaction_snapshot() {
+            APPEND_NEXT_SNAPSHOT
+        } else {
+            APPEND_NEXT
+        };
         let stmt = plan(
             client,
-            APPEND_NEXT,
+            sql,
             &[
                 UUID, JSONB, TEXT_ARRAY, JSONB, TEXT_ARRAY, BOOL, UUID, INT4, BOOL, TEXT, JSONB,
             ],
@@ -358,6 +415,18 @@ pub fn append(id: Uuid, change: Change, expected_version: Option<i32>) -> Result
         // the change would not alter the document: nothing to write
         Some(row) => Ok(row.version),
     }
+}
+
+/// Append a tombstone version (eventic.delete); returns its version.
+pub fn append_tombstone(id: Uuid) -> Result<i32> {
+    append(
+        id,
+        Change {
+            tombstone: true,
+            ..Change::default()
+        },
+        None,
+    )
 }
 
 const DELETE_ALL: &str = "DELETE FROM eventic.records WHERE id = $1";

@@ -5,7 +5,7 @@ use pgrx::prelude::*;
 use pgrx::{pg_sys, AllocatedByPostgres, JsonB, Uuid};
 
 use crate::errors::{EventicError, OrReport};
-use crate::records::store::{self, Change};
+use crate::records::store;
 
 /// BEFORE INSERT, per row: only eventic's own functions append versions (and superusers, so
 /// that `pg_restore` can load a dump). Eventic's own versions are checked against their
@@ -136,14 +136,7 @@ fn records_redirect_update<'a>(
         let was_deleted = old.get_by_name::<bool>("deleted")?.unwrap_or(false);
         let now_deleted = new.get_by_name::<bool>("deleted")?.unwrap_or(false);
         if now_deleted && !was_deleted {
-            store::append(
-                id,
-                Change {
-                    tombstone: true,
-                    ..Change::default()
-                },
-                None,
-            )?;
+            store::append_tombstone(id)?;
             return Ok(());
         }
         if was_deleted && !now_deleted {
