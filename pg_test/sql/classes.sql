@@ -1,24 +1,12 @@
 -- Classes (DESIGN.md §2): registration, queues, JSON Schema validation on every write path,
 -- typed updatable views, schema evolution, drop_class.
+\getenv helpers EVENTIC_REGRESS_HELPERS
+\i :helpers
 SET client_min_messages = warning;
-DROP EXTENSION IF EXISTS eventic CASCADE;
-DROP SCHEMA IF EXISTS eventic CASCADE;
-CREATE EXTENSION eventic;
 DROP SCHEMA IF EXISTS app CASCADE;
 CREATE SCHEMA app;
 RESET client_min_messages;
 
--- runs a statement, catches its error and shows SQLSTATE, message and DETAIL
-CREATE FUNCTION pg_temp.try(sql text, OUT code text, OUT message text, OUT detail text)
-LANGUAGE plpgsql AS $$
-BEGIN
-    EXECUTE sql;
-    code := '00000';
-    message := 'no error';
-EXCEPTION WHEN OTHERS THEN
-    GET STACKED DIAGNOSTICS code = RETURNED_SQLSTATE, message = MESSAGE_TEXT, detail = PG_EXCEPTION_DETAIL;
-END
-$$;
 CREATE FUNCTION pg_temp.versions() RETURNS bigint LANGUAGE sql AS
   $$ SELECT count(*) FROM eventic.records $$;
 
@@ -60,14 +48,14 @@ SELECT class_name, queue_name, json_schema IS NULL AS no_schema, view_name IS NU
 SELECT eventic.create('Story', '{"title": "Hare", "words": 3, "author": {"name": "Aesop"}}',
                       '00000000-0000-7000-8000-000000000001') IS NOT NULL AS created;
 SELECT pg_temp.versions() AS versions_before \gset
-SELECT * FROM pg_temp.try($$SELECT eventic.create('Story', '{"words": "many"}', '00000000-0000-7000-8000-0000000000e1')$$);
-SELECT * FROM pg_temp.try($$SELECT eventic.create('Story', '{"words": -1}', '00000000-0000-7000-8000-0000000000e2')$$);
-SELECT * FROM pg_temp.try($$SELECT eventic.set_field('00000000-0000-7000-8000-000000000001', 'author', '{"name": 7}')$$);
-SELECT * FROM pg_temp.try($$SELECT eventic.set_field('00000000-0000-7000-8000-000000000001', 'author', '{}')$$);
-SELECT * FROM pg_temp.try($$SELECT eventic.set_fields('00000000-0000-7000-8000-000000000001', '{"published_at": "yesterday"}')$$);
-SELECT * FROM pg_temp.try($$UPDATE eventic.records SET data = data || '{"draft": "yes"}' WHERE id = '00000000-0000-7000-8000-000000000001'$$);
-SELECT * FROM pg_temp.try($$UPDATE eventic.latest SET data = data || '{"words": 1.5}' WHERE id = '00000000-0000-7000-8000-000000000001'$$);
-SELECT * FROM pg_temp.try($$INSERT INTO app.story (id, words) VALUES ('00000000-0000-7000-8000-0000000000e3', -5)$$);
+SELECT code, message, detail FROM pg_temp.try($$SELECT eventic.create('Story', '{"words": "many"}', '00000000-0000-7000-8000-0000000000e1')$$);
+SELECT code, message, detail FROM pg_temp.try($$SELECT eventic.create('Story', '{"words": -1}', '00000000-0000-7000-8000-0000000000e2')$$);
+SELECT code, message, detail FROM pg_temp.try($$SELECT eventic.set_field('00000000-0000-7000-8000-000000000001', 'author', '{"name": 7}')$$);
+SELECT code, message, detail FROM pg_temp.try($$SELECT eventic.set_field('00000000-0000-7000-8000-000000000001', 'author', '{}')$$);
+SELECT code, message, detail FROM pg_temp.try($$SELECT eventic.set_fields('00000000-0000-7000-8000-000000000001', '{"published_at": "yesterday"}')$$);
+SELECT code, message, detail FROM pg_temp.try($$UPDATE eventic.records SET data = data || '{"draft": "yes"}' WHERE id = '00000000-0000-7000-8000-000000000001'$$);
+SELECT code, message, detail FROM pg_temp.try($$UPDATE eventic.latest SET data = data || '{"words": 1.5}' WHERE id = '00000000-0000-7000-8000-000000000001'$$);
+SELECT code, message, detail FROM pg_temp.try($$INSERT INTO app.story (id, words) VALUES ('00000000-0000-7000-8000-0000000000e3', -5)$$);
 SELECT pg_temp.versions() = :versions_before AS nothing_written;
 -- valid changes still work
 SELECT eventic.set_field('00000000-0000-7000-8000-000000000001', 'published_at', '"2026-11-26T10:00:00Z"');
@@ -113,21 +101,21 @@ SELECT eventic.register_class('Story', jsonb_set(:'story_schema'::jsonb, '{prope
                                                   '{"type": "number", "maximum": 5}'));
 SELECT attname FROM pg_attribute
  WHERE attrelid = 'app.story'::regclass AND attnum > 0 ORDER BY attnum;
-SELECT * FROM pg_temp.try($$SELECT eventic.set_field('00000000-0000-7000-8000-000000000001', 'rating', '9')$$);
+SELECT code, message, detail FROM pg_temp.try($$SELECT eventic.set_field('00000000-0000-7000-8000-000000000001', 'rating', '9')$$);
 SELECT eventic.set_field('00000000-0000-7000-8000-000000000001', 'rating', '4.5');
 SELECT title, rating FROM app.story;
 
 ------------------------------------------------------------------------------------------
 -- bad inputs: 22023, nothing registered
-SELECT * FROM pg_temp.try($$SELECT eventic.register_class('Story Draft')$$);
-SELECT * FROM pg_temp.try($$SELECT eventic.register_class('1Story')$$);
-SELECT * FROM pg_temp.try($$SELECT eventic.register_class(repeat('A', 58))$$);
-SELECT * FROM pg_temp.try($$SELECT eventic.register_class('Bad', '{"type": "strnig"}')$$);
-SELECT * FROM pg_temp.try($$SELECT eventic.register_class('Bad', '[1, 2]')$$);
-SELECT * FROM pg_temp.try($$SELECT eventic.register_class('Bad', '{"properties": {"a b": {"type": "string"}}}')$$);
-SELECT * FROM pg_temp.try($$SELECT eventic.register_class('Bad', NULL, 'no_such_schema')$$);
-SELECT * FROM pg_temp.try($$SELECT eventic.drop_class('NeverRegistered')$$);
-SELECT * FROM pg_temp.try($$SELECT eventic.prune('NeverRegistered', keep_last => 1)$$);
+SELECT code, message, detail FROM pg_temp.try($$SELECT eventic.register_class('Story Draft')$$);
+SELECT code, message, detail FROM pg_temp.try($$SELECT eventic.register_class('1Story')$$);
+SELECT code, message, detail FROM pg_temp.try($$SELECT eventic.register_class(repeat('A', 58))$$);
+SELECT code, message, detail FROM pg_temp.try($$SELECT eventic.register_class('Bad', '{"type": "strnig"}')$$);
+SELECT code, message, detail FROM pg_temp.try($$SELECT eventic.register_class('Bad', '[1, 2]')$$);
+SELECT code, message, detail FROM pg_temp.try($$SELECT eventic.register_class('Bad', '{"properties": {"a b": {"type": "string"}}}')$$);
+SELECT code, message, detail FROM pg_temp.try($$SELECT eventic.register_class('Bad', NULL, 'no_such_schema')$$);
+SELECT code, message, detail FROM pg_temp.try($$SELECT eventic.drop_class('NeverRegistered')$$);
+SELECT code, message, detail FROM pg_temp.try($$SELECT eventic.prune('NeverRegistered', keep_last => 1)$$);
 SELECT count(*) AS classes FROM eventic.classes WHERE class_name = 'Bad';
 
 ------------------------------------------------------------------------------------------
@@ -135,13 +123,13 @@ SELECT count(*) AS classes FROM eventic.classes WHERE class_name = 'Bad';
 CREATE ROLE eventic_regress_other;
 GRANT USAGE, CREATE ON SCHEMA app TO eventic_regress_other;
 SET ROLE eventic_regress_other;
-SELECT * FROM pg_temp.try($$SELECT eventic.register_class('Story', '{}')$$);
-SELECT * FROM pg_temp.try($$SELECT eventic.drop_class('Story')$$);
-SELECT * FROM pg_temp.try($$INSERT INTO eventic.classes (class_name, queue_name) VALUES ('X', 'story')$$);
+SELECT code, message, detail FROM pg_temp.try($$SELECT eventic.register_class('Story', '{}')$$);
+SELECT code, message, detail FROM pg_temp.try($$SELECT eventic.drop_class('Story')$$);
+SELECT code, message, detail FROM pg_temp.try($$INSERT INTO eventic.classes (class_name, queue_name) VALUES ('X', 'story')$$);
 -- any role can register its own class and use it through the view
 SELECT eventic.register_class('Memo', '{"properties": {"text": {"type": "string"}}, "required": ["text"]}', 'app');
 INSERT INTO app.memo (text) VALUES ('hello') RETURNING version, text;
-SELECT * FROM pg_temp.try($$INSERT INTO app.memo (id, text) VALUES ('00000000-0000-7000-8000-0000000000e4', NULL)$$);
+SELECT code, message, detail FROM pg_temp.try($$INSERT INTO app.memo (id, text) VALUES ('00000000-0000-7000-8000-0000000000e4', NULL)$$);
 RESET ROLE;
 SELECT class_name, owner FROM eventic.classes WHERE class_name = 'Memo';
 

@@ -1,12 +1,10 @@
 -- eventic.create, eventic.hydrate (latest and a given version), eventic.hydrate_as_of
 -- (DESIGN.md §1). Ids are fixed; version ids and timestamps are never printed.
-SET client_min_messages = warning;
-DROP EXTENSION IF EXISTS eventic CASCADE;
-DROP SCHEMA IF EXISTS eventic CASCADE;
-CREATE EXTENSION eventic;
-RESET client_min_messages;
+\getenv helpers EVENTIC_REGRESS_HELPERS
+\i :helpers
 
 -- runs a statement, catches its error and shows SQLSTATE and message (timestamps masked)
+DROP FUNCTION pg_temp.try(text);
 CREATE FUNCTION pg_temp.try(sql text, OUT code text, OUT message text)
 LANGUAGE plpgsql AS $$
 BEGIN

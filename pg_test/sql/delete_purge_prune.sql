@@ -1,24 +1,11 @@
 -- eventic.delete (tombstones), eventic.purge and eventic.prune (DESIGN.md §1, §6): history
 -- stays after delete; only the owner or a superuser can remove history.
+\getenv helpers EVENTIC_REGRESS_HELPERS
+\i :helpers
 SET client_min_messages = warning;
-DROP EXTENSION IF EXISTS eventic CASCADE;
-DROP SCHEMA IF EXISTS eventic CASCADE;
-CREATE EXTENSION eventic;
 DROP ROLE IF EXISTS eventic_regress_user;
 RESET client_min_messages;
 CREATE ROLE eventic_regress_user;
-
--- runs a statement, catches its error and shows SQLSTATE and message
-CREATE FUNCTION pg_temp.try(sql text, OUT code text, OUT message text)
-LANGUAGE plpgsql AS $$
-BEGIN
-    EXECUTE sql;
-    code := '00000';
-    message := 'no error';
-EXCEPTION WHEN OTHERS THEN
-    GET STACKED DIAGNOSTICS code = RETURNED_SQLSTATE, message = MESSAGE_TEXT;
-END
-$$;
 
 ------------------------------------------------------------------------------------------
 -- delete: appends a tombstone version
@@ -34,14 +21,14 @@ SELECT version, data, deleted, created_by FROM eventic.records
 -- hydrate raises P0002 naming the version of the tombstone, with DETAIL and HINT
 \set VERBOSITY default
 SELECT eventic.hydrate('00000000-0000-7000-8000-000000000001');
-SELECT * FROM pg_temp.try($$SELECT eventic.hydrate('00000000-0000-7000-8000-000000000001')$$);
-SELECT * FROM pg_temp.try($$SELECT eventic.hydrate('00000000-0000-7000-8000-000000000001', 2)$$);
-SELECT * FROM pg_temp.try($$SELECT eventic.hydrate_as_of('00000000-0000-7000-8000-000000000001', now())$$);
+SELECT code, message FROM pg_temp.try($$SELECT eventic.hydrate('00000000-0000-7000-8000-000000000001')$$);
+SELECT code, message FROM pg_temp.try($$SELECT eventic.hydrate('00000000-0000-7000-8000-000000000001', 2)$$);
+SELECT code, message FROM pg_temp.try($$SELECT eventic.hydrate_as_of('00000000-0000-7000-8000-000000000001', now())$$);
 -- every write raises the same error and writes nothing
-SELECT * FROM pg_temp.try($$SELECT eventic.set_field('00000000-0000-7000-8000-000000000001', 'title', '"c"')$$);
-SELECT * FROM pg_temp.try($$SELECT eventic.set_fields('00000000-0000-7000-8000-000000000001', '{"title": "c"}', 2)$$);
-SELECT * FROM pg_temp.try($$SELECT eventic.add_property('00000000-0000-7000-8000-000000000001', 'k')$$);
-SELECT * FROM pg_temp.try($$SELECT eventic.delete('00000000-0000-7000-8000-000000000001')$$);
+SELECT code, message FROM pg_temp.try($$SELECT eventic.set_field('00000000-0000-7000-8000-000000000001', 'title', '"c"')$$);
+SELECT code, message FROM pg_temp.try($$SELECT eventic.set_fields('00000000-0000-7000-8000-000000000001', '{"title": "c"}', 2)$$);
+SELECT code, message FROM pg_temp.try($$SELECT eventic.add_property('00000000-0000-7000-8000-000000000001', 'k')$$);
+SELECT code, message FROM pg_temp.try($$SELECT eventic.delete('00000000-0000-7000-8000-000000000001')$$);
 SELECT count(*) AS versions FROM eventic.records WHERE id = '00000000-0000-7000-8000-000000000001';
 
 -- earlier versions and the history stay readable
@@ -52,7 +39,7 @@ SELECT version, changed_fields, deleted FROM eventic.history('00000000-0000-7000
 -- a deleted record leaves eventic.latest
 SELECT count(*) AS in_latest FROM eventic.latest WHERE id = '00000000-0000-7000-8000-000000000001';
 -- an unknown id: P0002
-SELECT * FROM pg_temp.try($$SELECT eventic.delete('00000000-0000-7000-8000-000000000099')$$);
+SELECT code, message FROM pg_temp.try($$SELECT eventic.delete('00000000-0000-7000-8000-000000000099')$$);
 
 -- any role may delete (it only appends); created_by says who
 SELECT eventic.create('Story', '{}', '00000000-0000-7000-8000-000000000002');
@@ -68,10 +55,10 @@ SELECT eventic.create('Story', '{"n": 0}', '00000000-0000-7000-8000-000000000003
 SELECT eventic.set_field('00000000-0000-7000-8000-000000000003', 'n', '1');
 SELECT count(*) AS version_rows FROM eventic.records;
 SET ROLE eventic_regress_user;
-SELECT * FROM pg_temp.try($$SELECT eventic.purge('00000000-0000-7000-8000-000000000003')$$);
-SELECT * FROM pg_temp.try($$SELECT eventic.purge('00000000-0000-7000-8000-000000000001')$$);
-SELECT * FROM pg_temp.try($$SELECT eventic.prune('Story', keep_last => 1)$$);
-SELECT * FROM pg_temp.try($$SELECT eventic.prune('Story', older_than => '0 seconds')$$);
+SELECT code, message FROM pg_temp.try($$SELECT eventic.purge('00000000-0000-7000-8000-000000000003')$$);
+SELECT code, message FROM pg_temp.try($$SELECT eventic.purge('00000000-0000-7000-8000-000000000001')$$);
+SELECT code, message FROM pg_temp.try($$SELECT eventic.prune('Story', keep_last => 1)$$);
+SELECT code, message FROM pg_temp.try($$SELECT eventic.prune('Story', older_than => '0 seconds')$$);
 RESET ROLE;
 SELECT count(*) AS version_rows FROM eventic.records;
 
@@ -80,10 +67,10 @@ SELECT count(*) AS version_rows FROM eventic.records;
 SELECT eventic.purge('00000000-0000-7000-8000-000000000001');
 SELECT count(*) AS left_of_purged FROM eventic.records WHERE id = '00000000-0000-7000-8000-000000000001';
 SELECT id, count(*) AS versions FROM eventic.records GROUP BY id ORDER BY id;
-SELECT * FROM pg_temp.try($$SELECT eventic.hydrate('00000000-0000-7000-8000-000000000001', 0)$$);
-SELECT * FROM pg_temp.try($$SELECT * FROM eventic.history('00000000-0000-7000-8000-000000000001')$$);
+SELECT code, message FROM pg_temp.try($$SELECT eventic.hydrate('00000000-0000-7000-8000-000000000001', 0)$$);
+SELECT code, message FROM pg_temp.try($$SELECT * FROM eventic.history('00000000-0000-7000-8000-000000000001')$$);
 -- purging again, or an unknown id: P0002
-SELECT * FROM pg_temp.try($$SELECT eventic.purge('00000000-0000-7000-8000-000000000001')$$);
+SELECT code, message FROM pg_temp.try($$SELECT eventic.purge('00000000-0000-7000-8000-000000000001')$$);
 -- the id can be used again after a purge
 SELECT eventic.create('Story', '{"reborn": true}', '00000000-0000-7000-8000-000000000001');
 SELECT eventic.hydrate('00000000-0000-7000-8000-000000000001');
@@ -122,18 +109,18 @@ SELECT id, array_agg(version ORDER BY version) AS versions FROM eventic.records
 -- what is left reads as before; pruned versions are P0002
 SELECT eventic.hydrate('00000000-0000-7000-8000-000000000010');
 SELECT eventic.hydrate('00000000-0000-7000-8000-000000000010', 0);
-SELECT * FROM pg_temp.try($$SELECT eventic.hydrate('00000000-0000-7000-8000-000000000010', 3)$$);
+SELECT code, message FROM pg_temp.try($$SELECT eventic.hydrate('00000000-0000-7000-8000-000000000010', 3)$$);
 SELECT version, data FROM eventic.history('00000000-0000-7000-8000-000000000010');
 -- the next version follows the latest
 SELECT eventic.set_field('00000000-0000-7000-8000-000000000010', 'n', '7');
 
 -- bad arguments: 22023, nothing removed
 SELECT count(*) AS version_rows FROM eventic.records;
-SELECT * FROM pg_temp.try($$SELECT eventic.prune('Chapter')$$);
-SELECT * FROM pg_temp.try($$SELECT eventic.prune('Chapter', keep_last => 0)$$);
-SELECT * FROM pg_temp.try($$SELECT eventic.prune('Chapter', keep_last => -5)$$);
-SELECT * FROM pg_temp.try($$SELECT eventic.prune('Chapter', older_than => '-1 day')$$);
-SELECT * FROM pg_temp.try($$SELECT eventic.prune('no such;class', keep_last => 1)$$);
+SELECT code, message FROM pg_temp.try($$SELECT eventic.prune('Chapter')$$);
+SELECT code, message FROM pg_temp.try($$SELECT eventic.prune('Chapter', keep_last => 0)$$);
+SELECT code, message FROM pg_temp.try($$SELECT eventic.prune('Chapter', keep_last => -5)$$);
+SELECT code, message FROM pg_temp.try($$SELECT eventic.prune('Chapter', older_than => '-1 day')$$);
+SELECT code, message FROM pg_temp.try($$SELECT eventic.prune('no such;class', keep_last => 1)$$);
 SELECT count(*) AS version_rows FROM eventic.records;
 
 DROP ROLE eventic_regress_user;

@@ -1,10 +1,7 @@
 -- Every error path of the records functions (DESIGN.md §5): a specific SQLSTATE, a message
 -- that names the thing, a HINT that names the fix, and nothing written.
-SET client_min_messages = warning;
-DROP EXTENSION IF EXISTS eventic CASCADE;
-DROP SCHEMA IF EXISTS eventic CASCADE;
-CREATE EXTENSION eventic;
-RESET client_min_messages;
+\getenv helpers EVENTIC_REGRESS_HELPERS
+\i :helpers
 
 -- a fingerprint of every version row
 CREATE FUNCTION pg_temp.fingerprint() RETURNS text LANGUAGE sql AS $$
@@ -15,6 +12,7 @@ $$;
 
 -- runs a statement, catches its error and shows SQLSTATE, message and hint, and whether
 -- the table is exactly as it was before the statement
+DROP FUNCTION pg_temp.try(text);
 CREATE FUNCTION pg_temp.try(sql text, OUT code text, OUT message text, OUT hint text,
                             OUT nothing_written boolean)
 LANGUAGE plpgsql AS $$

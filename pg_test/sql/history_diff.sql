@@ -1,21 +1,6 @@
 -- eventic.history and eventic.diff (DESIGN.md §1).
-SET client_min_messages = warning;
-DROP EXTENSION IF EXISTS eventic CASCADE;
-DROP SCHEMA IF EXISTS eventic CASCADE;
-CREATE EXTENSION eventic;
-RESET client_min_messages;
-
--- runs a statement, catches its error and shows SQLSTATE and message
-CREATE FUNCTION pg_temp.try(sql text, OUT code text, OUT message text)
-LANGUAGE plpgsql AS $$
-BEGIN
-    EXECUTE sql;
-    code := '00000';
-    message := 'no error';
-EXCEPTION WHEN OTHERS THEN
-    GET STACKED DIAGNOSTICS code = RETURNED_SQLSTATE, message = MESSAGE_TEXT;
-END
-$$;
+\getenv helpers EVENTIC_REGRESS_HELPERS
+\i :helpers
 
 SELECT eventic.create('Story', '{"title": "a", "body": "text", "tags": []}',
                       '00000000-0000-7000-8000-000000000001');
@@ -58,7 +43,7 @@ SELECT version, data, changed_fields, deleted
   FROM eventic.history('00000000-0000-7000-8000-000000000002');
 
 -- unknown id: P0002
-SELECT * FROM pg_temp.try($$SELECT * FROM eventic.history('00000000-0000-7000-8000-000000000099')$$);
+SELECT code, message FROM pg_temp.try($$SELECT * FROM eventic.history('00000000-0000-7000-8000-000000000099')$$);
 
 -- diff: {"field": {"old": ..., "new": ...}} for each field that differs
 SELECT eventic.diff('00000000-0000-7000-8000-000000000001', 0, 1);
@@ -80,9 +65,9 @@ SELECT bool_and(ARRAY(SELECT jsonb_object_keys(eventic.diff(h.id, h.version - 1,
 SELECT eventic.diff('00000000-0000-7000-8000-000000000002', 0, 1);
 
 -- versions or records that do not exist: P0002
-SELECT * FROM pg_temp.try($$SELECT eventic.diff('00000000-0000-7000-8000-000000000001', 0, 6)$$);
-SELECT * FROM pg_temp.try($$SELECT eventic.diff('00000000-0000-7000-8000-000000000001', -1, 2)$$);
-SELECT * FROM pg_temp.try($$SELECT eventic.diff('00000000-0000-7000-8000-000000000099', 0, 0)$$);
+SELECT code, message FROM pg_temp.try($$SELECT eventic.diff('00000000-0000-7000-8000-000000000001', 0, 6)$$);
+SELECT code, message FROM pg_temp.try($$SELECT eventic.diff('00000000-0000-7000-8000-000000000001', -1, 2)$$);
+SELECT code, message FROM pg_temp.try($$SELECT eventic.diff('00000000-0000-7000-8000-000000000099', 0, 0)$$);
 
 -- reading writes nothing
 SELECT id, count(*) AS versions FROM eventic.records GROUP BY id ORDER BY id;

@@ -1,23 +1,8 @@
 -- eventic.latest (DESIGN.md §1): one row per live record; INSERT creates, UPDATE appends a
 -- version and reports its row count, DELETE appends a tombstone; RETURNING works.
 -- Row counts are what psql reports in :ROW_COUNT (the command tag an ORM checks).
-SET client_min_messages = warning;
-DROP EXTENSION IF EXISTS eventic CASCADE;
-DROP SCHEMA IF EXISTS eventic CASCADE;
-CREATE EXTENSION eventic;
-RESET client_min_messages;
-
--- runs a statement, catches its error and shows SQLSTATE and message
-CREATE FUNCTION pg_temp.try(sql text, OUT code text, OUT message text)
-LANGUAGE plpgsql AS $$
-BEGIN
-    EXECUTE sql;
-    code := '00000';
-    message := 'no error';
-EXCEPTION WHEN OTHERS THEN
-    GET STACKED DIAGNOSTICS code = RETURNED_SQLSTATE, message = MESSAGE_TEXT;
-END
-$$;
+\getenv helpers EVENTIC_REGRESS_HELPERS
+\i :helpers
 
 -- the view's columns
 SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute
@@ -43,10 +28,10 @@ SELECT id, version, class_type, data, deleted FROM eventic.records
  WHERE id IN ('00000000-0000-7000-8000-000000000001', '00000000-0000-7000-8000-000000000002')
  ORDER BY id, version;
 -- a taken id (23505) or a bad document (22023) is refused
-SELECT * FROM pg_temp.try($$INSERT INTO eventic.latest (id, class_type, data) VALUES ('00000000-0000-7000-8000-000000000001', 'Note', '{}')$$);
-SELECT * FROM pg_temp.try($$INSERT INTO eventic.latest (class_type, data) VALUES ('Note', '[1, 2]')$$);
-SELECT * FROM pg_temp.try($$INSERT INTO eventic.latest (class_type, data) VALUES ('Note', '{"version": 3}')$$);
-SELECT * FROM pg_temp.try($$INSERT INTO eventic.latest (class_type, data) VALUES ('bad class', '{}')$$);
+SELECT code, message FROM pg_temp.try($$INSERT INTO eventic.latest (id, class_type, data) VALUES ('00000000-0000-7000-8000-000000000001', 'Note', '{}')$$);
+SELECT code, message FROM pg_temp.try($$INSERT INTO eventic.latest (class_type, data) VALUES ('Note', '[1, 2]')$$);
+SELECT code, message FROM pg_temp.try($$INSERT INTO eventic.latest (class_type, data) VALUES ('Note', '{"version": 3}')$$);
+SELECT code, message FROM pg_temp.try($$INSERT INTO eventic.latest (class_type, data) VALUES ('bad class', '{}')$$);
 SELECT count(*) AS records FROM eventic.latest;
 
 ------------------------------------------------------------------------------------------
@@ -85,11 +70,11 @@ UPDATE eventic.latest SET data = '{}' WHERE id = '00000000-0000-7000-8000-000000
 \echo UPDATE rows: :ROW_COUNT
 -- id and class_type cannot change; data must stay a valid document; nothing is written
 SELECT count(*) AS version_rows FROM eventic.records;
-SELECT * FROM pg_temp.try($$UPDATE eventic.latest SET class_type = 'Other' WHERE id = '00000000-0000-7000-8000-000000000001'$$);
-SELECT * FROM pg_temp.try($$UPDATE eventic.latest SET id = '00000000-0000-7000-8000-000000000098' WHERE id = '00000000-0000-7000-8000-000000000001'$$);
-SELECT * FROM pg_temp.try($$UPDATE eventic.latest SET data = '"text"' WHERE id = '00000000-0000-7000-8000-000000000001'$$);
-SELECT * FROM pg_temp.try($$UPDATE eventic.latest SET data = '{"class_type": "X"}' WHERE id = '00000000-0000-7000-8000-000000000001'$$);
-SELECT * FROM pg_temp.try($$UPDATE eventic.latest SET data = '{"bad key": 1}' WHERE id = '00000000-0000-7000-8000-000000000001'$$);
+SELECT code, message FROM pg_temp.try($$UPDATE eventic.latest SET class_type = 'Other' WHERE id = '00000000-0000-7000-8000-000000000001'$$);
+SELECT code, message FROM pg_temp.try($$UPDATE eventic.latest SET id = '00000000-0000-7000-8000-000000000098' WHERE id = '00000000-0000-7000-8000-000000000001'$$);
+SELECT code, message FROM pg_temp.try($$UPDATE eventic.latest SET data = '"text"' WHERE id = '00000000-0000-7000-8000-000000000001'$$);
+SELECT code, message FROM pg_temp.try($$UPDATE eventic.latest SET data = '{"class_type": "X"}' WHERE id = '00000000-0000-7000-8000-000000000001'$$);
+SELECT code, message FROM pg_temp.try($$UPDATE eventic.latest SET data = '{"bad key": 1}' WHERE id = '00000000-0000-7000-8000-000000000001'$$);
 SELECT count(*) AS version_rows FROM eventic.records;
 
 ------------------------------------------------------------------------------------------

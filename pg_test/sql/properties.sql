@@ -1,22 +1,7 @@
 -- eventic.add_property / remove_property / list_properties (DESIGN.md §1): the free-form
 -- property bag inside data, each change a new version.
-SET client_min_messages = warning;
-DROP EXTENSION IF EXISTS eventic CASCADE;
-DROP SCHEMA IF EXISTS eventic CASCADE;
-CREATE EXTENSION eventic;
-RESET client_min_messages;
-
--- runs a statement, catches its error and shows SQLSTATE and message
-CREATE FUNCTION pg_temp.try(sql text, OUT code text, OUT message text)
-LANGUAGE plpgsql AS $$
-BEGIN
-    EXECUTE sql;
-    code := '00000';
-    message := 'no error';
-EXCEPTION WHEN OTHERS THEN
-    GET STACKED DIAGNOSTICS code = RETURNED_SQLSTATE, message = MESSAGE_TEXT;
-END
-$$;
+\getenv helpers EVENTIC_REGRESS_HELPERS
+\i :helpers
 
 SELECT eventic.create('Story', '{"title": "t"}', '00000000-0000-7000-8000-000000000001');
 -- every record starts with an empty bag
@@ -62,16 +47,16 @@ SELECT eventic.list_properties('00000000-0000-7000-8000-000000000002');
 
 -- errors: empty key (22023), unknown record (P0002); nothing written
 SELECT count(*) AS version_rows FROM eventic.records;
-SELECT * FROM pg_temp.try($$SELECT eventic.add_property('00000000-0000-7000-8000-000000000001', '')$$);
-SELECT * FROM pg_temp.try($$SELECT eventic.remove_property('00000000-0000-7000-8000-000000000001', '')$$);
-SELECT * FROM pg_temp.try($$SELECT eventic.add_property('00000000-0000-7000-8000-000000000099', 'k')$$);
-SELECT * FROM pg_temp.try($$SELECT eventic.remove_property('00000000-0000-7000-8000-000000000099', 'k')$$);
-SELECT * FROM pg_temp.try($$SELECT eventic.list_properties('00000000-0000-7000-8000-000000000099')$$);
+SELECT code, message FROM pg_temp.try($$SELECT eventic.add_property('00000000-0000-7000-8000-000000000001', '')$$);
+SELECT code, message FROM pg_temp.try($$SELECT eventic.remove_property('00000000-0000-7000-8000-000000000001', '')$$);
+SELECT code, message FROM pg_temp.try($$SELECT eventic.add_property('00000000-0000-7000-8000-000000000099', 'k')$$);
+SELECT code, message FROM pg_temp.try($$SELECT eventic.remove_property('00000000-0000-7000-8000-000000000099', 'k')$$);
+SELECT code, message FROM pg_temp.try($$SELECT eventic.list_properties('00000000-0000-7000-8000-000000000099')$$);
 SELECT count(*) AS version_rows FROM eventic.records;
 
 -- after delete, the bag can be neither read nor changed (P0002)
 SELECT eventic.delete('00000000-0000-7000-8000-000000000002');
-SELECT * FROM pg_temp.try($$SELECT eventic.list_properties('00000000-0000-7000-8000-000000000002')$$);
-SELECT * FROM pg_temp.try($$SELECT eventic.add_property('00000000-0000-7000-8000-000000000002', 'k')$$);
-SELECT * FROM pg_temp.try($$SELECT eventic.remove_property('00000000-0000-7000-8000-000000000002', 'draft')$$);
+SELECT code, message FROM pg_temp.try($$SELECT eventic.list_properties('00000000-0000-7000-8000-000000000002')$$);
+SELECT code, message FROM pg_temp.try($$SELECT eventic.add_property('00000000-0000-7000-8000-000000000002', 'k')$$);
+SELECT code, message FROM pg_temp.try($$SELECT eventic.remove_property('00000000-0000-7000-8000-000000000002', 'draft')$$);
 SELECT count(*) AS version_rows FROM eventic.records;

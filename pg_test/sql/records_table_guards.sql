@@ -1,25 +1,12 @@
 -- Triggers of eventic.records (DESIGN.md §1, §6): UPDATE from any client appends exactly one
 -- version built from the latest row and changes no row; DELETE, TRUNCATE and direct INSERT
 -- are refused (42501).
+\getenv helpers EVENTIC_REGRESS_HELPERS
+\i :helpers
 SET client_min_messages = warning;
-DROP EXTENSION IF EXISTS eventic CASCADE;
-DROP SCHEMA IF EXISTS eventic CASCADE;
-CREATE EXTENSION eventic;
 DROP ROLE IF EXISTS eventic_regress_client;
 RESET client_min_messages;
 CREATE ROLE eventic_regress_client;
-
--- runs a statement, catches its error and shows SQLSTATE and message
-CREATE FUNCTION pg_temp.try(sql text, OUT code text, OUT message text)
-LANGUAGE plpgsql AS $$
-BEGIN
-    EXECUTE sql;
-    code := '00000';
-    message := 'no error';
-EXCEPTION WHEN OTHERS THEN
-    GET STACKED DIAGNOSTICS code = RETURNED_SQLSTATE, message = MESSAGE_TEXT;
-END
-$$;
 
 SELECT eventic.create('Story', '{"title": "a", "words": 1}', '00000000-0000-7000-8000-000000000001');
 SELECT eventic.set_field('00000000-0000-7000-8000-000000000001', 'title', '"b"');
@@ -73,20 +60,20 @@ SELECT eventic.create('Story', '{}', '00000000-0000-7000-8000-000000000003');
 UPDATE eventic.records SET deleted = true WHERE id = '00000000-0000-7000-8000-000000000003';
 SELECT version, deleted FROM eventic.records
  WHERE id = '00000000-0000-7000-8000-000000000003' ORDER BY version;
-SELECT * FROM pg_temp.try($$UPDATE eventic.records SET deleted = false WHERE id = '00000000-0000-7000-8000-000000000003'$$);
-SELECT * FROM pg_temp.try($$UPDATE eventic.records SET data = '{"x": 1}' WHERE id = '00000000-0000-7000-8000-000000000003'$$);
+SELECT code, message FROM pg_temp.try($$UPDATE eventic.records SET deleted = false WHERE id = '00000000-0000-7000-8000-000000000003'$$);
+SELECT code, message FROM pg_temp.try($$UPDATE eventic.records SET data = '{"x": 1}' WHERE id = '00000000-0000-7000-8000-000000000003'$$);
 SELECT count(*) AS versions FROM eventic.records WHERE id = '00000000-0000-7000-8000-000000000003';
 
 -- the identity of a version row cannot be changed (42501); a bad document is 22023
 DROP TABLE before_rows;
 CREATE TEMP TABLE before_rows AS SELECT * FROM eventic.records;
-SELECT * FROM pg_temp.try($$UPDATE eventic.records SET version = version + 10 WHERE id = '00000000-0000-7000-8000-000000000001'$$);
-SELECT * FROM pg_temp.try($$UPDATE eventic.records SET id = '00000000-0000-7000-8000-000000000009' WHERE id = '00000000-0000-7000-8000-000000000001'$$);
-SELECT * FROM pg_temp.try($$UPDATE eventic.records SET class_type = 'Other' WHERE id = '00000000-0000-7000-8000-000000000001'$$);
-SELECT * FROM pg_temp.try($$UPDATE eventic.records SET created_at = now() WHERE id = '00000000-0000-7000-8000-000000000001'$$);
-SELECT * FROM pg_temp.try($$UPDATE eventic.records SET version_id = '00000000-0000-7000-8000-000000000009' WHERE id = '00000000-0000-7000-8000-000000000001'$$);
-SELECT * FROM pg_temp.try($$UPDATE eventic.records SET data = '[]' WHERE id = '00000000-0000-7000-8000-000000000001'$$);
-SELECT * FROM pg_temp.try($$UPDATE eventic.records SET data = data || '{"version": 0}' WHERE id = '00000000-0000-7000-8000-000000000001'$$);
+SELECT code, message FROM pg_temp.try($$UPDATE eventic.records SET version = version + 10 WHERE id = '00000000-0000-7000-8000-000000000001'$$);
+SELECT code, message FROM pg_temp.try($$UPDATE eventic.records SET id = '00000000-0000-7000-8000-000000000009' WHERE id = '00000000-0000-7000-8000-000000000001'$$);
+SELECT code, message FROM pg_temp.try($$UPDATE eventic.records SET class_type = 'Other' WHERE id = '00000000-0000-7000-8000-000000000001'$$);
+SELECT code, message FROM pg_temp.try($$UPDATE eventic.records SET created_at = now() WHERE id = '00000000-0000-7000-8000-000000000001'$$);
+SELECT code, message FROM pg_temp.try($$UPDATE eventic.records SET version_id = '00000000-0000-7000-8000-000000000009' WHERE id = '00000000-0000-7000-8000-000000000001'$$);
+SELECT code, message FROM pg_temp.try($$UPDATE eventic.records SET data = '[]' WHERE id = '00000000-0000-7000-8000-000000000001'$$);
+SELECT code, message FROM pg_temp.try($$UPDATE eventic.records SET data = data || '{"version": 0}' WHERE id = '00000000-0000-7000-8000-000000000001'$$);
 SELECT (SELECT count(*) FROM eventic.records) = (SELECT count(*) FROM before_rows) AS same_count,
        pg_temp.rows_unchanged();
 
@@ -94,11 +81,11 @@ SELECT (SELECT count(*) FROM eventic.records) = (SELECT count(*) FROM before_row
 -- DELETE is refused with 42501 and a message that names eventic.delete / eventic.purge
 \set VERBOSITY default
 DELETE FROM eventic.records WHERE id = '00000000-0000-7000-8000-000000000001';
-SELECT * FROM pg_temp.try($$DELETE FROM eventic.records WHERE id = '00000000-0000-7000-8000-000000000001'$$);
-SELECT * FROM pg_temp.try($$DELETE FROM eventic.records WHERE version = 0$$);
-SELECT * FROM pg_temp.try($$DELETE FROM eventic.records$$);
+SELECT code, message FROM pg_temp.try($$DELETE FROM eventic.records WHERE id = '00000000-0000-7000-8000-000000000001'$$);
+SELECT code, message FROM pg_temp.try($$DELETE FROM eventic.records WHERE version = 0$$);
+SELECT code, message FROM pg_temp.try($$DELETE FROM eventic.records$$);
 -- TRUNCATE is refused as well
-SELECT * FROM pg_temp.try($$TRUNCATE eventic.records$$);
+SELECT code, message FROM pg_temp.try($$TRUNCATE eventic.records$$);
 -- and for a role that is not superuser: the guard answers, not the privilege check
 SET ROLE eventic_regress_client;
 SELECT code, message FROM pg_temp.try($$DELETE FROM eventic.records WHERE id = '00000000-0000-7000-8000-000000000001'$$);
@@ -107,10 +94,10 @@ RESET ROLE;
 
 -- direct INSERT by a role that is not superuser: 42501
 SET ROLE eventic_regress_client;
-SELECT * FROM pg_temp.try($$INSERT INTO eventic.records (version_id, id, version, class_type, data) VALUES ('00000000-0000-7000-8000-0000000000f1', '00000000-0000-7000-8000-000000000001', 99, 'Story', '{}')$$);
-SELECT * FROM pg_temp.try($$INSERT INTO eventic.records (version_id, id, version, class_type, data) VALUES ('00000000-0000-7000-8000-0000000000f2', '00000000-0000-7000-8000-000000000010', 0, 'Story', '{}')$$);
-SELECT * FROM pg_temp.try($$INSERT INTO eventic.records SELECT '00000000-0000-7000-8000-0000000000f3', id, 50, class_type, data, created_at, created_by, deleted FROM eventic.records WHERE id = '00000000-0000-7000-8000-000000000001' AND version = 0$$);
-SELECT * FROM pg_temp.try($$INSERT INTO eventic.records (version_id, id, version, class_type, data) VALUES ('00000000-0000-7000-8000-0000000000f4', '00000000-0000-7000-8000-000000000001', 0, 'Story', '{"forged": true}') ON CONFLICT (id, version) DO UPDATE SET data = excluded.data$$);
+SELECT code, message FROM pg_temp.try($$INSERT INTO eventic.records (version_id, id, version, class_type, data) VALUES ('00000000-0000-7000-8000-0000000000f1', '00000000-0000-7000-8000-000000000001', 99, 'Story', '{}')$$);
+SELECT code, message FROM pg_temp.try($$INSERT INTO eventic.records (version_id, id, version, class_type, data) VALUES ('00000000-0000-7000-8000-0000000000f2', '00000000-0000-7000-8000-000000000010', 0, 'Story', '{}')$$);
+SELECT code, message FROM pg_temp.try($$INSERT INTO eventic.records SELECT '00000000-0000-7000-8000-0000000000f3', id, 50, class_type, data, created_at, created_by, deleted FROM eventic.records WHERE id = '00000000-0000-7000-8000-000000000001' AND version = 0$$);
+SELECT code, message FROM pg_temp.try($$INSERT INTO eventic.records (version_id, id, version, class_type, data) VALUES ('00000000-0000-7000-8000-0000000000f4', '00000000-0000-7000-8000-000000000001', 0, 'Story', '{"forged": true}') ON CONFLICT (id, version) DO UPDATE SET data = excluded.data$$);
 COPY eventic.records (version_id, id, version, class_type, data) FROM stdin;
 00000000-0000-7000-8000-0000000000f5	00000000-0000-7000-8000-000000000001	98	Story	{}
 \.

@@ -1,22 +1,7 @@
 -- eventic.set_field / eventic.set_fields (DESIGN.md §1): copy-on-write versions, no-op when
 -- nothing changes, optimistic concurrency with expected_version.
-SET client_min_messages = warning;
-DROP EXTENSION IF EXISTS eventic CASCADE;
-DROP SCHEMA IF EXISTS eventic CASCADE;
-CREATE EXTENSION eventic;
-RESET client_min_messages;
-
--- runs a statement, catches its error and shows SQLSTATE and message
-CREATE FUNCTION pg_temp.try(sql text, OUT code text, OUT message text)
-LANGUAGE plpgsql AS $$
-BEGIN
-    EXECUTE sql;
-    code := '00000';
-    message := 'no error';
-EXCEPTION WHEN OTHERS THEN
-    GET STACKED DIAGNOSTICS code = RETURNED_SQLSTATE, message = MESSAGE_TEXT;
-END
-$$;
+\getenv helpers EVENTIC_REGRESS_HELPERS
+\i :helpers
 
 SELECT eventic.create('Story', '{"title": "draft", "words": 10, "tags": ["a"]}',
                       '00000000-0000-7000-8000-000000000001');
@@ -65,12 +50,12 @@ SELECT eventic.set_field('00000000-0000-7000-8000-000000000001', 'title', '"thir
 SELECT eventic.set_field('00000000-0000-7000-8000-000000000001', 'title', '"fourth"', expected_version => 10);
 SELECT eventic.set_fields('00000000-0000-7000-8000-000000000001', '{"words": 40}', 11);
 -- stale (older) or future expected_version: 40001, nothing written
-SELECT * FROM pg_temp.try($$SELECT eventic.set_field('00000000-0000-7000-8000-000000000001', 'title', '"stale"', 11)$$);
-SELECT * FROM pg_temp.try($$SELECT eventic.set_fields('00000000-0000-7000-8000-000000000001', '{"title": "stale"}', 0)$$);
-SELECT * FROM pg_temp.try($$SELECT eventic.set_fields('00000000-0000-7000-8000-000000000001', '{"title": "stale"}', 13)$$);
+SELECT code, message FROM pg_temp.try($$SELECT eventic.set_field('00000000-0000-7000-8000-000000000001', 'title', '"stale"', 11)$$);
+SELECT code, message FROM pg_temp.try($$SELECT eventic.set_fields('00000000-0000-7000-8000-000000000001', '{"title": "stale"}', 0)$$);
+SELECT code, message FROM pg_temp.try($$SELECT eventic.set_fields('00000000-0000-7000-8000-000000000001', '{"title": "stale"}', 13)$$);
 -- a no-op with the right expected_version returns it; with a stale one it is still 40001
 SELECT eventic.set_field('00000000-0000-7000-8000-000000000001', 'words', '40', 12);
-SELECT * FROM pg_temp.try($$SELECT eventic.set_field('00000000-0000-7000-8000-000000000001', 'words', '40', 11)$$);
+SELECT code, message FROM pg_temp.try($$SELECT eventic.set_field('00000000-0000-7000-8000-000000000001', 'words', '40', 11)$$);
 SELECT count(*) AS versions, max(version) AS latest, max(data ->> 'title') FILTER (WHERE version = 12) AS title
   FROM eventic.records WHERE id = '00000000-0000-7000-8000-000000000001';
 

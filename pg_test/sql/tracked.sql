@@ -1,21 +1,7 @@
 -- Tracked tables (DESIGN.md §2): every INSERT/UPDATE/DELETE on an ordinary table appends
 -- versions of the row's record, so history/hydrate/diff work on it.
-SET client_min_messages = warning;
-DROP EXTENSION IF EXISTS eventic CASCADE;
-DROP SCHEMA IF EXISTS eventic CASCADE;
-CREATE EXTENSION eventic;
-RESET client_min_messages;
-
-CREATE FUNCTION pg_temp.try(sql text, OUT code text, OUT message text)
-LANGUAGE plpgsql AS $$
-BEGIN
-    EXECUTE sql;
-    code := '00000';
-    message := 'no error';
-EXCEPTION WHEN OTHERS THEN
-    GET STACKED DIAGNOSTICS code = RETURNED_SQLSTATE, message = MESSAGE_TEXT;
-END
-$$;
+\getenv helpers EVENTIC_REGRESS_HELPERS
+\i :helpers
 
 CREATE TABLE public.orders (id uuid PRIMARY KEY, status text NOT NULL, total numeric);
 INSERT INTO public.orders VALUES ('00000000-0000-7000-8000-0000000000a1', 'new', 10);
@@ -61,11 +47,11 @@ CREATE TABLE public.no_id (name text);
 CREATE TABLE public.not_unique (id uuid, v int);
 CREATE TABLE public.bad_columns (id uuid PRIMARY KEY, version int, "Total Sum" int);
 CREATE VIEW public.a_view AS SELECT 1 AS id;
-SELECT * FROM pg_temp.try($$SELECT eventic.track('public.no_id')$$);
-SELECT * FROM pg_temp.try($$SELECT eventic.track('public.not_unique')$$);
-SELECT * FROM pg_temp.try($$SELECT eventic.track('public.bad_columns')$$);
-SELECT * FROM pg_temp.try($$SELECT eventic.track('public.a_view')$$);
-SELECT * FROM pg_temp.try($$SELECT eventic.track('public.no_such_table')$$);
+SELECT code, message FROM pg_temp.try($$SELECT eventic.track('public.no_id')$$);
+SELECT code, message FROM pg_temp.try($$SELECT eventic.track('public.not_unique')$$);
+SELECT code, message FROM pg_temp.try($$SELECT eventic.track('public.bad_columns')$$);
+SELECT code, message FROM pg_temp.try($$SELECT eventic.track('public.a_view')$$);
+SELECT code, message FROM pg_temp.try($$SELECT eventic.track('public.no_such_table')$$);
 SELECT count(*) AS eventic_triggers FROM pg_trigger WHERE tgname = 'eventic_track';
 
 DROP TABLE public.orders, public.items, public.counters, public.no_id, public.not_unique, public.bad_columns;
