@@ -22,14 +22,15 @@ CREATE TABLE bench_plain (n int PRIMARY KEY, data jsonb NOT NULL);
 INSERT INTO bench_plain
 SELECT i.n, r.data FROM bench_ids i JOIN eventic.records r ON r.id = i.id AND r.version = 0;
 
--- The append-only floor: shaped like eventic.records (columns, checks, keys, partial index),
--- without its triggers, starting from the same 1000 version-0 rows.
+-- The append-only floor: shaped exactly like eventic.records (columns, defaults, primary key,
+-- partial index; no CHECK constraints, as eventic.records has none), without its triggers,
+-- starting from the same 1000 version-0 rows.
 CREATE TABLE bench_append (
     version_id  uuid        NOT NULL,
     id          uuid        NOT NULL,
-    version     integer     NOT NULL CHECK (version >= 0),
+    version     integer     NOT NULL,
     class_type  text        NOT NULL,
-    data        jsonb       NOT NULL CHECK (jsonb_typeof(data) = 'object'),
+    data        jsonb       NOT NULL,
     created_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
     created_by  name        NOT NULL DEFAULT current_user,
     deleted     boolean     NOT NULL DEFAULT false,
@@ -38,6 +39,35 @@ CREATE TABLE bench_append (
 CREATE INDEX ON bench_append (class_type, id) WHERE version = 0;
 CREATE SEQUENCE bench_append_version START 1;
 INSERT INTO bench_append SELECT * FROM eventic.records;
+-- the floor is only a floor if it stays shaped like eventic.records: compare them
+DO $$
+DECLARE differences text;
+BEGIN
+    WITH shape AS (
+        SELECT c.oid AS rel, 'column ' || a.attnum || ': ' || a.attname || ' '
+               || format_type(a.atttypid, a.atttypmod)
+               || CASE WHEN a.attnotnull THEN ' NOT NULL' ELSE '' END
+               || coalesce(' DEFAULT ' || pg_get_expr(d.adbin, d.adrelid), '') AS item
+          FROM pg_class c
+          JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+          LEFT JOIN pg_attrdef d ON d.adrelid = c.oid AND d.adnum = a.attnum
+        UNION ALL
+        SELECT conrelid, 'constraint ' || pg_get_constraintdef(oid) FROM pg_constraint
+        UNION ALL
+        SELECT indrelid, 'index ' || regexp_replace(pg_get_indexdef(indexrelid), '^.* USING ', '')
+          FROM pg_index
+    ), floor AS (SELECT item FROM shape WHERE rel = 'bench_append'::regclass),
+       real AS (SELECT item FROM shape WHERE rel = 'eventic.records'::regclass)
+    SELECT string_agg(item, '; ') INTO differences FROM (
+        (SELECT 'bench_append only: ' || item AS item FROM (TABLE floor EXCEPT TABLE real) x)
+        UNION ALL
+        (SELECT 'eventic.records only: ' || item FROM (TABLE real EXCEPT TABLE floor) y)) z;
+    IF differences IS NOT NULL THEN
+        RAISE EXCEPTION 'bench_append is not shaped like eventic.records: %', differences
+            USING HINT = 'Update bench_append in bench/records.sh to match sql/records.sql.';
+    END IF;
+END
+$$;
 
 -- hydrate: one record with 1 version, one with 100, one with 10,000.
 CREATE TABLE bench_hydrate (versions int PRIMARY KEY, id uuid NOT NULL);

@@ -1,5 +1,5 @@
 -- The append-only floor: what set_field does, written as one plain INSERT ... SELECT into an
--- ordinary table shaped like eventic.records (same columns, checks and indexes, no triggers,
+-- ordinary table shaped like eventic.records (same columns and indexes, no triggers,
 -- no lock, no function): read the latest version of the record, append it with the title
 -- changed. The version comes from a sequence so that concurrent clients never collide.
 \set n random(1, 1000)
