@@ -1,6 +1,7 @@
 -- Queues (DESIGN.md §3). A queue named n is the table eventic.queue_<n>; users always pass
--- the name. Classes get theirs from eventic.register_class; the worker that drains them comes
--- with the queue milestone.
+-- the name. Classes get theirs from eventic.register_class, others come from
+-- eventic.create_queue. Jobs are taken with FOR UPDATE SKIP LOCKED; a finished job leaves its
+-- queue table for eventic.finished_jobs, so queue tables hold only waiting/leased/dead jobs.
 
 CREATE TABLE eventic.queues (
     queue_name   text        PRIMARY KEY CHECK (queue_name ~ '^[a-z_][a-z0-9_]{0,56}$'),
@@ -9,6 +10,7 @@ CREATE TABLE eventic.queues (
     concurrency  integer     NOT NULL DEFAULT 1 CHECK (concurrency > 0),
     paused       boolean     NOT NULL DEFAULT false,
     worker       boolean     NOT NULL DEFAULT true,
+    owner        name,       -- who created it (NULL: the extension owner); a class queue: the class owner
     created_at   timestamptz NOT NULL DEFAULT now()
 );
 COMMENT ON TABLE eventic.queues IS 'Every eventic queue: its table, concurrency and state';
@@ -43,12 +45,16 @@ BEGIN
             max_attempts integer      NOT NULL DEFAULT 5 CHECK (max_attempts > 0),
             enqueued_by  oid          NOT NULL,
             enqueued_at  timestamptz  NOT NULL DEFAULT now(),
-            lease_until  timestamptz,
+            lease_until  timestamptz,  -- taken (running, or leased to a consumer) until then
+            dead_at      timestamptz,  -- gave up after max_attempts; eventic.retry_job revives
             last_error   text
         );
-        CREATE INDEX IF NOT EXISTS %2$I ON eventic.%1$I (priority DESC, run_at, job_id);
-        CREATE UNIQUE INDEX IF NOT EXISTS %3$I ON eventic.%1$I (dedup_key) WHERE dedup_key IS NOT NULL;
+        CREATE INDEX IF NOT EXISTS %2$I ON eventic.%1$I (priority DESC, run_at, job_id)
+            WHERE dead_at IS NULL;
+        CREATE UNIQUE INDEX IF NOT EXISTS %3$I ON eventic.%1$I (dedup_key)
+            WHERE dedup_key IS NOT NULL AND dead_at IS NULL;
         COMMENT ON TABLE eventic.%1$I IS %4$L;
+        GRANT SELECT ON eventic.%1$I TO PUBLIC;
     $ddl$, tbl, tbl || '_ready', tbl || '_dedup',
         'Jobs of eventic queue ' || queue_name || '; use eventic.enqueue, never write directly');
 END
@@ -58,3 +64,76 @@ COMMENT ON FUNCTION eventic._create_queue(text, text) IS
 REVOKE ALL ON FUNCTION eventic._create_queue(text, text) FROM PUBLIC;
 
 GRANT SELECT ON eventic.queues TO PUBLIC;
+
+-- Finished jobs, kept for eventic.archive_retention (then removed by the next drain).
+CREATE TABLE eventic.finished_jobs (
+    queue_name   text         NOT NULL,
+    job_id       bigint       NOT NULL,
+    fn           regprocedure NOT NULL,
+    args         jsonb        NOT NULL,
+    enqueued_by  oid          NOT NULL,
+    enqueued_at  timestamptz  NOT NULL,
+    finished_at  timestamptz  NOT NULL DEFAULT clock_timestamp(),
+    attempts     integer      NOT NULL,
+    PRIMARY KEY (queue_name, job_id)
+);
+CREATE INDEX finished_jobs_by_time ON eventic.finished_jobs (finished_at);
+COMMENT ON TABLE eventic.finished_jobs IS
+  'Jobs that ran successfully, kept for eventic.archive_retention';
+GRANT SELECT ON eventic.finished_jobs TO PUBLIC;
+
+-- Per queue: waiting (ready now / scheduled later), taken, dead, finished in the last minute,
+-- age of the oldest ready job. Reads every queue table: meant for humans and monitoring.
+CREATE FUNCTION eventic._queue_counts(queue_name text,
+    OUT ready bigint, OUT scheduled bigint, OUT running bigint, OUT dead bigint,
+    OUT oldest_ready_age interval)
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    EXECUTE format(
+        'SELECT count(*) FILTER (WHERE dead_at IS NULL AND run_at <= now()
+                                   AND (lease_until IS NULL OR lease_until < now())),
+                count(*) FILTER (WHERE dead_at IS NULL AND run_at > now()),
+                count(*) FILTER (WHERE dead_at IS NULL AND lease_until >= now()),
+                count(*) FILTER (WHERE dead_at IS NOT NULL),
+                now() - min(run_at) FILTER (WHERE dead_at IS NULL AND run_at <= now()
+                                   AND (lease_until IS NULL OR lease_until < now()))
+           FROM eventic.%I', 'queue_' || queue_name)
+       INTO ready, scheduled, running, dead, oldest_ready_age;
+END
+$$;
+
+CREATE VIEW eventic.queue_stats AS
+SELECT q.queue_name, c.ready, c.scheduled, c.running, c.dead,
+       (SELECT count(*) FROM eventic.finished_jobs f
+         WHERE f.queue_name = q.queue_name AND f.finished_at > now() - interval '1 minute')
+           AS done_last_minute,
+       c.oldest_ready_age, q.paused, q.concurrency, q.worker
+  FROM eventic.queues q, LATERAL eventic._queue_counts(q.queue_name) c;
+COMMENT ON VIEW eventic.queue_stats IS
+  'Per queue: ready, scheduled, running, dead, done in the last minute, oldest ready age';
+GRANT SELECT ON eventic.queue_stats TO PUBLIC;
+
+-- The SQL faces of enqueue/dequeue: they take and return the job's function as regprocedure.
+CREATE FUNCTION eventic.enqueue(queue text, fn regprocedure, args jsonb DEFAULT '[]',
+                                run_at timestamptz DEFAULT NULL, priority integer DEFAULT 0,
+                                dedup_key text DEFAULT NULL, max_attempts integer DEFAULT 5)
+RETURNS bigint LANGUAGE sql VOLATILE AS
+$$ SELECT eventic._enqueue(queue, fn::oid, args, run_at, priority, dedup_key, max_attempts) $$;
+COMMENT ON FUNCTION eventic.enqueue(text, regprocedure, jsonb, timestamptz, integer, text, integer) IS
+  'Enqueue fn(args) on a queue; the job runs as the calling role. Returns the job id.';
+
+CREATE FUNCTION eventic.enqueue_batch(queue text, fn regprocedure, args_list jsonb[],
+                                      run_at timestamptz DEFAULT NULL, priority integer DEFAULT 0,
+                                      max_attempts integer DEFAULT 5)
+RETURNS SETOF bigint LANGUAGE sql VOLATILE AS
+$$ SELECT eventic._enqueue(queue, fn::oid, a, run_at, priority, NULL, max_attempts)
+     FROM unnest(args_list) WITH ORDINALITY AS t(a, i) ORDER BY i $$;
+COMMENT ON FUNCTION eventic.enqueue_batch(text, regprocedure, jsonb[], timestamptz, integer, integer) IS
+  'Enqueue one job per element of args_list; returns their ids in order.';
+
+CREATE FUNCTION eventic.dequeue(queue text, batch integer DEFAULT 1, lease interval DEFAULT '30 seconds')
+RETURNS TABLE (job_id bigint, fn regprocedure, args jsonb, attempt integer)
+LANGUAGE sql VOLATILE AS
+$$ SELECT d.job_id, d.fn_oid::regprocedure, d.args, d.attempt FROM eventic._dequeue(queue, batch, lease) d $$;
+COMMENT ON FUNCTION eventic.dequeue(text, integer, interval) IS
+  'External consumers: take up to batch ready jobs, invisible to others for lease; then ack or nack each';

@@ -35,6 +35,10 @@ pub enum EventicError {
         created_at: String,
     },
 
+    /// P0002: no such job in that queue (or not in the state the call needs).
+    #[error("job {job_id} of queue {queue} does not exist or is not in a state for this call")]
+    JobNotFound { queue: String, job_id: i64 },
+
     /// 40001: optimistic concurrency check failed.
     #[error("record {id} is at version {actual}, not at the expected version {expected}")]
     StaleVersion {
@@ -121,7 +125,8 @@ impl EventicError {
             RecordNotFound { .. }
             | VersionNotFound { .. }
             | RecordDeleted { .. }
-            | NotYetCreated { .. } => PgSqlErrorCode::ERRCODE_NO_DATA_FOUND,
+            | NotYetCreated { .. }
+            | JobNotFound { .. } => PgSqlErrorCode::ERRCODE_NO_DATA_FOUND,
             StaleVersion { .. } => PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
             RecordExists { .. } => PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION,
             SchemaViolation { .. } => PgSqlErrorCode::ERRCODE_CHECK_VIOLATION,
@@ -130,6 +135,14 @@ impl EventicError {
             NotAllowed { .. } => PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
             Internal(_) => PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
         }
+    }
+
+    /// The five-character SQLSTATE.
+    pub fn sqlstate_text(&self) -> String {
+        let code = self.sqlstate() as i32;
+        (0..5)
+            .map(|i| ((((code >> (6 * i)) & 0x3F) as u8) + b'0') as char)
+            .collect()
     }
 
     fn detail(&self) -> Option<String> {
@@ -166,6 +179,10 @@ impl EventicError {
                 "Read an earlier version with eventic.hydrate(id, version) or eventic.history(id)."
                     .into(),
             ),
+            JobNotFound { queue, .. } => Some(format!(
+                "ack/nack/extend_lease need a job taken with eventic.dequeue; retry_job a dead one. \
+                 See SELECT * FROM eventic.queue_{queue}."
+            )),
             StaleVersion { .. } => Some(
                 "Re-read the record with eventic.hydrate(id) and retry with its current version."
                     .into(),

@@ -9,10 +9,13 @@ use pgrx::prelude::*;
 
 pub mod classes;
 pub mod errors;
+pub mod queues;
 pub mod raw_jsonb;
 pub mod records;
+pub mod roles;
 pub mod settings;
 pub mod spi_plans;
+pub mod subxact;
 
 ::pgrx::pg_module_magic!();
 

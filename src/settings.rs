@@ -4,6 +4,7 @@
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 
 static STRICT_FIELD_NAMES: GucSetting<bool> = GucSetting::<bool>::new(true);
+static ARCHIVE_RETENTION: GucSetting<i32> = GucSetting::<i32>::new(86_400);
 
 pub fn init() {
     GucRegistry::define_bool_guc(
@@ -16,9 +17,25 @@ pub fn init() {
         GucContext::Userset,
         GucFlags::default(),
     );
+    GucRegistry::define_int_guc(
+        c"eventic.archive_retention",
+        c"How long finished jobs stay in eventic.finished_jobs.",
+        c"Each drain removes finished jobs older than this, so the archive does not grow \
+          without bound. 0 keeps none.",
+        &ARCHIVE_RETENTION,
+        0,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
 }
 
 /// `eventic.strict_field_names`
 pub fn strict_field_names() -> bool {
     STRICT_FIELD_NAMES.get()
+}
+
+/// `eventic.archive_retention`, in seconds
+pub fn archive_retention_seconds() -> i32 {
+    ARCHIVE_RETENTION.get()
 }

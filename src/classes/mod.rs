@@ -8,12 +8,13 @@ pub mod tracked;
 pub mod triggers;
 
 use pgrx::prelude::*;
-use pgrx::{pg_sys, JsonB};
+use pgrx::JsonB;
 use serde_json::Value;
 
 use crate::errors::{required, EventicError, OrReport, Result};
 use crate::records::fields::check_class_name;
 use crate::records::store;
+use crate::roles::as_extension_owner;
 use crate::settings::strict_field_names;
 
 /// Check a new version of class `class_type` against the class's schema (if it has one).
@@ -41,33 +42,6 @@ pub fn ensure_registered(class_name: &str) -> Result<()> {
         register(class_name, None, None)?;
     }
     Ok(())
-}
-
-/// Runs `f` as the role that owns the extension, then switches back (also on error).
-/// Used only for eventic's own fixed DDL: queue tables and rows of eventic.classes/queues.
-fn as_extension_owner<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
-    let owner =
-        Spi::get_one::<pg_sys::Oid>("SELECT extowner FROM pg_extension WHERE extname = 'eventic'")?
-            .ok_or_else(|| EventicError::Internal("extension eventic is not installed".into()))?;
-    struct Restore(pg_sys::Oid, i32);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            // SAFETY: restores the user id and security context saved below.
-            unsafe { pg_sys::SetUserIdAndSecContext(self.0, self.1) };
-        }
-    }
-    let mut saved_user = pg_sys::InvalidOid;
-    let mut saved_context = 0;
-    // SAFETY: plain reads and a switch of the current user id, as SECURITY DEFINER does.
-    unsafe {
-        pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context);
-        pg_sys::SetUserIdAndSecContext(
-            owner,
-            saved_context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
-        );
-    }
-    let _restore = Restore(saved_user, saved_context);
-    f()
 }
 
 struct Registered {
@@ -161,6 +135,10 @@ pub fn register(
              ON CONFLICT (class_name) DO UPDATE
                 SET json_schema = coalesce(EXCLUDED.json_schema, c.json_schema), updated_at = now()",
             &[class_name.into(), queue.as_str().into(), schema_arg.into(), caller.as_str().into()],
+        )?;
+        Spi::run_with_args(
+            "UPDATE eventic.queues SET owner = coalesce(owner, $2::name) WHERE queue_name = $1",
+            &[queue.as_str().into(), caller.as_str().into()],
         )?;
         Ok(())
     })?;

@@ -1,0 +1,203 @@
+//! What a job is and how it runs: the function's signature, the conversion of `args` to its
+//! parameter types (checked at enqueue), and one execution in a subtransaction as the role
+//! that enqueued it.
+
+use pgrx::prelude::*;
+use pgrx::{pg_sys, JsonB};
+use serde_json::Value;
+
+use crate::errors::{EventicError, Result};
+use crate::roles::run_as;
+use crate::subxact::{in_subtransaction, Failure};
+
+/// How to call a job's function.
+pub struct Signature {
+    /// `schema.name`, quoted.
+    name: String,
+    /// Parameter types as SQL (`format_type`).
+    types: Vec<String>,
+    /// Parameters that have defaults (the last ones).
+    defaults: usize,
+}
+
+impl Signature {
+    pub fn of(fn_oid: pg_sys::Oid) -> Result<Signature> {
+        let row = Spi::connect(
+            |client| -> Result<Option<(String, Vec<Option<String>>, i16, String)>> {
+                let mut table = client.select(
+                "SELECT quote_ident(n.nspname) || '.' || quote_ident(p.proname),
+                        ARRAY(SELECT format_type(t, NULL)
+                                FROM unnest(p.proargtypes::oid[]) WITH ORDINALITY u(t, i) ORDER BY i),
+                        p.pronargdefaults, p.prokind::text
+                   FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE p.oid = $1",
+                Some(1),
+                &[fn_oid.into()],
+            )?;
+                let Some(row) = table.next() else {
+                    return Ok(None);
+                };
+                Ok(Some((
+                    row.get::<String>(1)?.unwrap_or_default(),
+                    row.get::<Vec<Option<String>>>(2)?.unwrap_or_default(),
+                    row.get::<i16>(3)?.unwrap_or(0),
+                    row.get::<String>(4)?.unwrap_or_default(),
+                )))
+            },
+        )?;
+        let Some((name, types, defaults, kind)) = row else {
+            return Err(EventicError::UnknownObject {
+                what: "function",
+                name: fn_oid.to_u32().to_string(),
+                hint: "Pass the job's function as 'schema.name(argtypes)'::regprocedure.".into(),
+            });
+        };
+        if kind != "f" {
+            return Err(EventicError::invalid(
+                format!("{name} is not a plain function"),
+                "A job runs SELECT fn(args): pass a function, not a procedure or aggregate.",
+            ));
+        }
+        Ok(Signature {
+            name,
+            types: types.into_iter().flatten().collect(),
+            defaults: defaults as usize,
+        })
+    }
+
+    /// A function with a single jsonb parameter gets `args` whole.
+    fn takes_whole_jsonb(&self) -> bool {
+        self.types.len() == 1 && self.types[0] == "jsonb"
+    }
+
+    /// The JSON array of positional arguments, checked against the parameter count.
+    fn positional<'a>(&self, args: &'a Value) -> Result<&'a Vec<Value>> {
+        let values = args.as_array().ok_or_else(|| {
+            EventicError::invalid(
+                format!("args for {} must be a JSON array", self.name),
+                "Pass one element per parameter, e.g. '[\"a\", 2]'::jsonb.",
+            )
+        })?;
+        let required = self.types.len() - self.defaults;
+        if values.len() < required || values.len() > self.types.len() {
+            let takes = if self.defaults > 0 {
+                format!("{required} to {}", self.types.len())
+            } else {
+                required.to_string()
+            };
+            return Err(EventicError::invalid(
+                format!(
+                    "{} takes {takes} argument(s) ({}), args has {}",
+                    self.name,
+                    self.types.join(", "),
+                    values.len()
+                ),
+                "Pass one JSON element per parameter, in order.",
+            ));
+        }
+        Ok(values)
+    }
+
+    /// `$1::type1, $2::type2, …` for the first `n` parameters.
+    fn casts(&self, n: usize) -> String {
+        (0..n)
+            .map(|i| format!("${}::{}", i + 1, self.types[i]))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// The SQL that calls the function with `args`, and its text parameters (each cast to
+    /// its parameter type by the SQL: strings as they are, other JSON as its text).
+    pub fn call(&self, args: &Value) -> Result<(String, Vec<Option<String>>)> {
+        if self.takes_whole_jsonb() {
+            return Ok((
+                format!("SELECT {}($1::jsonb)", self.name),
+                vec![Some(args.to_string())],
+            ));
+        }
+        let values = self.positional(args)?;
+        Ok((
+            format!("SELECT {}({})", self.name, self.casts(values.len())),
+            as_texts(values),
+        ))
+    }
+
+    /// 22023 now, not a failed job later: every argument must convert to its parameter type.
+    pub fn check_args(&self, args: &Value) -> Result<()> {
+        if self.takes_whole_jsonb() {
+            return Ok(());
+        }
+        let values = self.positional(args)?;
+        if values.is_empty() {
+            return Ok(());
+        }
+        let probe = format!("SELECT {}", self.casts(values.len()));
+        let texts = as_texts(values);
+        in_subtransaction(|| run_sql(&probe, &texts)).map_err(|failure| {
+            EventicError::invalid(
+                format!(
+                    "args do not match the parameters of {}: {}",
+                    self.name, failure.message
+                ),
+                format!("{} takes ({}).", self.name, self.types.join(", ")),
+            )
+        })?
+    }
+}
+
+fn as_texts(values: &[Value]) -> Vec<Option<String>> {
+    values
+        .iter()
+        .map(|v| match v {
+            Value::Null => None,
+            Value::String(s) => Some(s.clone()),
+            other => Some(other.to_string()),
+        })
+        .collect()
+}
+
+fn run_sql(sql: &str, texts: &[Option<String>]) -> Result<()> {
+    let args: Vec<pgrx::datum::DatumWithOid> = texts.iter().map(|t| t.clone().into()).collect();
+    Spi::connect_mut(|client| {
+        client.update(sql, None, &args)?;
+        Ok(())
+    })
+}
+
+/// A job taken from a queue, ready to run.
+pub struct Job {
+    pub job_id: i64,
+    pub fn_oid: pg_sys::Oid,
+    pub args: Value,
+    pub enqueued_by: pg_sys::Oid,
+}
+
+/// Run `job` as its enqueuer in a subtransaction. Its database effects are kept only when
+/// it succeeds (and commit with the caller's transaction).
+pub fn run(job: &Job) -> std::result::Result<(), Failure> {
+    let prepared = Signature::of(job.fn_oid).and_then(|sig| sig.call(&job.args));
+    let (call, texts) = match prepared {
+        Ok(found) => found,
+        Err(err) => {
+            return Err(Failure {
+                sqlstate: err.sqlstate_text(),
+                message: err.to_string(),
+            })
+        }
+    };
+    in_subtransaction(|| run_as(job.enqueued_by, || run_sql(&call, &texts))).and_then(|r| {
+        r.map_err(|err| Failure {
+            sqlstate: err.sqlstate_text(),
+            message: err.to_string(),
+        })
+    })
+}
+
+/// Read a claimed job row (job_id, fn, args, enqueued_by).
+pub fn job_from(row: &pgrx::spi::SpiHeapTupleData<'_>) -> Result<Job> {
+    Ok(Job {
+        job_id: row.get::<i64>(1)?.unwrap_or_default(),
+        fn_oid: row.get::<pg_sys::Oid>(2)?.unwrap_or(pg_sys::InvalidOid),
+        args: row.get::<JsonB>(3)?.map(|j| j.0).unwrap_or(Value::Null),
+        enqueued_by: row.get::<pg_sys::Oid>(4)?.unwrap_or(pg_sys::InvalidOid),
+    })
+}

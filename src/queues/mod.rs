@@ -1,0 +1,548 @@
+//! Queues (DESIGN.md §3): create/alter/drop, enqueue, drain in the calling session
+//! (`run_pending`), and external consumers (`dequeue`/`ack`/`nack`/`extend_lease`).
+//!
+//! Queue tables belong to the extension owner; every write to them goes through these
+//! functions, which check the caller first and then write as the owner.
+
+pub mod jobs;
+
+use std::cell::Cell;
+
+use pgrx::prelude::*;
+use pgrx::{pg_sys, JsonB};
+
+use crate::errors::{required, EventicError, OrReport, Result};
+use crate::roles::{as_extension_owner, current_role, is_superuser};
+use jobs::{Job, Signature};
+
+/// `eventic.queue_<name>`, quoted, for a queue that exists (42704 otherwise).
+pub fn queue_table(queue_name: &str) -> Result<String> {
+    let exists = Spi::get_one_with_args::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM eventic.queues WHERE queue_name = $1)",
+        &[queue_name.into()],
+    )?
+    .unwrap_or(false);
+    if !exists {
+        return Err(EventicError::UnknownObject {
+            what: "queue",
+            name: queue_name.to_string(),
+            hint: "See SELECT queue_name FROM eventic.queues; create one with \
+                   eventic.create_queue(name) or eventic.register_class(class)."
+                .into(),
+        });
+    }
+    Ok(format!(
+        "eventic.{}",
+        pgrx::spi::quote_identifier(format!("queue_{queue_name}"))
+    ))
+}
+
+fn check_queue_name(name: &str) -> Result<()> {
+    let mut chars = name.chars();
+    let ok = matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && name.len() <= 57;
+    if ok {
+        Ok(())
+    } else {
+        Err(EventicError::invalid(
+            format!("invalid queue name {name:?}"),
+            "A queue name is lower-case letters, digits and underscores, starting with a letter \
+             or underscore, at most 57 characters.",
+        ))
+    }
+}
+
+/// Create queue `queue_name` (table `eventic.queue_<name>`). With `worker => false` only
+/// external consumers (`eventic.dequeue`) take its jobs. Idempotent.
+#[pg_extern(volatile, parallel_unsafe)]
+fn create_queue(queue_name: Option<&str>, worker: default!(Option<bool>, "true")) {
+    (|| {
+        let name = required(queue_name, "queue_name")?;
+        check_queue_name(name)?;
+        let worker = required(worker, "worker")?;
+        let caller = Spi::get_one::<String>("SELECT current_user::text")?.unwrap_or_default();
+        as_extension_owner(|| {
+            Spi::run_with_args("SELECT eventic._create_queue($1, NULL)", &[name.into()])?;
+            Spi::run_with_args(
+                "UPDATE eventic.queues SET worker = $2, owner = coalesce(owner, $3::name) WHERE queue_name = $1",
+                &[name.into(), worker.into(), caller.as_str().into()],
+            )?;
+            Ok(())
+        })
+    })()
+    .or_report()
+}
+
+fn require_queue_owner(queue_name: &str, what: &str) -> Result<()> {
+    let allowed = Spi::get_one_with_args::<bool>(
+        "SELECT pg_has_role(current_user, coalesce(q.owner, e.extowner::regrole::name), 'USAGE')
+           FROM eventic.queues q, pg_extension e
+          WHERE q.queue_name = $1 AND e.extname = 'eventic'",
+        &[queue_name.into()],
+    )?
+    .unwrap_or(false);
+    if allowed {
+        Ok(())
+    } else {
+        Err(EventicError::not_allowed(
+            format!("permission denied to {what} queue {queue_name}"),
+            "Only the role that created the queue (or its class) or a superuser may.",
+        ))
+    }
+}
+
+/// Change a queue's concurrency, pause it, or turn its in-database worker on/off.
+#[pg_extern(volatile, parallel_unsafe)]
+fn alter_queue(
+    queue_name: Option<&str>,
+    concurrency: default!(Option<i32>, "NULL"),
+    paused: default!(Option<bool>, "NULL"),
+    worker: default!(Option<bool>, "NULL"),
+) {
+    (|| {
+        let name = required(queue_name, "queue_name")?;
+        queue_table(name)?;
+        if concurrency.is_some_and(|c| c < 1) {
+            return Err(EventicError::invalid(
+                "concurrency must be at least 1",
+                "Pause a queue with paused => true instead.",
+            ));
+        }
+        require_queue_owner(name, "alter")?;
+        as_extension_owner(|| {
+            Spi::run_with_args(
+                "UPDATE eventic.queues SET concurrency = coalesce($2, concurrency),
+                        paused = coalesce($3, paused), worker = coalesce($4, worker)
+                  WHERE queue_name = $1",
+                &[
+                    name.into(),
+                    concurrency.into(),
+                    paused.into(),
+                    worker.into(),
+                ],
+            )?;
+            Ok(())
+        })
+    })()
+    .or_report()
+}
+
+/// Drop a queue and its jobs. A class's queue goes with eventic.drop_class.
+#[pg_extern(volatile, parallel_unsafe)]
+fn drop_queue(queue_name: Option<&str>) {
+    (|| {
+        let name = required(queue_name, "queue_name")?;
+        let table = queue_table(name)?;
+        let class = Spi::get_one_with_args::<String>(
+            "SELECT class_name FROM eventic.queues WHERE queue_name = $1",
+            &[name.into()],
+        )?;
+        if let Some(class) = class {
+            return Err(EventicError::invalid(
+                format!("queue {name} belongs to class {class}"),
+                format!("Drop the class with eventic.drop_class('{class}')."),
+            ));
+        }
+        require_queue_owner(name, "drop")?;
+        as_extension_owner(|| {
+            Spi::run(&format!("DROP TABLE {table}"))?;
+            Spi::run_with_args(
+                "DELETE FROM eventic.queues WHERE queue_name = $1",
+                &[name.into()],
+            )?;
+            Ok(())
+        })
+    })()
+    .or_report()
+}
+
+thread_local! {
+    static PRELOAD_NOTICE_GIVEN: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Once per session: without the preloaded worker, queued jobs wait for run_pending.
+fn notice_if_no_worker() {
+    if PRELOAD_NOTICE_GIVEN.with(|given| given.replace(true)) {
+        return;
+    }
+    let preloaded = Spi::get_one::<bool>(
+        "SELECT 'eventic' = ANY (string_to_array(replace(current_setting('shared_preload_libraries'), ' ', ''), ','))",
+    );
+    if !matches!(preloaded, Ok(Some(true))) {
+        pgrx::notice!(
+            "eventic's background worker is not running: jobs wait until eventic.run_pending() drains them. \
+             Add eventic to shared_preload_libraries and restart PostgreSQL to run them in the background."
+        );
+    }
+}
+
+/// Enqueue `fn(args)` on `queue`; returns the job id (the waiting job's id when `dedup_key`
+/// is already waiting). Called by the SQL wrapper `eventic.enqueue` (fn as regprocedure).
+#[allow(clippy::too_many_arguments)]
+#[pg_extern(volatile, parallel_unsafe, name = "_enqueue")]
+fn enqueue_job(
+    queue_name: Option<&str>,
+    fn_oid: Option<pg_sys::Oid>,
+    args: Option<JsonB>,
+    run_at: Option<TimestampWithTimeZone>,
+    priority: Option<i32>,
+    dedup_key: Option<&str>,
+    max_attempts: Option<i32>,
+) -> i64 {
+    (|| {
+        let name = required(queue_name, "queue")?;
+        let fn_oid = required(fn_oid, "fn")?;
+        let args = required(args, "args")?.0;
+        let priority = required(priority, "priority")?;
+        let max_attempts = required(max_attempts, "max_attempts")?;
+        let table = queue_table(name)?;
+        if max_attempts < 1 {
+            return Err(EventicError::invalid(
+                format!("max_attempts must be at least 1, not {max_attempts}"),
+                "A job runs at least once.",
+            ));
+        }
+        let signature = Signature::of(fn_oid)?;
+        let may_execute = Spi::get_one_with_args::<bool>(
+            "SELECT has_function_privilege($1, 'EXECUTE')",
+            &[fn_oid.into()],
+        )?
+        .unwrap_or(false);
+        if !may_execute {
+            return Err(EventicError::not_allowed(
+                format!("permission denied to enqueue a call of function {}", fn_oid.to_u32()),
+                "Jobs run as the role that enqueued them: it needs EXECUTE on the function.",
+            ));
+        }
+        signature.check_args(&args)?;
+        let enqueuer = current_role();
+        let job_id = as_extension_owner(|| {
+            let inserted = Spi::get_one_with_args::<i64>(
+                &format!(
+                    "INSERT INTO {table} (fn, args, run_at, priority, dedup_key, max_attempts, enqueued_by)
+                     VALUES ($1, $2, coalesce($3, now()), $4, $5, $6, $7)
+                     ON CONFLICT (dedup_key) WHERE dedup_key IS NOT NULL AND dead_at IS NULL DO NOTHING
+                     RETURNING job_id"
+                ),
+                &[
+                    fn_oid.into(),
+                    JsonB(args).into(),
+                    run_at.into(),
+                    priority.into(),
+                    dedup_key.into(),
+                    max_attempts.into(),
+                    enqueuer.into(),
+                ],
+            );
+            match inserted {
+                Ok(Some(id)) => Ok(id),
+                // the dedup_key is already waiting: that job
+                Ok(None) | Err(pgrx::spi::SpiError::InvalidPosition) => Spi::get_one_with_args::<i64>(
+                    &format!("SELECT job_id FROM {table} WHERE dedup_key = $1 AND dead_at IS NULL"),
+                    &[dedup_key.into()],
+                )?
+                .ok_or_else(|| EventicError::Internal("dedup job vanished".into())),
+                Err(other) => Err(other.into()),
+            }
+        })?;
+        Spi::run_with_args("SELECT pg_notify('eventic_' || $1, '')", &[name.into()])?;
+        notice_if_no_worker();
+        Ok(job_id)
+    })()
+    .or_report()
+}
+
+/// Seconds to wait before attempt `attempts + 1`: exponential, capped at an hour, with jitter.
+const BACKOFF_SQL: &str =
+    "least(3600, power(2, attempts)) * (0.5 + random() / 2) * interval '1 second'";
+
+/// Take up to `limit` runnable jobs, leased for `lease`. `only_role`: jobs enqueued by it only.
+fn claim(
+    table: &str,
+    limit: i64,
+    lease: &str,
+    only_role: Option<pg_sys::Oid>,
+) -> Result<Vec<(Job, i32)>> {
+    as_extension_owner(|| {
+        Spi::connect_mut(|client| {
+            let rows = client.update(
+                &format!(
+                    "UPDATE {table} q SET lease_until = clock_timestamp() + {lease}, attempts = q.attempts + 1
+                      WHERE q.job_id IN (
+                            SELECT job_id FROM {table}
+                             WHERE dead_at IS NULL AND run_at <= clock_timestamp()
+                               AND (lease_until IS NULL OR lease_until < clock_timestamp())
+                               AND ($2::oid IS NULL OR enqueued_by = $2)
+                             ORDER BY priority DESC, run_at, job_id
+                             LIMIT $1 FOR UPDATE SKIP LOCKED)
+                     RETURNING q.job_id, q.fn::oid, q.args, q.enqueued_by, q.attempts"
+                ),
+                None,
+                &[limit.into(), only_role.into()],
+            )?;
+            let mut jobs = Vec::new();
+            for row in rows {
+                let job = jobs::job_from(&row)?;
+                jobs.push((job, row.get::<i32>(5)?.unwrap_or(1)));
+            }
+            Ok(jobs)
+        })
+    })
+}
+
+/// A job that ran: out of its queue, into eventic.finished_jobs. False if it was not there.
+fn finish(queue_name: &str, table: &str, job_id: i64) -> Result<bool> {
+    as_extension_owner(|| {
+        let moved = Spi::get_one_with_args::<i64>(
+            &format!(
+                "WITH done AS (DELETE FROM {table} WHERE job_id = $2 AND dead_at IS NULL RETURNING *)
+                 INSERT INTO eventic.finished_jobs
+                        (queue_name, job_id, fn, args, enqueued_by, enqueued_at, attempts)
+                 SELECT $1, job_id, fn, args, enqueued_by, enqueued_at, attempts FROM done
+                 RETURNING job_id"
+            ),
+            &[queue_name.into(), job_id.into()],
+        );
+        match moved {
+            Ok(found) => Ok(found.is_some()),
+            Err(pgrx::spi::SpiError::InvalidPosition) => Ok(false),
+            Err(other) => Err(other.into()),
+        }
+    })
+}
+
+/// A job that failed: retried after a backoff, or dead after max_attempts. False if absent.
+fn fail(table: &str, job_id: i64, error: &str) -> Result<bool> {
+    as_extension_owner(|| {
+        let updated = Spi::get_one_with_args::<i64>(
+            &format!(
+                "UPDATE {table} SET lease_until = NULL, last_error = $2,
+                        run_at = clock_timestamp() + {BACKOFF_SQL},
+                        dead_at = CASE WHEN attempts >= max_attempts THEN clock_timestamp() END
+                  WHERE job_id = $1 AND dead_at IS NULL RETURNING job_id"
+            ),
+            &[job_id.into(), error.into()],
+        );
+        match updated {
+            Ok(found) => Ok(found.is_some()),
+            Err(pgrx::spi::SpiError::InvalidPosition) => Ok(false),
+            Err(other) => Err(other.into()),
+        }
+    })
+}
+
+/// Remove finished jobs older than eventic.archive_retention.
+fn prune_archive() -> Result<()> {
+    as_extension_owner(|| {
+        Spi::run_with_args(
+            "DELETE FROM eventic.finished_jobs WHERE finished_at < clock_timestamp() - $1 * interval '1 second'",
+            &[crate::settings::archive_retention_seconds().into()],
+        )?;
+        Ok(())
+    })
+}
+
+/// Run up to `max_jobs` ready jobs of one queue in this session: each as its enqueuer, in a
+/// subtransaction; its effects commit with its completion. Returns how many ran.
+pub fn drain(queue_name: &str, max_jobs: i64, only_role: Option<pg_sys::Oid>) -> Result<i64> {
+    let table = queue_table(queue_name)?;
+    let mut ran = 0;
+    while ran < max_jobs {
+        let batch = claim(&table, 1, "interval '5 minutes'", only_role)?;
+        let Some((job, _attempt)) = batch.into_iter().next() else {
+            break;
+        };
+        match jobs::run(&job) {
+            Ok(()) => {
+                finish(queue_name, &table, job.job_id)?;
+            }
+            Err(failure) => {
+                fail(
+                    &table,
+                    job.job_id,
+                    &format!("{}: {}", failure.sqlstate, failure.message),
+                )?;
+            }
+        }
+        ran += 1;
+    }
+    prune_archive()?;
+    Ok(ran)
+}
+
+/// Run ready jobs in this session (without the background worker, or to drain now). A
+/// non-superuser runs only the jobs it enqueued. Returns how many jobs ran.
+#[pg_extern(volatile, parallel_unsafe)]
+fn run_pending(
+    queue_name: default!(Option<&str>, "NULL"),
+    max_jobs: default!(Option<i32>, "100"),
+) -> i64 {
+    (|| {
+        let max_jobs = i64::from(required(max_jobs, "max_jobs")?);
+        let only_role = (!is_superuser()).then(current_role);
+        let queues: Vec<String> = match queue_name {
+            Some(name) => vec![name.to_string()],
+            None => Spi::connect(|client| -> Result<Vec<String>> {
+                let mut names = Vec::new();
+                for row in client.select(
+                    "SELECT queue_name FROM eventic.queues WHERE NOT paused ORDER BY queue_name",
+                    None,
+                    &[],
+                )? {
+                    names.extend(row.get::<String>(1)?);
+                }
+                Ok(names)
+            })?,
+        };
+        let mut ran = 0;
+        for name in queues {
+            ran += drain(&name, max_jobs - ran, only_role)?;
+        }
+        Ok(ran)
+    })()
+    .or_report()
+}
+
+/// External consumers: take up to `batch` ready jobs, invisible to others for `lease`.
+#[pg_extern(volatile, parallel_unsafe, name = "_dequeue")]
+fn dequeue(
+    queue_name: Option<&str>,
+    batch: Option<i32>,
+    lease: Option<Interval>,
+) -> TableIterator<
+    'static,
+    (
+        name!(job_id, i64),
+        name!(fn_oid, pg_sys::Oid),
+        name!(args, JsonB),
+        name!(attempt, i32),
+    ),
+> {
+    let rows = (|| {
+        let name = required(queue_name, "queue")?;
+        let batch = required(batch, "batch")?;
+        let lease = required(lease, "lease")?;
+        let table = queue_table(name)?;
+        if batch < 1 {
+            return Err(EventicError::invalid(
+                "batch must be at least 1",
+                "Take at least one job.",
+            ));
+        }
+        let lease_sql = interval_literal(lease)?;
+        Ok(claim(&table, i64::from(batch), &lease_sql, None)?
+            .into_iter()
+            .map(|(job, attempt)| (job.job_id, job.fn_oid, JsonB(job.args), attempt))
+            .collect::<Vec<_>>())
+    })()
+    .or_report();
+    TableIterator::new(rows)
+}
+
+/// A positive interval as a SQL literal (for the lease).
+fn interval_literal(lease: Interval) -> Result<String> {
+    let micros = (i64::from(lease.months()) * 30 + i64::from(lease.days())) * 86_400_000_000
+        + lease.micros();
+    if micros <= 0 {
+        return Err(EventicError::invalid(
+            "lease must be a positive interval",
+            "Pass a lease such as '30 seconds'.",
+        ));
+    }
+    Ok(format!("interval '{micros} microseconds'"))
+}
+
+fn unknown_job(queue_name: &str, job_id: i64) -> EventicError {
+    EventicError::JobNotFound {
+        queue: queue_name.to_string(),
+        job_id,
+    }
+}
+
+/// External consumers: the job is done; it leaves the queue for eventic.finished_jobs.
+#[pg_extern(volatile, parallel_unsafe)]
+fn ack(queue_name: Option<&str>, job_id: Option<i64>) {
+    (|| {
+        let (name, job_id) = (required(queue_name, "queue")?, required(job_id, "job_id")?);
+        let table = queue_table(name)?;
+        if finish(name, &table, job_id)? {
+            Ok(())
+        } else {
+            Err(unknown_job(name, job_id))
+        }
+    })()
+    .or_report()
+}
+
+/// External consumers: the job failed; it is retried after a backoff (dead after max_attempts).
+#[pg_extern(volatile, parallel_unsafe)]
+fn nack(queue_name: Option<&str>, job_id: Option<i64>, error: default!(Option<&str>, "NULL")) {
+    (|| {
+        let (name, job_id) = (required(queue_name, "queue")?, required(job_id, "job_id")?);
+        let table = queue_table(name)?;
+        if fail(&table, job_id, error.unwrap_or("nack"))? {
+            Ok(())
+        } else {
+            Err(unknown_job(name, job_id))
+        }
+    })()
+    .or_report()
+}
+
+/// External consumers: keep a leased job for `lease` more; returns the new end of the lease.
+#[pg_extern(volatile, parallel_unsafe)]
+fn extend_lease(
+    queue_name: Option<&str>,
+    job_id: Option<i64>,
+    lease: Option<Interval>,
+) -> TimestampWithTimeZone {
+    (|| {
+        let (name, job_id) = (required(queue_name, "queue")?, required(job_id, "job_id")?);
+        let lease_sql = interval_literal(required(lease, "lease")?)?;
+        let table = queue_table(name)?;
+        let until = as_extension_owner(|| {
+            match Spi::get_one_with_args::<TimestampWithTimeZone>(
+                &format!(
+                    "UPDATE {table} SET lease_until = clock_timestamp() + {lease_sql}
+                      WHERE job_id = $1 AND dead_at IS NULL AND lease_until IS NOT NULL
+                      RETURNING lease_until"
+                ),
+                &[job_id.into()],
+            ) {
+                Ok(until) => Ok(until),
+                Err(pgrx::spi::SpiError::InvalidPosition) => Ok(None),
+                Err(other) => Err(other.into()),
+            }
+        })?;
+        until.ok_or_else(|| unknown_job(name, job_id))
+    })()
+    .or_report()
+}
+
+/// Revive a dead job: it runs again from its first attempt.
+#[pg_extern(volatile, parallel_unsafe)]
+fn retry_job(queue_name: Option<&str>, job_id: Option<i64>) {
+    (|| {
+        let (name, job_id) = (required(queue_name, "queue")?, required(job_id, "job_id")?);
+        let table = queue_table(name)?;
+        if !is_superuser() {
+            require_queue_owner(name, "retry jobs of")?;
+        }
+        let revived = as_extension_owner(|| {
+            match Spi::get_one_with_args::<i64>(
+                &format!(
+                    "UPDATE {table} SET dead_at = NULL, attempts = 0, run_at = clock_timestamp(), lease_until = NULL
+                      WHERE job_id = $1 AND dead_at IS NOT NULL RETURNING job_id"
+                ),
+                &[job_id.into()],
+            ) {
+                Ok(found) => Ok(found),
+                Err(pgrx::spi::SpiError::InvalidPosition) => Ok(None),
+                Err(other) => Err(other.into()),
+            }
+        })?;
+        revived.map(|_| ()).ok_or_else(|| unknown_job(name, job_id))
+    })()
+    .or_report()
+}

@@ -1,0 +1,55 @@
+//! Switching the current role for a piece of Rust code (as SECURITY DEFINER does): eventic's
+//! own DDL and bookkeeping run as the extension owner, jobs run as the role that enqueued them.
+
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+use crate::errors::{EventicError, Result};
+
+/// Runs `f` with `role` as the current user, then switches back (also when an ERROR unwinds).
+/// SET ROLE is not allowed inside (SECURITY_LOCAL_USERID_CHANGE).
+pub fn run_as<T>(role: pg_sys::Oid, f: impl FnOnce() -> T) -> T {
+    struct Restore(pg_sys::Oid, i32);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            // SAFETY: restores the user id and security context saved below.
+            unsafe { pg_sys::SetUserIdAndSecContext(self.0, self.1) };
+        }
+    }
+    let mut saved_user = pg_sys::InvalidOid;
+    let mut saved_context = 0;
+    // SAFETY: plain reads and a switch of the current user id.
+    unsafe {
+        pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context);
+        pg_sys::SetUserIdAndSecContext(
+            role,
+            saved_context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
+        );
+    }
+    let _restore = Restore(saved_user, saved_context);
+    f()
+}
+
+/// The role that owns the extension.
+pub fn extension_owner() -> Result<pg_sys::Oid> {
+    Spi::get_one::<pg_sys::Oid>("SELECT extowner FROM pg_extension WHERE extname = 'eventic'")?
+        .ok_or_else(|| EventicError::Internal("extension eventic is not installed".into()))
+}
+
+/// Runs `f` as the extension owner: only for eventic's own fixed DDL and bookkeeping rows
+/// (queue tables, eventic.classes/queues), never for user code.
+pub fn as_extension_owner<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let owner = extension_owner()?;
+    run_as(owner, f)
+}
+
+/// The current role.
+pub fn current_role() -> pg_sys::Oid {
+    // SAFETY: reads the current user id.
+    unsafe { pg_sys::GetUserId() }
+}
+
+pub fn is_superuser() -> bool {
+    // SAFETY: reads the current user's cached catalog entry.
+    unsafe { pg_sys::superuser() }
+}

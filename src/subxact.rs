@@ -1,0 +1,58 @@
+//! Run Rust code in a subtransaction and get a Postgres ERROR back as a value: the building
+//! block of job execution (a failing job rolls back its own effects, not the drain) and of
+//! enqueue-time argument checks.
+
+use std::panic::AssertUnwindSafe;
+
+use pgrx::pg_sys::panic::CaughtError;
+use pgrx::{pg_sys, PgTryBuilder};
+
+/// A caught ERROR.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub sqlstate: String,
+    pub message: String,
+}
+
+fn failure_of(caught: CaughtError) -> Failure {
+    let report = match &caught {
+        CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r,
+        CaughtError::RustPanic { ereport, .. } => ereport,
+    };
+    let code = report.sql_error_code() as i32;
+    // SQLSTATE letters are packed 6 bits each (MAKE_SQLSTATE); unpack them
+    let sqlstate: String = (0..5)
+        .map(|i| ((((code >> (6 * i)) & 0x3F) as u8) + b'0') as char)
+        .collect();
+    Failure {
+        sqlstate,
+        message: report.message().to_string(),
+    }
+}
+
+/// Run `f` in a subtransaction: committed (released) when it returns, rolled back when it
+/// raises an ERROR, which comes back as `Err`.
+pub fn in_subtransaction<T>(f: impl FnOnce() -> T) -> Result<T, Failure> {
+    // SAFETY: the sequence plpgsql uses for BEGIN ... EXCEPTION blocks: remember the memory
+    // context and resource owner, start an internal subtransaction, restore both afterwards.
+    unsafe {
+        let old_context = pg_sys::CurrentMemoryContext;
+        let old_owner = pg_sys::CurrentResourceOwner;
+        pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        pg_sys::MemoryContextSwitchTo(old_context);
+        let mut f = Some(f);
+        let outcome = PgTryBuilder::new(AssertUnwindSafe(|| match f.take() {
+            Some(f) => Ok(f()),
+            None => unreachable!("subtransaction body run twice"),
+        }))
+        .catch_others(|caught| Err(failure_of(caught)))
+        .execute();
+        match outcome {
+            Ok(_) => pg_sys::ReleaseCurrentSubTransaction(),
+            Err(_) => pg_sys::RollbackAndReleaseCurrentSubTransaction(),
+        }
+        pg_sys::MemoryContextSwitchTo(old_context);
+        pg_sys::CurrentResourceOwner = old_owner;
+        outcome
+    }
+}
