@@ -16,6 +16,7 @@ pub mod roles;
 pub mod settings;
 pub mod spi_plans;
 pub mod subxact;
+pub mod worker;
 
 ::pgrx::pg_module_magic!();
 
@@ -23,6 +24,7 @@ pub mod subxact;
 pub extern "C-unwind" fn _PG_init() {
     settings::init();
     classes::cache::init();
+    worker::init();
 }
 
 extension_sql_file!(

@@ -1,10 +1,16 @@
 //! Every `eventic.*` setting (GUC), with its accessor. Registered from `_PG_init`, so they
 //! exist as soon as the library is loaded (preloaded or on first use).
 
+use std::ffi::CString;
+
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 
 static STRICT_FIELD_NAMES: GucSetting<bool> = GucSetting::<bool>::new(true);
 static ARCHIVE_RETENTION: GucSetting<i32> = GucSetting::<i32>::new(86_400);
+static POLL_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(1_000);
+static MAX_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(4);
+static LAUNCHER_DATABASE: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"postgres"));
 
 pub fn init() {
     GucRegistry::define_bool_guc(
@@ -28,6 +34,36 @@ pub fn init() {
         GucContext::Sighup,
         GucFlags::UNIT_S,
     );
+    GucRegistry::define_int_guc(
+        c"eventic.poll_interval",
+        c"How often a database worker looks for due jobs when nothing woke it.",
+        c"Workers are woken when an enqueue commits; this is the fallback (and the granularity \
+          of run_at and retry backoff).",
+        &POLL_INTERVAL,
+        10,
+        3_600_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"eventic.max_workers",
+        c"How many databases eventic's launcher runs a worker for at once.",
+        c"Each database with the extension gets one background worker; they count against \
+          max_worker_processes.",
+        &MAX_WORKERS,
+        0,
+        1024,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"eventic.launcher_database",
+        c"The database eventic's launcher connects to, to list the databases.",
+        c"Any database that exists; the launcher only reads pg_database there.",
+        &LAUNCHER_DATABASE,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
 }
 
 /// `eventic.strict_field_names`
@@ -38,4 +74,22 @@ pub fn strict_field_names() -> bool {
 /// `eventic.archive_retention`, in seconds
 pub fn archive_retention_seconds() -> i32 {
     ARCHIVE_RETENTION.get()
+}
+
+/// `eventic.poll_interval`, in milliseconds
+pub fn poll_interval_ms() -> i32 {
+    POLL_INTERVAL.get()
+}
+
+/// `eventic.max_workers`
+pub fn max_workers() -> i32 {
+    MAX_WORKERS.get()
+}
+
+/// `eventic.launcher_database`
+pub fn launcher_database() -> String {
+    LAUNCHER_DATABASE
+        .get()
+        .and_then(|name| name.into_string().ok())
+        .unwrap_or_else(|| "postgres".to_string())
 }

@@ -166,10 +166,7 @@ fn notice_if_no_worker() {
     if PRELOAD_NOTICE_GIVEN.with(|given| given.replace(true)) {
         return;
     }
-    let preloaded = Spi::get_one::<bool>(
-        "SELECT 'eventic' = ANY (string_to_array(replace(current_setting('shared_preload_libraries'), ' ', ''), ','))",
-    );
-    if !matches!(preloaded, Ok(Some(true))) {
+    if !crate::worker::preloaded() {
         pgrx::notice!(
             "eventic's background worker is not running: jobs wait until eventic.run_pending() drains them. \
              Add eventic to shared_preload_libraries and restart PostgreSQL to run them in the background."
@@ -248,6 +245,7 @@ fn enqueue_job(
         })?;
         Spi::run_with_args("SELECT pg_notify('eventic_' || $1, '')", &[name.into()])?;
         notice_if_no_worker();
+        crate::worker::wake_worker_at_commit();
         Ok(job_id)
     })()
     .or_report()

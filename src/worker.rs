@@ -1,0 +1,233 @@
+//! The background worker (DESIGN.md §3): a launcher, started by the postmaster when eventic is
+//! in shared_preload_libraries, runs one worker per database; a worker drains the queues of
+//! its database while the extension exists there, and sleeps on its latch in between.
+//!
+//! Like pg_cron's: the launcher lists databases through SPI in `eventic.launcher_database`;
+//! workers connect as the bootstrap superuser and run every job as the role that enqueued it
+//! (see `queues::jobs`). A worker whose database has no eventic exits at once; the launcher
+//! looks again every 10 seconds, so `CREATE EXTENSION eventic` is picked up without a restart.
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use pgrx::bgworkers::{
+    BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, DynamicBackgroundWorker,
+    SignalWakeFlags,
+};
+use pgrx::prelude::*;
+use pgrx::{pg_sys, register_xact_callback, PgXactCallbackEvent};
+
+use crate::settings;
+
+const WORKER_TYPE: &str = "eventic worker";
+const LAUNCHER_TYPE: &str = "eventic launcher";
+/// Jobs per transaction of a worker: their effects and completions commit together.
+const JOBS_PER_TRANSACTION: i64 = 100;
+const LAUNCHER_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Set in the postmaster when eventic is preloaded; backends inherit it with fork().
+static PRELOADED: AtomicBool = AtomicBool::new(false);
+
+/// Whether eventic was loaded through shared_preload_libraries (so the worker runs).
+pub fn preloaded() -> bool {
+    PRELOADED.load(Ordering::Relaxed)
+}
+
+/// Called from `_PG_init`: register the launcher when preloaded.
+pub fn init() {
+    // SAFETY: a plain read of a postmaster flag.
+    if !unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        return;
+    }
+    PRELOADED.store(true, Ordering::Relaxed);
+    BackgroundWorkerBuilder::new(LAUNCHER_TYPE)
+        .set_type(LAUNCHER_TYPE)
+        .set_library("eventic")
+        .set_function("eventic_launcher_main")
+        .enable_spi_access()
+        .set_start_time(BgWorkerStartTime::RecoveryFinished)
+        .set_restart_time(Some(Duration::from_secs(5)))
+        .load();
+}
+
+fn reload_config_if_asked() {
+    if BackgroundWorker::sighup_received() {
+        // SAFETY: the standard reaction to SIGHUP in a background worker.
+        unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+    }
+}
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn eventic_launcher_main(_arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    BackgroundWorker::connect_worker_to_spi(Some(&settings::launcher_database()), None);
+    log!("eventic launcher started");
+    let mut workers: HashMap<u32, DynamicBackgroundWorker> = HashMap::new();
+    loop {
+        reload_config_if_asked();
+        let databases = BackgroundWorker::transaction(|| {
+            Spi::connect(|client| -> Vec<(u32, String)> {
+                let Ok(rows) = client.select(
+                    "SELECT oid, datname::text FROM pg_database
+                      WHERE datallowconn AND NOT datistemplate ORDER BY oid",
+                    None,
+                    &[],
+                ) else {
+                    return Vec::new();
+                };
+                rows.filter_map(|row| {
+                    let oid = row.get::<pg_sys::Oid>(1).ok().flatten()?;
+                    let name = row.get::<String>(2).ok().flatten()?;
+                    Some((oid.to_u32(), name))
+                })
+                .collect()
+            })
+        });
+        workers.retain(|_, worker| worker.pid().is_ok());
+        for (oid, name) in databases {
+            if workers.contains_key(&oid) || workers.len() >= settings::max_workers() as usize {
+                continue;
+            }
+            let started = BackgroundWorkerBuilder::new(&format!("eventic worker for {name}"))
+                .set_type(WORKER_TYPE)
+                .set_library("eventic")
+                .set_function("eventic_worker_main")
+                .enable_spi_access()
+                .set_argument(Some(pg_sys::Datum::from(oid)))
+                // SAFETY: a plain read of this process's pid.
+                .set_notify_pid(unsafe { pg_sys::MyProcPid })
+                .load_dynamic();
+            if let Ok(worker) = started {
+                workers.insert(oid, worker);
+            }
+        }
+        if !BackgroundWorker::wait_latch(Some(LAUNCHER_INTERVAL)) {
+            break;
+        }
+    }
+    log!("eventic launcher stopped");
+}
+
+/// What pg_stat_activity shows for this worker.
+fn set_activity(state: pg_sys::BackendState::Type, text: &str) {
+    if let Ok(c_text) = std::ffi::CString::new(text) {
+        // SAFETY: reports this backend's activity for pg_stat_activity.
+        unsafe { pg_sys::pgstat_report_activity(state, c_text.as_ptr()) };
+    }
+}
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn eventic_worker_main(arg: pg_sys::Datum) {
+    let database = pg_sys::Oid::from(arg.value() as u32);
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(database), None);
+    loop {
+        reload_config_if_asked();
+        let installed = BackgroundWorker::transaction(|| {
+            Spi::get_one::<bool>(
+                "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'eventic')",
+            )
+            .ok()
+            .flatten()
+            .unwrap_or(false)
+        });
+        if !installed {
+            return; // the launcher looks again later
+        }
+        // drain: each transaction runs a batch of jobs and commits them with their effects
+        loop {
+            set_activity(
+                pg_sys::BackendState::STATE_RUNNING,
+                "eventic: draining queues",
+            );
+            let ran = BackgroundWorker::transaction(|| drain_database(JOBS_PER_TRANSACTION));
+            if ran == 0 || BackgroundWorker::sigterm_received() {
+                break;
+            }
+        }
+        set_activity(
+            pg_sys::BackendState::STATE_IDLE,
+            "eventic: waiting for jobs",
+        );
+        let timeout = Duration::from_millis(settings::poll_interval_ms().max(10) as u64);
+        if !BackgroundWorker::wait_latch(Some(timeout)) {
+            break;
+        }
+    }
+}
+
+/// Run up to `budget` jobs from the worker-enabled, unpaused queues of this database.
+fn drain_database(budget: i64) -> i64 {
+    let queues: Vec<String> = Spi::connect(|client| {
+        client
+            .select(
+                "SELECT queue_name FROM eventic.queues WHERE worker AND NOT paused ORDER BY queue_name",
+                None,
+                &[],
+            )
+            .map(|rows| rows.filter_map(|row| row.get::<String>(1).ok().flatten()).collect())
+            .unwrap_or_default()
+    });
+    let mut ran = 0;
+    for queue in queues {
+        if ran >= budget {
+            break;
+        }
+        match crate::queues::drain(&queue, budget - ran, None) {
+            Ok(n) => ran += n,
+            Err(err) => err.report(),
+        }
+    }
+    ran
+}
+
+thread_local! {
+    static WAKE_PENDING: Cell<bool> = const { Cell::new(false) };
+    /// The pid of this database's worker, looked up at most every few seconds.
+    static WORKER_PID: Cell<Option<(i32, Instant)>> = const { Cell::new(None) };
+}
+
+fn worker_pid() -> Option<i32> {
+    let fresh = WORKER_PID
+        .with(|cached| cached.get())
+        .filter(|(_, at)| at.elapsed() < Duration::from_secs(5));
+    if let Some((pid, _)) = fresh {
+        return (pid > 0).then_some(pid);
+    }
+    let pid = Spi::get_one::<i32>(
+        "SELECT pid FROM pg_stat_activity WHERE backend_type = 'eventic worker'
+            AND datid = (SELECT oid FROM pg_database WHERE datname = current_database()) LIMIT 1",
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(0);
+    WORKER_PID.with(|cached| cached.set(Some((pid, Instant::now()))));
+    (pid > 0).then_some(pid)
+}
+
+/// Wake this database's worker when the current transaction commits (once per transaction):
+/// a job enqueued now is run within milliseconds, not at the next poll.
+pub fn wake_worker_at_commit() {
+    if WAKE_PENDING.with(|pending| pending.replace(true)) {
+        return;
+    }
+    let pid = worker_pid();
+    register_xact_callback(PgXactCallbackEvent::Commit, move || {
+        WAKE_PENDING.with(|pending| pending.set(false));
+        if let Some(pid) = pid {
+            // SIGUSR1 sets a backend's latch (procsignal_sigusr1_handler); a stale pid only
+            // costs a failed kill, and the next lookup refreshes it.
+            // SAFETY: kill(2) with a valid signal number.
+            if unsafe { libc::kill(pid, libc::SIGUSR1) } != 0 {
+                WORKER_PID.with(|cached| cached.set(None));
+            }
+        }
+    });
+    register_xact_callback(PgXactCallbackEvent::Abort, || {
+        WAKE_PENDING.with(|pending| pending.set(false))
+    });
+}
