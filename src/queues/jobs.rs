@@ -171,10 +171,27 @@ pub struct Job {
     pub enqueued_by: pg_sys::Oid,
 }
 
+/// Signatures looked up during one drain (a function is looked up once per drain, not per job).
+#[derive(Default)]
+pub struct Signatures(std::collections::HashMap<u32, std::rc::Rc<Signature>>);
+
+impl Signatures {
+    fn get(&mut self, fn_oid: pg_sys::Oid) -> Result<std::rc::Rc<Signature>> {
+        if let Some(found) = self.0.get(&fn_oid.to_u32()) {
+            return Ok(found.clone());
+        }
+        let signature = std::rc::Rc::new(Signature::of(fn_oid)?);
+        self.0.insert(fn_oid.to_u32(), signature.clone());
+        Ok(signature)
+    }
+}
+
 /// Run `job` as its enqueuer in a subtransaction. Its database effects are kept only when
 /// it succeeds (and commit with the caller's transaction).
-pub fn run(job: &Job) -> std::result::Result<(), Failure> {
-    let prepared = Signature::of(job.fn_oid).and_then(|sig| sig.call(&job.args));
+pub fn run(job: &Job, signatures: &mut Signatures) -> std::result::Result<(), Failure> {
+    let prepared = signatures
+        .get(job.fn_oid)
+        .and_then(|sig| sig.call(&job.args));
     let (call, texts) = match prepared {
         Ok(found) => found,
         Err(err) => {

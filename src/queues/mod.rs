@@ -345,13 +345,14 @@ fn prune_archive() -> Result<()> {
 /// subtransaction; its effects commit with its completion. Returns how many ran.
 pub fn drain(queue_name: &str, max_jobs: i64, only_role: Option<pg_sys::Oid>) -> Result<i64> {
     let table = queue_table(queue_name)?;
+    let mut signatures = jobs::Signatures::default();
     let mut ran = 0;
     while ran < max_jobs {
         let batch = claim(&table, 1, "interval '5 minutes'", only_role)?;
         let Some((job, _attempt)) = batch.into_iter().next() else {
             break;
         };
-        match jobs::run(&job) {
+        match jobs::run(&job, &mut signatures) {
             Ok(()) => {
                 finish(queue_name, &table, job.job_id)?;
             }

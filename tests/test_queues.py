@@ -1,0 +1,177 @@
+"""Queues with the background worker (eventic is preloaded in the test cluster): jobs run
+exactly once, as the role that enqueued them, also when the server is killed mid-drain;
+external consumers never get the same job twice; failing jobs retry, die, and revive."""
+
+import os
+import threading
+import time
+
+import psycopg
+import pytest
+
+from conftest import Cluster
+
+
+def wait_until(predicate, timeout=120.0, interval=0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return False
+
+
+def setup_effects(conn):
+    conn.execute("CREATE TABLE effects (n int NOT NULL, who name NOT NULL DEFAULT current_user)")
+    conn.execute(
+        "CREATE FUNCTION effect(n int) RETURNS void LANGUAGE sql AS "
+        "$$ INSERT INTO effects (n) VALUES (n) $$"
+    )
+
+
+def enqueue_many(conn, queue, count):
+    with conn.transaction():
+        conn.execute(
+            "SELECT count(*) FROM eventic.enqueue_batch(%s, 'effect(int)',"
+            " ARRAY(SELECT jsonb_build_array(g) FROM generate_series(1, %s) g))",
+            (queue, count),
+        )
+
+
+def effect_counts(conn):
+    return conn.execute("SELECT count(*), count(DISTINCT n) FROM effects").fetchone()
+
+
+def test_worker_runs_20000_jobs_from_one_transaction_exactly_once(cluster, db):
+    with cluster.connect(dbname=db) as conn:
+        setup_effects(conn)
+        conn.execute("SELECT eventic.create_queue('bulk')")
+        enqueue_many(conn, "bulk", 20_000)
+        assert wait_until(lambda: effect_counts(conn)[0] >= 20_000, timeout=240), effect_counts(conn)
+        time.sleep(1)  # anything extra would show now
+        assert effect_counts(conn) == (20_000, 20_000)
+        assert conn.execute("SELECT min(n), max(n) FROM effects").fetchone() == (1, 20_000)
+        stats = conn.execute(
+            "SELECT ready, scheduled, running, dead FROM eventic.queue_stats WHERE queue_name = 'bulk'"
+        ).fetchone()
+        assert stats == (0, 0, 0, 0)
+
+
+def test_jobs_run_as_the_role_that_enqueued_them(cluster, db):
+    with cluster.connect(dbname=db) as conn:
+        setup_effects(conn)
+        conn.execute("SELECT eventic.create_queue('as_role')")
+        conn.execute("DROP ROLE IF EXISTS eventic_it_bob")
+        conn.execute("CREATE ROLE eventic_it_bob")
+        conn.execute("GRANT INSERT, SELECT ON effects TO eventic_it_bob")
+        conn.execute("SET ROLE eventic_it_bob")
+        conn.execute("SELECT eventic.enqueue('as_role', 'effect(int)', '[1]')")
+        conn.execute("RESET ROLE")
+        conn.execute("SELECT eventic.enqueue('as_role', 'effect(int)', '[2]')")
+        assert wait_until(lambda: effect_counts(conn)[0] >= 2, timeout=30)
+        rows = conn.execute("SELECT n, who FROM effects ORDER BY n").fetchall()
+        assert rows == [(1, "eventic_it_bob"), (2, "postgres")]
+        # a role cannot make a job run as someone else: there is no such argument for it,
+        # and it cannot write the queue table directly
+        conn.execute("SET ROLE eventic_it_bob")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(
+                "INSERT INTO eventic.queue_as_role (fn, args, enqueued_by)"
+                " VALUES ('effect(int)', '[3]', 10)"
+            )
+        conn.execute("RESET ROLE")
+        conn.execute("DROP OWNED BY eventic_it_bob")
+        conn.execute("DROP ROLE eventic_it_bob")
+
+
+def test_failing_job_retries_then_dies_then_revives(cluster, db):
+    with cluster.connect(dbname=db) as conn:
+        setup_effects(conn)
+        conn.execute("CREATE TABLE switch (ok boolean NOT NULL)")
+        conn.execute("INSERT INTO switch VALUES (false)")
+        conn.execute(
+            "CREATE FUNCTION flaky(n int) RETURNS void LANGUAGE plpgsql AS $$ BEGIN "
+            "IF NOT (SELECT ok FROM switch) THEN RAISE EXCEPTION 'not yet (%)', n; END IF; "
+            "INSERT INTO effects (n) VALUES (n); END $$"
+        )
+        conn.execute("SELECT eventic.create_queue('flaky')")
+        (job_id,) = conn.execute(
+            "SELECT eventic.enqueue('flaky', 'flaky(int)', '[7]', max_attempts => 2)"
+        ).fetchone()
+
+        def dead():
+            return conn.execute(
+                "SELECT dead_at IS NOT NULL FROM eventic.queue_flaky WHERE job_id = %s", (job_id,)
+            ).fetchone()[0]
+
+        assert wait_until(dead, timeout=30)
+        attempts, error = conn.execute(
+            "SELECT attempts, last_error FROM eventic.queue_flaky WHERE job_id = %s", (job_id,)
+        ).fetchone()
+        assert attempts == 2
+        assert error == "P0001: not yet (7)"
+        assert effect_counts(conn) == (0, 0)
+        conn.execute("UPDATE switch SET ok = true")
+        conn.execute("SELECT eventic.retry_job('flaky', %s)", (job_id,))
+        assert wait_until(lambda: effect_counts(conn)[0] == 1, timeout=30)
+        assert conn.execute("SELECT count(*) FROM eventic.queue_flaky").fetchone()[0] == 0
+
+
+def test_concurrent_consumers_never_get_the_same_job(cluster, db):
+    with cluster.connect(dbname=db) as conn:
+        setup_effects(conn)
+        conn.execute("SELECT eventic.create_queue('external', worker => false)")
+        enqueue_many(conn, "external", 2_000)
+    seen = [[] for _ in range(8)]
+    errors = []
+
+    def consumer(i):
+        try:
+            with cluster.connect(dbname=db) as conn:
+                while True:
+                    jobs = conn.execute(
+                        "SELECT job_id FROM eventic.dequeue('external', 10, '1 minute')"
+                    ).fetchall()
+                    if not jobs:
+                        return
+                    for (job_id,) in jobs:
+                        seen[i].append(job_id)
+                        conn.execute("SELECT eventic.ack('external', %s)", (job_id,))
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=consumer, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    every = [job for jobs in seen for job in jobs]
+    assert len(every) == len(set(every)) == 2_000
+    assert sum(1 for jobs in seen if jobs) > 1, "the work was shared between consumers"
+
+
+def test_kill_9_mid_drain_every_job_still_runs_exactly_once():
+    """A separate cluster: SIGKILL the postmaster and all server processes while the worker
+    drains, start it again, and count the database effects."""
+    crashed = Cluster(os.environ.get("EVENTIC_CRASH_DIR", "/tmp/eventic-it-crash"), 5801)
+    crashed.run("start", crashed.directory, str(crashed.port))
+    try:
+        with crashed.connect() as conn:
+            conn.execute("CREATE EXTENSION eventic")
+            setup_effects(conn)
+            conn.execute("SELECT eventic.create_queue('crash')")
+            enqueue_many(conn, "crash", 20_000)
+            assert wait_until(lambda: effect_counts(conn)[0] >= 2_000, timeout=120)
+        crashed.run("kill", crashed.directory)
+        crashed.run("resume", crashed.directory)
+        with crashed.connect() as conn:
+            before = effect_counts(conn)[0]
+            assert before < 20_000, "the kill came too late to interrupt the drain"
+            assert wait_until(lambda: effect_counts(conn)[0] >= 20_000, timeout=240), effect_counts(conn)
+            time.sleep(1)
+            assert effect_counts(conn) == (20_000, 20_000)
+            left = conn.execute("SELECT count(*) FROM eventic.queue_crash").fetchone()[0]
+            assert left == 0
+    finally:
+        crashed.run("stop", crashed.directory)
