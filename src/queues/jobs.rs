@@ -3,6 +3,11 @@
 //! that enqueued it.
 
 use pgrx::prelude::*;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use pgrx::pg_sys::{PgBuiltInOids, PgOid};
+use pgrx::spi::OwnedPreparedStatement;
 use pgrx::{pg_sys, JsonB};
 use serde_json::Value;
 
@@ -171,42 +176,58 @@ pub struct Job {
     pub enqueued_by: pg_sys::Oid,
 }
 
-/// Signatures looked up during one drain (a function is looked up once per drain, not per job).
+/// What one drain has looked up: each function's signature, and each call's prepared plan
+/// (a job's SQL is planned once per drain, not once per job).
 #[derive(Default)]
-pub struct Signatures(std::collections::HashMap<u32, std::rc::Rc<Signature>>);
+pub struct Calls {
+    signatures: HashMap<u32, Rc<Signature>>,
+    plans: HashMap<String, Rc<OwnedPreparedStatement>>,
+}
 
-impl Signatures {
-    fn get(&mut self, fn_oid: pg_sys::Oid) -> Result<std::rc::Rc<Signature>> {
-        if let Some(found) = self.0.get(&fn_oid.to_u32()) {
+impl Calls {
+    fn signature(&mut self, fn_oid: pg_sys::Oid) -> Result<Rc<Signature>> {
+        if let Some(found) = self.signatures.get(&fn_oid.to_u32()) {
             return Ok(found.clone());
         }
-        let signature = std::rc::Rc::new(Signature::of(fn_oid)?);
-        self.0.insert(fn_oid.to_u32(), signature.clone());
+        let signature = Rc::new(Signature::of(fn_oid)?);
+        self.signatures.insert(fn_oid.to_u32(), signature.clone());
         Ok(signature)
+    }
+
+    fn execute(&mut self, sql: &str, texts: &[Option<String>]) -> Result<()> {
+        let args: Vec<pgrx::datum::DatumWithOid> = texts.iter().map(|t| t.clone().into()).collect();
+        Spi::connect_mut(|client| {
+            let plan = match self.plans.get(sql) {
+                Some(plan) => plan.clone(),
+                None => {
+                    let types = vec![PgOid::BuiltIn(PgBuiltInOids::TEXTOID); texts.len()];
+                    let plan = Rc::new(client.prepare_mut(sql, &types)?.keep());
+                    self.plans.insert(sql.to_string(), plan.clone());
+                    plan
+                }
+            };
+            client.update(&*plan, None, &args)?;
+            Ok(())
+        })
+    }
+}
+
+fn failure_of(err: EventicError) -> Failure {
+    Failure {
+        sqlstate: err.sqlstate_text(),
+        message: err.to_string(),
     }
 }
 
 /// Run `job` as its enqueuer in a subtransaction. Its database effects are kept only when
 /// it succeeds (and commit with the caller's transaction).
-pub fn run(job: &Job, signatures: &mut Signatures) -> std::result::Result<(), Failure> {
-    let prepared = signatures
-        .get(job.fn_oid)
-        .and_then(|sig| sig.call(&job.args));
-    let (call, texts) = match prepared {
-        Ok(found) => found,
-        Err(err) => {
-            return Err(Failure {
-                sqlstate: err.sqlstate_text(),
-                message: err.to_string(),
-            })
-        }
-    };
-    in_subtransaction(|| run_as(job.enqueued_by, || run_sql(&call, &texts))).and_then(|r| {
-        r.map_err(|err| Failure {
-            sqlstate: err.sqlstate_text(),
-            message: err.to_string(),
-        })
-    })
+pub fn run(job: &Job, calls: &mut Calls) -> std::result::Result<(), Failure> {
+    let (sql, texts) = calls
+        .signature(job.fn_oid)
+        .and_then(|sig| sig.call(&job.args))
+        .map_err(failure_of)?;
+    in_subtransaction(|| run_as(job.enqueued_by, || calls.execute(&sql, &texts)))
+        .and_then(|outcome| outcome.map_err(failure_of))
 }
 
 /// Read a claimed job row (job_id, fn, args, enqueued_by).

@@ -251,6 +251,10 @@ fn enqueue_job(
     .or_report()
 }
 
+/// Jobs claimed by one statement while draining (they run one by one, each in its own
+/// subtransaction; their completions are written together).
+const CLAIM_BATCH: i64 = 50;
+
 /// Seconds to wait before attempt `attempts + 1`: exponential, capped at an hour, with jitter.
 const BACKOFF_SQL: &str =
     "least(3600, power(2, attempts)) * (0.5 + random() / 2) * interval '1 second'";
@@ -289,24 +293,25 @@ fn claim(
     })
 }
 
-/// A job that ran: out of its queue, into eventic.finished_jobs. False if it was not there.
-fn finish(queue_name: &str, table: &str, job_id: i64) -> Result<bool> {
+/// Jobs that ran: out of their queue, into eventic.finished_jobs. Returns how many moved.
+fn finish(queue_name: &str, table: &str, job_ids: &[i64]) -> Result<i64> {
+    if job_ids.is_empty() {
+        return Ok(0);
+    }
     as_extension_owner(|| {
-        let moved = Spi::get_one_with_args::<i64>(
-            &format!(
-                "WITH done AS (DELETE FROM {table} WHERE job_id = $2 AND dead_at IS NULL RETURNING *)
-                 INSERT INTO eventic.finished_jobs
-                        (queue_name, job_id, fn, args, enqueued_by, enqueued_at, attempts)
-                 SELECT $1, job_id, fn, args, enqueued_by, enqueued_at, attempts FROM done
-                 RETURNING job_id"
-            ),
-            &[queue_name.into(), job_id.into()],
-        );
-        match moved {
-            Ok(found) => Ok(found.is_some()),
-            Err(pgrx::spi::SpiError::InvalidPosition) => Ok(false),
-            Err(other) => Err(other.into()),
-        }
+        Spi::connect_mut(|client| {
+            let moved = client.update(
+                &format!(
+                    "WITH done AS (DELETE FROM {table} WHERE job_id = ANY ($2) AND dead_at IS NULL AND lease_until IS NOT NULL RETURNING *)
+                     INSERT INTO eventic.finished_jobs
+                            (queue_name, job_id, fn, args, enqueued_by, enqueued_at, attempts)
+                     SELECT $1, job_id, fn, args, enqueued_by, enqueued_at, attempts FROM done"
+                ),
+                None,
+                &[queue_name.into(), job_ids.to_vec().into()],
+            )?;
+            Ok(moved.len() as i64)
+        })
     })
 }
 
@@ -345,26 +350,33 @@ fn prune_archive() -> Result<()> {
 /// subtransaction; its effects commit with its completion. Returns how many ran.
 pub fn drain(queue_name: &str, max_jobs: i64, only_role: Option<pg_sys::Oid>) -> Result<i64> {
     let table = queue_table(queue_name)?;
-    let mut signatures = jobs::Signatures::default();
+    let mut calls = jobs::Calls::default();
     let mut ran = 0;
     while ran < max_jobs {
-        let batch = claim(&table, 1, "interval '5 minutes'", only_role)?;
-        let Some((job, _attempt)) = batch.into_iter().next() else {
+        let batch = claim(
+            &table,
+            (max_jobs - ran).min(CLAIM_BATCH),
+            "interval '5 minutes'",
+            only_role,
+        )?;
+        if batch.is_empty() {
             break;
-        };
-        match jobs::run(&job, &mut signatures) {
-            Ok(()) => {
-                finish(queue_name, &table, job.job_id)?;
-            }
-            Err(failure) => {
-                fail(
-                    &table,
-                    job.job_id,
-                    &format!("{}: {}", failure.sqlstate, failure.message),
-                )?;
+        }
+        let mut succeeded = Vec::with_capacity(batch.len());
+        for (job, _attempt) in &batch {
+            match jobs::run(job, &mut calls) {
+                Ok(()) => succeeded.push(job.job_id),
+                Err(failure) => {
+                    fail(
+                        &table,
+                        job.job_id,
+                        &format!("{}: {}", failure.sqlstate, failure.message),
+                    )?;
+                }
             }
         }
-        ran += 1;
+        finish(queue_name, &table, &succeeded)?;
+        ran += batch.len() as i64;
     }
     prune_archive()?;
     Ok(ran)
@@ -465,7 +477,7 @@ fn ack(queue_name: Option<&str>, job_id: Option<i64>) {
     (|| {
         let (name, job_id) = (required(queue_name, "queue")?, required(job_id, "job_id")?);
         let table = queue_table(name)?;
-        if finish(name, &table, job_id)? {
+        if finish(name, &table, &[job_id])? == 1 {
             Ok(())
         } else {
             Err(unknown_job(name, job_id))
