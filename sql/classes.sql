@@ -7,6 +7,7 @@ CREATE TABLE eventic.classes (
     view_schema  name,
     view_name    name,
     owner        name        NOT NULL DEFAULT current_user,
+    subscribers  oid[]       NOT NULL DEFAULT '{}',  -- handler(event jsonb) functions (eventic.subscribe)
     created_at   timestamptz NOT NULL DEFAULT now(),
     updated_at   timestamptz NOT NULL DEFAULT now()
 );
@@ -83,3 +84,11 @@ END
 $$;
 COMMENT ON FUNCTION eventic._tracked_write() IS
   'AFTER trigger of tracked tables: each row change appends a version (see eventic.track)';
+
+CREATE FUNCTION eventic.subscribe(class_name text, handler regprocedure) RETURNS void
+LANGUAGE sql VOLATILE AS $$ SELECT eventic._subscribe(class_name, handler::oid, true) $$;
+COMMENT ON FUNCTION eventic.subscribe(text, regprocedure) IS
+  'Transactional outbox: every new version of the class enqueues handler(event jsonb) on the class queue, in the same transaction';
+CREATE FUNCTION eventic.unsubscribe(class_name text, handler regprocedure) RETURNS void
+LANGUAGE sql VOLATILE AS $$ SELECT eventic._subscribe(class_name, handler::oid, false) $$;
+COMMENT ON FUNCTION eventic.unsubscribe(text, regprocedure) IS 'Stop enqueueing handler for new versions of the class';

@@ -54,6 +54,10 @@ BEGIN
         CREATE UNIQUE INDEX IF NOT EXISTS %3$I ON eventic.%1$I (dedup_key)
             WHERE dedup_key IS NOT NULL AND dead_at IS NULL;
         COMMENT ON TABLE eventic.%1$I IS %4$L;
+        -- a drained queue is mostly dead rows: vacuum it early so it keeps its size and speed
+        ALTER TABLE eventic.%1$I SET (autovacuum_vacuum_scale_factor = 0.01,
+                                      autovacuum_vacuum_threshold = 1000,
+                                      autovacuum_vacuum_insert_scale_factor = 0.05);
         GRANT SELECT ON eventic.%1$I TO PUBLIC;
     $ddl$, tbl, tbl || '_ready', tbl || '_dedup',
         'Jobs of eventic queue ' || queue_name || '; use eventic.enqueue, never write directly');
@@ -116,17 +120,18 @@ GRANT SELECT ON eventic.queue_stats TO PUBLIC;
 -- The SQL faces of enqueue/dequeue: they take and return the job's function as regprocedure.
 CREATE FUNCTION eventic.enqueue(queue text, fn regprocedure, args jsonb DEFAULT '[]',
                                 run_at timestamptz DEFAULT NULL, priority integer DEFAULT 0,
-                                dedup_key text DEFAULT NULL, max_attempts integer DEFAULT 5)
+                                dedup_key text DEFAULT NULL, max_attempts integer DEFAULT 5,
+                                run_as regrole DEFAULT NULL)
 RETURNS bigint LANGUAGE sql VOLATILE AS
-$$ SELECT eventic._enqueue(queue, fn::oid, args, run_at, priority, dedup_key, max_attempts) $$;
-COMMENT ON FUNCTION eventic.enqueue(text, regprocedure, jsonb, timestamptz, integer, text, integer) IS
-  'Enqueue fn(args) on a queue; the job runs as the calling role. Returns the job id.';
+$$ SELECT eventic._enqueue(queue, fn::oid, args, run_at, priority, dedup_key, max_attempts, run_as::oid) $$;
+COMMENT ON FUNCTION eventic.enqueue(text, regprocedure, jsonb, timestamptz, integer, text, integer, regrole) IS
+  'Enqueue fn(args) on a queue; the job runs as the calling role (run_as: superusers only). Returns the job id.';
 
 CREATE FUNCTION eventic.enqueue_batch(queue text, fn regprocedure, args_list jsonb[],
                                       run_at timestamptz DEFAULT NULL, priority integer DEFAULT 0,
                                       max_attempts integer DEFAULT 5)
 RETURNS SETOF bigint LANGUAGE sql VOLATILE AS
-$$ SELECT eventic._enqueue(queue, fn::oid, a, run_at, priority, NULL, max_attempts)
+$$ SELECT eventic._enqueue(queue, fn::oid, a, run_at, priority, NULL, max_attempts, NULL)
      FROM unnest(args_list) WITH ORDINALITY AS t(a, i) ORDER BY i $$;
 COMMENT ON FUNCTION eventic.enqueue_batch(text, regprocedure, jsonb[], timestamptz, integer, integer) IS
   'Enqueue one job per element of args_list; returns their ids in order.';

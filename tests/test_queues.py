@@ -175,3 +175,57 @@ def test_kill_9_mid_drain_every_job_still_runs_exactly_once():
             assert left == 0
     finally:
         crashed.run("stop", crashed.directory)
+
+
+def test_outbox_events_exist_if_and_only_if_the_version_does(cluster, db):
+    with cluster.connect(dbname=db) as conn:
+        conn.execute("CREATE TABLE seen (id uuid, version int, title text, who name DEFAULT current_user)")
+        conn.execute(
+            "CREATE FUNCTION on_story(event jsonb) RETURNS void LANGUAGE sql AS $$"
+            " INSERT INTO seen (id, version, title) VALUES ((event->>'id')::uuid,"
+            " (event->>'version')::int, event->'data'->>'title') $$"
+        )
+        conn.execute("SELECT eventic.register_class('Story')")
+        conn.execute("SELECT eventic.subscribe('Story', 'on_story(jsonb)')")
+        with conn.transaction():
+            (story,) = conn.execute("SELECT eventic.create('Story', '{\"title\": \"a\"}')").fetchone()
+            conn.execute("SELECT eventic.set_field(%s, 'title', '\"b\"')", (story,))
+        # a version rolled back with its transaction leaves no event behind
+        try:
+            with conn.transaction():
+                conn.execute("SELECT eventic.set_field(%s, 'title', '\"never\"')", (story,))
+                raise RuntimeError("roll back")
+        except RuntimeError:
+            pass
+
+        def events():
+            return conn.execute("SELECT version, title, who FROM seen ORDER BY version").fetchall()
+
+        assert wait_until(lambda: len(events()) >= 2, timeout=30)
+        time.sleep(0.5)
+        assert events() == [(0, "a", "postgres"), (1, "b", "postgres")]
+        conn.execute("SELECT eventic.unsubscribe('Story', 'on_story(jsonb)')")
+        conn.execute("SELECT eventic.set_field(%s, 'title', '\"c\"')", (story,))
+        time.sleep(1.5)
+        assert len(events()) == 2
+        # a handler must take the event as one jsonb
+        with pytest.raises(psycopg.errors.InvalidParameterValue):
+            conn.execute("SELECT eventic.subscribe('Story', 'abs(int)')")
+
+
+def test_only_a_superuser_may_run_a_job_as_another_role(cluster, db):
+    with cluster.connect(dbname=db) as conn:
+        setup_effects(conn)
+        conn.execute("SELECT eventic.create_queue('run_as', worker => false)")
+        conn.execute("DROP ROLE IF EXISTS eventic_it_carol")
+        conn.execute("CREATE ROLE eventic_it_carol")
+        conn.execute("GRANT INSERT ON effects TO eventic_it_carol")
+        conn.execute("SET ROLE eventic_it_carol")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SELECT eventic.enqueue('run_as', 'effect(int)', '[1]', run_as => 'postgres')")
+        conn.execute("RESET ROLE")
+        conn.execute("SELECT eventic.enqueue('run_as', 'effect(int)', '[2]', run_as => 'eventic_it_carol')")
+        assert conn.execute("SELECT eventic.run_pending('run_as')").fetchone()[0] == 1
+        assert conn.execute("SELECT n, who FROM effects").fetchall() == [(2, "eventic_it_carol")]
+        conn.execute("DROP OWNED BY eventic_it_carol")
+        conn.execute("DROP ROLE eventic_it_carol")

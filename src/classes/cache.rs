@@ -19,6 +19,9 @@ use crate::spi_plans::plan;
 /// A registered class as the write path needs it.
 pub struct ClassInfo {
     pub validator: Option<Validator>,
+    pub queue_name: String,
+    /// Handlers (eventic.subscribe) that get an event job for each new version.
+    pub subscribers: Vec<pg_sys::Oid>,
 }
 
 struct Cache {
@@ -60,7 +63,7 @@ pub fn invalidate(classes_table: pg_sys::Oid) {
 /// The table's oid comes back even when the class is not registered: the invalidation
 /// callback needs it to recognise the registration that will follow.
 const SELECT_CLASS: &str = "SELECT c.class_name IS NOT NULL, c.json_schema, \
-            'eventic.classes'::regclass::oid \
+            'eventic.classes'::regclass::oid, c.queue_name, c.subscribers \
        FROM (SELECT 1) one LEFT JOIN eventic.classes c ON c.class_name = $1";
 
 /// The registered class `name`, or `None` when it is not registered.
@@ -78,18 +81,21 @@ pub fn lookup(name: &str) -> Result<Option<Rc<ClassInfo>>> {
         return Ok(found);
     }
     // No borrow is held while SPI runs: invalidations may arrive meanwhile.
-    let (registered, json_schema, classes_oid) = Spi::connect_mut(|client| -> Result<_> {
-        let stmt = plan(client, SELECT_CLASS, &[crate::records::store::TEXT], true)?;
-        let mut table = client.update(&*stmt, Some(1), &[name.into()])?;
-        let row = table.next().ok_or_else(|| {
-            crate::errors::EventicError::Internal("class lookup returned no row".into())
+    let (registered, json_schema, classes_oid, queue_name, subscribers) =
+        Spi::connect_mut(|client| -> Result<_> {
+            let stmt = plan(client, SELECT_CLASS, &[crate::records::store::TEXT], true)?;
+            let mut table = client.update(&*stmt, Some(1), &[name.into()])?;
+            let row = table.next().ok_or_else(|| {
+                crate::errors::EventicError::Internal("class lookup returned no row".into())
+            })?;
+            Ok((
+                row.get::<bool>(1)?.unwrap_or(false),
+                row.get::<JsonB>(2)?,
+                row.get::<pg_sys::Oid>(3)?.unwrap_or(pg_sys::InvalidOid),
+                row.get::<String>(4)?.unwrap_or_default(),
+                row.get::<Vec<pg_sys::Oid>>(5)?.unwrap_or_default(),
+            ))
         })?;
-        Ok((
-            row.get::<bool>(1)?.unwrap_or(false),
-            row.get::<JsonB>(2)?,
-            row.get::<pg_sys::Oid>(3)?.unwrap_or(pg_sys::InvalidOid),
-        ))
-    })?;
     CLASSES_OID.with(|oid| oid.set(classes_oid));
     let info = match registered {
         false => None,
@@ -98,7 +104,11 @@ pub fn lookup(name: &str) -> Result<Option<Rc<ClassInfo>>> {
                 Some(JsonB(doc)) => Some(schema::compile(name, &doc)?),
                 None => None,
             };
-            Some(Rc::new(ClassInfo { validator }))
+            Some(Rc::new(ClassInfo {
+                validator,
+                queue_name,
+                subscribers,
+            }))
         }
     };
     CACHE.with(|cache| {

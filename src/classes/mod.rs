@@ -8,7 +8,7 @@ pub mod tracked;
 pub mod triggers;
 
 use pgrx::prelude::*;
-use pgrx::JsonB;
+use pgrx::{pg_sys, JsonB};
 use serde_json::Value;
 
 use crate::errors::{required, EventicError, OrReport, Result};
@@ -17,23 +17,96 @@ use crate::records::store;
 use crate::roles::as_extension_owner;
 use crate::settings::strict_field_names;
 
-/// Check a new version of class `class_type` against the class's schema (if it has one).
-/// `data` is only read when there is a schema.
-pub fn validate_new_version(
-    class_type: &str,
-    id: &str,
-    data: impl FnOnce() -> Result<Value>,
-) -> Result<()> {
-    let Some(class) = cache::lookup(class_type)? else {
+/// A new version of a record, as the insert trigger of eventic.records sees it.
+pub struct NewVersion<'a> {
+    pub class_type: &'a str,
+    pub id: &'a str,
+    pub version: i32,
+    pub deleted: bool,
+}
+
+/// What a class asks of each new version: a match with its schema (tombstones excepted), and
+/// an event job for each subscriber, enqueued in the same transaction (the outbox). `data` is
+/// only read when one of the two needs it.
+pub fn on_new_version(new: NewVersion<'_>, data: impl FnOnce() -> Result<Value>) -> Result<()> {
+    let Some(class) = cache::lookup(new.class_type)? else {
         return Ok(());
     };
-    let Some(validator) = class.validator.as_ref() else {
+    let check = class.validator.as_ref().filter(|_| !new.deleted);
+    if check.is_none() && class.subscribers.is_empty() {
         return Ok(());
-    };
-    match schema::violation(validator, class_type, id, &data()?) {
-        Some(err) => Err(err),
-        None => Ok(()),
     }
+    let data = data()?;
+    if let Some(validator) = check {
+        if let Some(err) = schema::violation(validator, new.class_type, new.id, &data) {
+            return Err(err);
+        }
+    }
+    if !class.subscribers.is_empty() {
+        let table = crate::queues::queue_table(&class.queue_name)?;
+        let event = serde_json::json!({
+            "id": new.id, "version": new.version, "class_type": new.class_type,
+            "deleted": new.deleted, "data": data,
+        });
+        for handler in &class.subscribers {
+            crate::queues::insert_job(
+                &table,
+                crate::queues::NewJob {
+                    fn_oid: *handler,
+                    args: event.clone(),
+                    run_at: None,
+                    priority: 0,
+                    dedup_key: None,
+                    max_attempts: 5,
+                    enqueued_by: crate::roles::current_role(),
+                },
+            )?;
+        }
+        crate::queues::announce(&class.queue_name)?;
+    }
+    Ok(())
+}
+
+/// Add or remove an outbox subscriber of a class (the SQL faces are eventic.subscribe /
+/// eventic.unsubscribe, which take the handler as regprocedure).
+#[pg_extern(volatile, parallel_unsafe, name = "_subscribe")]
+fn subscribe(class_name: Option<&str>, handler: Option<pg_sys::Oid>, on: Option<bool>) {
+    (|| {
+        let class_name = required(class_name, "class_name")?;
+        let handler = required(handler, "handler")?;
+        let on = required(on, "on")?;
+        let Some(existing) = registered(class_name)? else {
+            return Err(unknown_class(class_name));
+        };
+        if !may_manage(&existing.owner)? {
+            return Err(EventicError::not_allowed(
+                format!("permission denied to change the subscribers of class {class_name}"),
+                format!("Only its owner ({}) or a superuser may.", existing.owner),
+            ));
+        }
+        let takes_jsonb = Spi::get_one_with_args::<bool>(
+            "SELECT pronargs = 1 AND proargtypes[0] = 'jsonb'::regtype AND prokind = 'f'
+               FROM pg_proc WHERE oid = $1",
+            &[handler.into()],
+        );
+        if on && !matches!(takes_jsonb, Ok(Some(true))) {
+            return Err(EventicError::invalid(
+                format!("handler {} must be a function taking one jsonb (the event)", handler.to_u32()),
+                "Declare it as handler(event jsonb); the event has id, version, class_type, deleted, data.",
+            ));
+        }
+        as_extension_owner(|| {
+            Spi::run_with_args(
+                "UPDATE eventic.classes SET subscribers = CASE WHEN $3
+                        THEN CASE WHEN $2 = ANY (subscribers) THEN subscribers ELSE subscribers || $2 END
+                        ELSE array_remove(subscribers, $2) END
+                  WHERE class_name = $1",
+                &[class_name.into(), handler.into(), on.into()],
+            )?;
+            Ok(())
+        })
+    })()
+    .or_report()
 }
 
 /// Register `class_name` with no schema and no view if it was never registered (first use).

@@ -174,6 +174,82 @@ fn notice_if_no_worker() {
     }
 }
 
+/// A job to insert into a queue table.
+pub struct NewJob<'a> {
+    pub fn_oid: pg_sys::Oid,
+    pub args: serde_json::Value,
+    pub run_at: Option<TimestampWithTimeZone>,
+    pub priority: i32,
+    pub dedup_key: Option<&'a str>,
+    pub max_attempts: i32,
+    pub enqueued_by: pg_sys::Oid,
+}
+
+/// Insert `job` (as the extension owner); with a `dedup_key` already waiting, that job's id.
+pub fn insert_job(table: &str, job: NewJob<'_>) -> Result<i64> {
+    as_extension_owner(|| {
+        let inserted = Spi::get_one_with_args::<i64>(
+            &format!(
+                "INSERT INTO {table} (fn, args, run_at, priority, dedup_key, max_attempts, enqueued_by)
+                 VALUES ($1, $2, coalesce($3, now()), $4, $5, $6, $7)
+                 ON CONFLICT (dedup_key) WHERE dedup_key IS NOT NULL AND dead_at IS NULL DO NOTHING
+                 RETURNING job_id"
+            ),
+            &[
+                job.fn_oid.into(),
+                JsonB(job.args).into(),
+                job.run_at.into(),
+                job.priority.into(),
+                job.dedup_key.into(),
+                job.max_attempts.into(),
+                job.enqueued_by.into(),
+            ],
+        );
+        match inserted {
+            Ok(Some(id)) => Ok(id),
+            // the dedup_key is already waiting: that job
+            Ok(None) | Err(pgrx::spi::SpiError::InvalidPosition) => Spi::get_one_with_args::<i64>(
+                &format!("SELECT job_id FROM {table} WHERE dedup_key = $1 AND dead_at IS NULL"),
+                &[job.dedup_key.into()],
+            )?
+            .ok_or_else(|| EventicError::Internal("dedup job vanished".into())),
+            Err(other) => Err(other.into()),
+        }
+    })
+}
+
+thread_local! {
+    /// When this session last sent the NOTIFY of each queue.
+    static LAST_NOTIFY: std::cell::RefCell<std::collections::HashMap<String, std::time::Instant>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// After an enqueue: NOTIFY `eventic_<queue>` for external consumers (at most every 100 ms
+/// per session and queue: consumers drain until empty, so one wake-up covers a burst), and
+/// wake the worker when the transaction commits.
+pub fn announce(queue_name: &str) -> Result<()> {
+    let due = LAST_NOTIFY.with(|last| {
+        let mut last = last.borrow_mut();
+        let now = std::time::Instant::now();
+        match last.get(queue_name) {
+            Some(at) if now.duration_since(*at) < std::time::Duration::from_millis(100) => false,
+            _ => {
+                last.insert(queue_name.to_string(), now);
+                true
+            }
+        }
+    });
+    if due {
+        Spi::run_with_args(
+            "SELECT pg_notify('eventic_' || $1, '')",
+            &[queue_name.into()],
+        )?;
+    }
+    notice_if_no_worker();
+    crate::worker::wake_worker_at_commit();
+    Ok(())
+}
+
 /// Enqueue `fn(args)` on `queue`; returns the job id (the waiting job's id when `dedup_key`
 /// is already waiting). Called by the SQL wrapper `eventic.enqueue` (fn as regprocedure).
 #[allow(clippy::too_many_arguments)]
@@ -186,6 +262,7 @@ fn enqueue_job(
     priority: Option<i32>,
     dedup_key: Option<&str>,
     max_attempts: Option<i32>,
+    run_as: Option<pg_sys::Oid>,
 ) -> i64 {
     (|| {
         let name = required(queue_name, "queue")?;
@@ -208,44 +285,35 @@ fn enqueue_job(
         .unwrap_or(false);
         if !may_execute {
             return Err(EventicError::not_allowed(
-                format!("permission denied to enqueue a call of function {}", fn_oid.to_u32()),
+                format!(
+                    "permission denied to enqueue a call of function {}",
+                    fn_oid.to_u32()
+                ),
                 "Jobs run as the role that enqueued them: it needs EXECUTE on the function.",
             ));
         }
         signature.check_args(&args)?;
-        let enqueuer = current_role();
-        let job_id = as_extension_owner(|| {
-            let inserted = Spi::get_one_with_args::<i64>(
-                &format!(
-                    "INSERT INTO {table} (fn, args, run_at, priority, dedup_key, max_attempts, enqueued_by)
-                     VALUES ($1, $2, coalesce($3, now()), $4, $5, $6, $7)
-                     ON CONFLICT (dedup_key) WHERE dedup_key IS NOT NULL AND dead_at IS NULL DO NOTHING
-                     RETURNING job_id"
-                ),
-                &[
-                    fn_oid.into(),
-                    JsonB(args).into(),
-                    run_at.into(),
-                    priority.into(),
-                    dedup_key.into(),
-                    max_attempts.into(),
-                    enqueuer.into(),
-                ],
-            );
-            match inserted {
-                Ok(Some(id)) => Ok(id),
-                // the dedup_key is already waiting: that job
-                Ok(None) | Err(pgrx::spi::SpiError::InvalidPosition) => Spi::get_one_with_args::<i64>(
-                    &format!("SELECT job_id FROM {table} WHERE dedup_key = $1 AND dead_at IS NULL"),
-                    &[dedup_key.into()],
-                )?
-                .ok_or_else(|| EventicError::Internal("dedup job vanished".into())),
-                Err(other) => Err(other.into()),
+        let enqueuer = match run_as {
+            Some(role) if role != current_role() && !is_superuser() => {
+                return Err(EventicError::not_allowed(
+                    "permission denied to enqueue a job that runs as another role",
+                    "Only a superuser may pass run_as; a job runs as the role that enqueued it.",
+                ))
             }
-        })?;
-        Spi::run_with_args("SELECT pg_notify('eventic_' || $1, '')", &[name.into()])?;
-        notice_if_no_worker();
-        crate::worker::wake_worker_at_commit();
+            Some(role) => role,
+            None => current_role(),
+        };
+        let job = NewJob {
+            fn_oid,
+            args,
+            run_at,
+            priority,
+            dedup_key,
+            max_attempts,
+            enqueued_by: enqueuer,
+        };
+        let job_id = insert_job(&table, job)?;
+        announce(name)?;
         Ok(job_id)
     })()
     .or_report()

@@ -9,8 +9,8 @@ use crate::records::store;
 
 /// BEFORE INSERT, per row: only eventic's own functions append versions (and superusers, so
 /// that `pg_restore` can load a dump). Eventic's own versions are checked against their
-/// class's JSON Schema here, so every write path (functions, views, UPDATE, tracked tables)
-/// is validated in one place.
+/// class's JSON Schema and enqueue their outbox events here, so every write path (functions,
+/// views, UPDATE, tracked tables) is covered in one place.
 #[pg_trigger]
 fn records_guard_insert<'a>(
     trigger: &'a PgTrigger<'a>,
@@ -19,21 +19,24 @@ fn records_guard_insert<'a>(
         let Some(new) = trigger.new() else {
             return Ok(None);
         };
-        let deleted = new.get_by_name::<bool>("deleted")?.unwrap_or(false);
-        if !deleted {
-            let class_type: String = new.get_by_name("class_type")?.unwrap_or_default();
-            let id = new
-                .get_by_name::<Uuid>("id")?
-                .map(|id| id.to_string())
-                .unwrap_or_default();
-            crate::classes::validate_new_version(&class_type, &id, || {
-                Ok(new
-                    .get_by_name::<JsonB>("data")?
-                    .map(|j| j.0)
-                    .unwrap_or_default())
-            })
-            .or_report();
-        }
+        let class_type: String = new.get_by_name("class_type")?.unwrap_or_default();
+        let id = new
+            .get_by_name::<Uuid>("id")?
+            .map(|id| id.to_string())
+            .unwrap_or_default();
+        let version = crate::classes::NewVersion {
+            class_type: &class_type,
+            id: &id,
+            version: new.get_by_name::<i32>("version")?.unwrap_or_default(),
+            deleted: new.get_by_name::<bool>("deleted")?.unwrap_or(false),
+        };
+        crate::classes::on_new_version(version, || {
+            Ok(new
+                .get_by_name::<JsonB>("data")?
+                .map(|j| j.0)
+                .unwrap_or_default())
+        })
+        .or_report();
         return Ok(Some(new));
     }
     // SAFETY: superuser() only reads the current user's cached catalog entry.
