@@ -53,5 +53,19 @@ SELECT eventic.set_field(:'story_id', 'words', '"many"');
 SELECT id, version, title, left(body, 30) AS body, words, properties FROM public.story;
 UPDATE public.story SET words = 10 WHERE id = :'story_id' RETURNING version, words;
 
-\echo '== 9. the final JSON'
+\echo '== 9. queued jobs: the seed enqueued draft and snapshot on the Story queue (queue story);'
+\echo '      the background worker inside Postgres runs them, as the role that enqueued them'
+CREATE FUNCTION draft(sid uuid, text text) RETURNS integer LANGUAGE sql
+    AS $$ SELECT eventic.set_field(sid, 'body', to_jsonb(text)) $$;
+CREATE TABLE snapshots (story uuid, version integer, taken_by name DEFAULT current_user);
+CREATE FUNCTION snapshot(sid uuid) RETURNS void LANGUAGE sql
+    AS $$ INSERT INTO snapshots (story, version) VALUES (sid, (eventic.hydrate(sid) ->> 'version')::int) $$;
+SELECT eventic.enqueue('story', 'draft(uuid,text)', jsonb_build_array(:'story_id', 'Once upon a time … (drafted by a job)')) AS draft_job,
+       eventic.enqueue('story', 'snapshot(uuid)', jsonb_build_array(:'story_id')) AS snapshot_job;
+SELECT pg_sleep(0.5);
+SELECT queue_name, job_id, fn, args, attempts FROM eventic.finished_jobs ORDER BY job_id;
+SELECT version AS snapshot_saw_version, taken_by FROM snapshots;
+SELECT queue_name, ready, running, dead, done_last_minute FROM eventic.queue_stats;
+
+\echo '== 10. the final JSON'
 SELECT jsonb_pretty(eventic.hydrate(:'story_id')) AS story;
