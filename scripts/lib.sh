@@ -66,6 +66,7 @@ start_cluster() {
         echo "unix_socket_directories = '$dir'"
         echo "shared_preload_libraries = 'eventic'"
         echo "max_connections = 100"
+        echo "max_worker_processes = 16"
         echo "fsync = off"
         for line in "$@"; do echo "$line"; done
     } | run_as_postgres tee -a "$dir/data/postgresql.conf" >/dev/null

@@ -8,7 +8,8 @@ use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 static STRICT_FIELD_NAMES: GucSetting<bool> = GucSetting::<bool>::new(true);
 static ARCHIVE_RETENTION: GucSetting<i32> = GucSetting::<i32>::new(86_400);
 static POLL_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(1_000);
-static MAX_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(4);
+static MAX_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(8);
+static WORKERS_PER_DATABASE: GucSetting<i32> = GucSetting::<i32>::new(2);
 static LAUNCHER_DATABASE: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"postgres"));
 
@@ -47,12 +48,21 @@ pub fn init() {
     );
     GucRegistry::define_int_guc(
         c"eventic.max_workers",
-        c"How many databases eventic's launcher runs a worker for at once.",
-        c"Each database with the extension gets one background worker; they count against \
-          max_worker_processes.",
+        c"How many database workers eventic's launcher runs at once, in all databases.",
+        c"They count against max_worker_processes, with the launcher.",
         &MAX_WORKERS,
         0,
         1024,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"eventic.workers_per_database",
+        c"How many workers each database with eventic gets.",
+        c"A queue is drained by at most its concurrency (eventic.alter_queue) of them at once.",
+        &WORKERS_PER_DATABASE,
+        1,
+        64,
         GucContext::Sighup,
         GucFlags::default(),
     );
@@ -92,4 +102,9 @@ pub fn launcher_database() -> String {
         .get()
         .and_then(|name| name.into_string().ok())
         .unwrap_or_else(|| "postgres".to_string())
+}
+
+/// `eventic.workers_per_database`
+pub fn workers_per_database() -> i32 {
+    WORKERS_PER_DATABASE.get()
 }

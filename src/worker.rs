@@ -65,7 +65,7 @@ pub extern "C-unwind" fn eventic_launcher_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     BackgroundWorker::connect_worker_to_spi(Some(&settings::launcher_database()), None);
     log!("eventic launcher started");
-    let mut workers: HashMap<u32, DynamicBackgroundWorker> = HashMap::new();
+    let mut workers: HashMap<(u32, i32), DynamicBackgroundWorker> = HashMap::new();
     loop {
         reload_config_if_asked();
         let databases = BackgroundWorker::transaction(|| {
@@ -87,11 +87,15 @@ pub extern "C-unwind" fn eventic_launcher_main(_arg: pg_sys::Datum) {
             })
         });
         workers.retain(|_, worker| worker.pid().is_ok());
-        for (oid, name) in databases {
-            if workers.contains_key(&oid) || workers.len() >= settings::max_workers() as usize {
+        let wanted = databases.iter().flat_map(|(oid, name)| {
+            (0..settings::workers_per_database()).map(move |n| (*oid, n, name))
+        });
+        for (oid, n, name) in wanted {
+            if workers.contains_key(&(oid, n)) || workers.len() >= settings::max_workers() as usize
+            {
                 continue;
             }
-            let started = BackgroundWorkerBuilder::new(&format!("eventic worker for {name}"))
+            let started = BackgroundWorkerBuilder::new(&format!("eventic worker {n} for {name}"))
                 .set_type(WORKER_TYPE)
                 .set_library("eventic")
                 .set_function("eventic_worker_main")
@@ -101,7 +105,7 @@ pub extern "C-unwind" fn eventic_launcher_main(_arg: pg_sys::Datum) {
                 .set_notify_pid(unsafe { pg_sys::MyProcPid })
                 .load_dynamic();
             if let Ok(worker) = started {
-                workers.insert(oid, worker);
+                workers.insert((oid, n), worker);
             }
         }
         if !BackgroundWorker::wait_latch(Some(LAUNCHER_INTERVAL)) {
@@ -162,22 +166,38 @@ pub extern "C-unwind" fn eventic_worker_main(arg: pg_sys::Datum) {
 
 /// Run up to `budget` jobs from the worker-enabled, unpaused queues of this database.
 fn drain_database(budget: i64) -> i64 {
-    let queues: Vec<String> = Spi::connect(|client| {
+    let queues: Vec<(String, i32)> = Spi::connect(|client| {
         client
             .select(
-                "SELECT queue_name FROM eventic.queues WHERE worker AND NOT paused ORDER BY queue_name",
+                "SELECT queue_name, concurrency FROM eventic.queues
+                  WHERE worker AND NOT paused ORDER BY queue_name",
                 None,
                 &[],
             )
-            .map(|rows| rows.filter_map(|row| row.get::<String>(1).ok().flatten()).collect())
+            .map(|rows| {
+                rows.filter_map(|row| Some((row.get::<String>(1).ok()??, row.get::<i32>(2).ok()??)))
+                    .collect()
+            })
             .unwrap_or_default()
     });
     let mut ran = 0;
-    for queue in queues {
+    for (queue, concurrency) in queues {
         if ran >= budget {
             break;
         }
-        match crate::queues::drain(&queue, budget - ran, None) {
+        // a queue is drained by at most `concurrency` workers at once: each holds one of its
+        // slot locks until its transaction ends
+        let has_slot = (0..concurrency.max(1) as u32)
+            .any(|slot| crate::records::store::try_lock_queue_slot(&queue, slot));
+        if !has_slot {
+            continue;
+        }
+        let claim_batch = if concurrency > 1 {
+            1
+        } else {
+            crate::queues::CLAIM_BATCH
+        };
+        match crate::queues::drain(&queue, budget - ran, None, claim_batch) {
             Ok(n) => ran += n,
             Err(err) => err.report(),
         }
@@ -187,43 +207,47 @@ fn drain_database(budget: i64) -> i64 {
 
 thread_local! {
     static WAKE_PENDING: Cell<bool> = const { Cell::new(false) };
-    /// The pid of this database's worker, looked up at most every few seconds.
-    static WORKER_PID: Cell<Option<(i32, Instant)>> = const { Cell::new(None) };
+    /// The pids of this database's workers, looked up at most every few seconds.
+    static WORKER_PIDS: std::cell::RefCell<Option<(Vec<i32>, Instant)>> = const { std::cell::RefCell::new(None) };
 }
 
-fn worker_pid() -> Option<i32> {
-    let fresh = WORKER_PID
-        .with(|cached| cached.get())
-        .filter(|(_, at)| at.elapsed() < Duration::from_secs(5));
-    if let Some((pid, _)) = fresh {
-        return (pid > 0).then_some(pid);
+fn worker_pids() -> Vec<i32> {
+    let fresh = WORKER_PIDS.with(|cached| {
+        cached
+            .borrow()
+            .as_ref()
+            .filter(|(_, at)| at.elapsed() < Duration::from_secs(5))
+            .map(|(pids, _)| pids.clone())
+    });
+    if let Some(pids) = fresh {
+        return pids;
     }
-    let pid = Spi::get_one::<i32>(
-        "SELECT pid FROM pg_stat_activity WHERE backend_type = 'eventic worker'
-            AND datid = (SELECT oid FROM pg_database WHERE datname = current_database()) LIMIT 1",
+    let pids: Vec<i32> = Spi::get_one::<Vec<i32>>(
+        "SELECT coalesce(array_agg(pid), '{}') FROM pg_stat_activity WHERE backend_type = 'eventic worker'
+            AND datid = (SELECT oid FROM pg_database WHERE datname = current_database())",
     )
     .ok()
     .flatten()
-    .unwrap_or(0);
-    WORKER_PID.with(|cached| cached.set(Some((pid, Instant::now()))));
-    (pid > 0).then_some(pid)
+    .unwrap_or_default();
+    WORKER_PIDS.with(|cached| *cached.borrow_mut() = Some((pids.clone(), Instant::now())));
+    pids
 }
 
-/// Wake this database's worker when the current transaction commits (once per transaction):
+/// Wake this database's workers when the current transaction commits (once per transaction):
 /// a job enqueued now is run within milliseconds, not at the next poll.
 pub fn wake_worker_at_commit() {
     if WAKE_PENDING.with(|pending| pending.replace(true)) {
         return;
     }
-    let pid = worker_pid();
+    let pids = worker_pids();
     register_xact_callback(PgXactCallbackEvent::Commit, move || {
         WAKE_PENDING.with(|pending| pending.set(false));
-        if let Some(pid) = pid {
+        for pid in pids {
             // SIGUSR1 sets a backend's latch (procsignal_sigusr1_handler); a stale pid only
-            // costs a failed kill, and the next lookup refreshes it.
+            // costs a failed kill, and the next lookup refreshes the list.
             // SAFETY: kill(2) with a valid signal number.
             if unsafe { libc::kill(pid, libc::SIGUSR1) } != 0 {
-                WORKER_PID.with(|cached| cached.set(None));
+                WORKER_PIDS.with(|cached| *cached.borrow_mut() = None);
             }
         }
     });

@@ -229,3 +229,35 @@ def test_only_a_superuser_may_run_a_job_as_another_role(cluster, db):
         assert conn.execute("SELECT n, who FROM effects").fetchall() == [(2, "eventic_it_carol")]
         conn.execute("DROP OWNED BY eventic_it_carol")
         conn.execute("DROP ROLE eventic_it_carol")
+
+
+@pytest.mark.parametrize("concurrency", [1, 2])
+def test_queue_concurrency_bounds_parallel_jobs(cluster, db, concurrency):
+    with cluster.connect(dbname=db) as conn:
+        conn.execute("CREATE TABLE spans (pid int, started timestamptz, ended timestamptz)")
+        conn.execute(
+            "CREATE FUNCTION slow(n int) RETURNS void LANGUAGE plpgsql AS $$"
+            " DECLARE t0 timestamptz := clock_timestamp(); BEGIN PERFORM pg_sleep(0.2);"
+            " INSERT INTO spans VALUES (pg_backend_pid(), t0, clock_timestamp()); END $$"
+        )
+        conn.execute("SELECT eventic.create_queue('slow', worker => false)")
+        conn.execute("SELECT eventic.alter_queue('slow', concurrency => %s)", (concurrency,))
+        with conn.transaction():
+            conn.execute(
+                "SELECT count(*) FROM eventic.enqueue_batch('slow', 'slow(int)',"
+                " ARRAY(SELECT jsonb_build_array(g) FROM generate_series(1, 8) g))"
+            )
+        conn.execute("SELECT eventic.alter_queue('slow', worker => true)")
+        conn.execute("SELECT eventic.enqueue('slow', 'slow(int)', '[9]')")  # wakes the workers
+        assert wait_until(
+            lambda: conn.execute("SELECT count(*) FROM spans").fetchone()[0] == 9, timeout=60
+        )
+        # the most jobs that ever ran at the same instant
+        (most,) = conn.execute(
+            "SELECT max((SELECT count(*) FROM spans o WHERE o.started <= s.started AND o.ended > s.started))"
+            " FROM spans s"
+        ).fetchone()
+        workers = conn.execute("SELECT count(DISTINCT pid) FROM spans").fetchone()[0]
+    assert most <= concurrency
+    if concurrency > 1:
+        assert most == concurrency and workers == concurrency

@@ -320,8 +320,9 @@ fn enqueue_job(
 }
 
 /// Jobs claimed by one statement while draining (they run one by one, each in its own
-/// subtransaction; their completions are written together).
-const CLAIM_BATCH: i64 = 50;
+/// subtransaction; their completions are written together). A queue with concurrency > 1 is
+/// claimed one job at a time, so that its workers share the jobs.
+pub const CLAIM_BATCH: i64 = 50;
 
 /// Seconds to wait before attempt `attempts + 1`: exponential, capped at an hour, with jitter.
 const BACKOFF_SQL: &str =
@@ -416,14 +417,19 @@ fn prune_archive() -> Result<()> {
 
 /// Run up to `max_jobs` ready jobs of one queue in this session: each as its enqueuer, in a
 /// subtransaction; its effects commit with its completion. Returns how many ran.
-pub fn drain(queue_name: &str, max_jobs: i64, only_role: Option<pg_sys::Oid>) -> Result<i64> {
+pub fn drain(
+    queue_name: &str,
+    max_jobs: i64,
+    only_role: Option<pg_sys::Oid>,
+    claim_batch: i64,
+) -> Result<i64> {
     let table = queue_table(queue_name)?;
     let mut calls = jobs::Calls::default();
     let mut ran = 0;
     while ran < max_jobs {
         let batch = claim(
             &table,
-            (max_jobs - ran).min(CLAIM_BATCH),
+            (max_jobs - ran).min(claim_batch.max(1)),
             "interval '5 minutes'",
             only_role,
         )?;
@@ -476,7 +482,7 @@ fn run_pending(
         };
         let mut ran = 0;
         for name in queues {
-            ran += drain(&name, max_jobs - ran, only_role)?;
+            ran += drain(&name, max_jobs - ran, only_role, CLAIM_BATCH)?;
         }
         Ok(ran)
     })()
