@@ -4,7 +4,7 @@
 -- queue table for eventic.finished_jobs, so queue tables hold only waiting/leased/dead jobs.
 
 CREATE TABLE eventic.queues (
-    queue_name   text        PRIMARY KEY CHECK (queue_name ~ '^[a-z_][a-z0-9_]{0,56}$'),
+    queue_name   text        PRIMARY KEY CHECK (queue_name ~ '^[a-z_][a-z0-9_]{0,50}$'),
     table_name   name        NOT NULL UNIQUE,
     class_name   text,       -- the class whose queue this is, if any
     concurrency  integer     NOT NULL DEFAULT 1 CHECK (concurrency > 0),

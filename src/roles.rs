@@ -30,6 +30,38 @@ pub fn run_as<T>(role: pg_sys::Oid, f: impl FnOnce() -> T) -> T {
     f()
 }
 
+/// Runs a job's code as `role` the way VACUUM runs index functions: a security-restricted
+/// operation (no SET ROLE, no temporary objects) whose setting changes (set_config, SET) are
+/// undone afterwards, so nothing a job does outlives it in the session that ran it.
+pub fn run_job_as<T>(role: pg_sys::Oid, f: impl FnOnce() -> T) -> T {
+    struct Restore(pg_sys::Oid, i32, i32);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            // SAFETY: undoes this nest level's GUC changes, then restores the user id and
+            // security context saved below.
+            unsafe {
+                pg_sys::AtEOXact_GUC(false, self.2);
+                pg_sys::SetUserIdAndSecContext(self.0, self.1);
+            }
+        }
+    }
+    let mut saved_user = pg_sys::InvalidOid;
+    let mut saved_context = 0;
+    // SAFETY: plain reads, a switch of the current user id, a new GUC nest level.
+    let nest_level = unsafe {
+        pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context);
+        pg_sys::SetUserIdAndSecContext(
+            role,
+            saved_context
+                | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32
+                | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
+        );
+        pg_sys::NewGUCNestLevel()
+    };
+    let _restore = Restore(saved_user, saved_context, nest_level);
+    f()
+}
+
 /// The role that owns the extension.
 pub fn extension_owner() -> Result<pg_sys::Oid> {
     Spi::get_one::<pg_sys::Oid>("SELECT extowner FROM pg_extension WHERE extname = 'eventic'")?

@@ -386,6 +386,48 @@ SELECT queue_name, ready, scheduled, running, dead, done_last_minute,
   FROM eventic.queue_stats ORDER BY queue_name;
 
 ------------------------------------------------------------------------------------------
+-- a batch of jobs runs in priority order, also within one claim
+SELECT eventic.create_queue('order_q', worker => false);
+TRUNCATE qtest.log;
+SELECT count(*) FROM (SELECT eventic.enqueue('order_q', 'qtest.note(text)', format('["prio %s"]', pr)::jsonb, priority => pr)
+                        FROM unnest(ARRAY[0, 10, -5, 10, 3]) pr) e;
+SELECT eventic.run_pending('order_q');
+SELECT string_agg(what, ', ' ORDER BY n) AS ran FROM qtest.log;
+
+-- creating a queue again changes nothing (its worker flag stays as set)
+SELECT eventic.create_queue('order_q');
+SELECT worker FROM eventic.queues WHERE queue_name = 'order_q';
+-- queue names are at most 51 characters (the table's index names must fit)
+SELECT code, message FROM pg_temp.try($$SELECT eventic.create_queue(repeat('a', 52))$$);
+SELECT code FROM pg_temp.try($$SELECT eventic.create_queue(repeat('a', 51), worker => false)$$);
+SELECT code FROM pg_temp.try($$SELECT eventic.enqueue(repeat('a', 51), 'qtest.note(text)', '["long"]')$$);
+
+-- a job cannot change the session that runs it: settings are undone, temp objects refused
+CREATE FUNCTION qtest.set_path() RETURNS void LANGUAGE sql
+    AS $$ SELECT set_config('search_path', 'qtest, pg_catalog', false) $$;
+CREATE FUNCTION qtest.make_temp() RETURNS void LANGUAGE sql
+    AS $$ CREATE TEMP TABLE leaked (x int) $$;
+SELECT eventic.enqueue('order_q', 'qtest.set_path()'), eventic.enqueue('order_q', 'qtest.make_temp()');
+SHOW search_path;
+SELECT eventic.run_pending('order_q');
+SHOW search_path;
+SELECT args, attempts, last_error FROM eventic.queue_order_q ORDER BY job_id;
+SELECT to_regclass('pg_temp.leaked') IS NULL AS no_temp_table;
+
+-- nack needs a job that was dequeued; a paused queue hands out nothing
+SELECT eventic.enqueue('order_q', 'qtest.note(text)', '["waiting"]') AS waiting_job \gset
+SELECT code, message FROM pg_temp.try(format($$SELECT eventic.nack('order_q', %s, 'x')$$, :waiting_job));
+SELECT eventic.alter_queue('order_q', paused => true);
+SELECT count(*) AS taken_while_paused FROM eventic.dequeue('order_q', 10);
+SELECT eventic.alter_queue('order_q', paused => false);
+-- consumers act for the queue's owner: another role may not take or ack its jobs
+SET ROLE eventic_regress_bob;
+SELECT code, message FROM pg_temp.try($$SELECT * FROM eventic.dequeue('order_q', 10)$$);
+SELECT code, message FROM pg_temp.try(format($$SELECT eventic.ack('order_q', %s)$$, :waiting_job));
+RESET ROLE;
+SELECT count(*) AS handed_out FROM eventic.dequeue('order_q', 10);
+
+------------------------------------------------------------------------------------------
 SET client_min_messages = warning;
 DROP SCHEMA qtest CASCADE;
 DROP OWNED BY eventic_regress_alice, eventic_regress_bob;

@@ -31,10 +31,10 @@ pub fn snake_case(name: &str) -> String {
 /// The queue of a class: its snake_case name, short enough for the table `queue_<name>`.
 pub fn queue_name_for(class_name: &str) -> Result<String> {
     let name = snake_case(class_name);
-    if name.len() > 57 {
+    if name.len() > crate::queues::MAX_QUEUE_NAME {
         return Err(EventicError::invalid(
             format!("class name {class_name:?} is too long for its queue name {name:?}"),
-            "The snake_case form of a class name is at most 57 characters (queue tables are \
+            "The snake_case form of a class name is at most 51 characters (queue tables are \
              named queue_<name>).",
         ));
     }
@@ -57,7 +57,7 @@ mod unit_tests {
 
     #[test]
     fn long_names_are_refused() {
-        assert!(queue_name_for(&"A".repeat(57)).is_ok());
-        assert!(queue_name_for(&"a".repeat(58)).is_err());
+        assert!(queue_name_for(&"A".repeat(51)).is_ok());
+        assert!(queue_name_for(&"a".repeat(52)).is_err());
     }
 }

@@ -12,7 +12,7 @@ use pgrx::{pg_sys, JsonB};
 use serde_json::Value;
 
 use crate::errors::{EventicError, Result};
-use crate::roles::run_as;
+use crate::roles::run_job_as;
 use crate::subxact::{in_subtransaction, Failure};
 
 /// How to call a job's function.
@@ -182,9 +182,24 @@ pub struct Job {
 pub struct Calls {
     signatures: HashMap<u32, Rc<Signature>>,
     plans: HashMap<String, Rc<OwnedPreparedStatement>>,
+    roles: HashMap<u32, bool>,
 }
 
 impl Calls {
+    /// Whether the role still exists (a dropped role's jobs must not run as a dangling oid).
+    fn role_exists(&mut self, role: pg_sys::Oid) -> Result<bool> {
+        if let Some(found) = self.roles.get(&role.to_u32()) {
+            return Ok(*found);
+        }
+        let exists = Spi::get_one_with_args::<bool>(
+            "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE oid = $1)",
+            &[role.into()],
+        )?
+        .unwrap_or(false);
+        self.roles.insert(role.to_u32(), exists);
+        Ok(exists)
+    }
+
     fn signature(&mut self, fn_oid: pg_sys::Oid) -> Result<Rc<Signature>> {
         if let Some(found) = self.signatures.get(&fn_oid.to_u32()) {
             return Ok(found.clone());
@@ -226,7 +241,16 @@ pub fn run(job: &Job, calls: &mut Calls) -> std::result::Result<(), Failure> {
         .signature(job.fn_oid)
         .and_then(|sig| sig.call(&job.args))
         .map_err(failure_of)?;
-    in_subtransaction(|| run_as(job.enqueued_by, || calls.execute(&sql, &texts)))
+    if !calls.role_exists(job.enqueued_by).map_err(failure_of)? {
+        return Err(Failure {
+            sqlstate: "42704".into(),
+            message: format!(
+                "role {} that enqueued this job no longer exists",
+                job.enqueued_by.to_u32()
+            ),
+        });
+    }
+    in_subtransaction(|| run_job_as(job.enqueued_by, || calls.execute(&sql, &texts)))
         .and_then(|outcome| outcome.map_err(failure_of))
 }
 

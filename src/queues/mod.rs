@@ -37,18 +37,21 @@ pub fn queue_table(queue_name: &str) -> Result<String> {
     ))
 }
 
+/// queue_<name>_dedup must fit Postgres's 63-byte identifiers.
+pub const MAX_QUEUE_NAME: usize = 51;
+
 fn check_queue_name(name: &str) -> Result<()> {
     let mut chars = name.chars();
     let ok = matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-        && name.len() <= 57;
+        && name.len() <= MAX_QUEUE_NAME;
     if ok {
         Ok(())
     } else {
         Err(EventicError::invalid(
             format!("invalid queue name {name:?}"),
             "A queue name is lower-case letters, digits and underscores, starting with a letter \
-             or underscore, at most 57 characters.",
+             or underscore, at most 51 characters.",
         ))
     }
 }
@@ -65,7 +68,7 @@ fn create_queue(queue_name: Option<&str>, worker: default!(Option<bool>, "true")
         as_extension_owner(|| {
             Spi::run_with_args("SELECT eventic._create_queue($1, NULL)", &[name.into()])?;
             Spi::run_with_args(
-                "UPDATE eventic.queues SET worker = $2, owner = coalesce(owner, $3::name) WHERE queue_name = $1",
+                "UPDATE eventic.queues SET worker = $2, owner = $3::name WHERE queue_name = $1 AND owner IS NULL",
                 &[name.into(), worker.into(), caller.as_str().into()],
             )?;
             Ok(())
@@ -278,18 +281,18 @@ fn enqueue_job(
             ));
         }
         let signature = Signature::of(fn_oid)?;
+        let runner = run_as.unwrap_or_else(current_role);
         let may_execute = Spi::get_one_with_args::<bool>(
-            "SELECT has_function_privilege($1, 'EXECUTE')",
-            &[fn_oid.into()],
+            "SELECT has_function_privilege($1, $2, 'EXECUTE')",
+            &[runner.into(), fn_oid.into()],
         )?
         .unwrap_or(false);
         if !may_execute {
+            let name = Spi::get_one_with_args::<String>("SELECT $1::regprocedure::text", &[fn_oid.into()])?
+                .unwrap_or_else(|| fn_oid.to_u32().to_string());
             return Err(EventicError::not_allowed(
-                format!(
-                    "permission denied to enqueue a call of function {}",
-                    fn_oid.to_u32()
-                ),
-                "Jobs run as the role that enqueued them: it needs EXECUTE on the function.",
+                format!("permission denied to enqueue a call of function {name}"),
+                "Jobs run as the role that enqueued them (or run_as): it needs EXECUTE on the function.",
             ));
         }
         signature.check_args(&args)?;
@@ -339,15 +342,19 @@ fn claim(
         Spi::connect_mut(|client| {
             let rows = client.update(
                 &format!(
-                    "UPDATE {table} q SET lease_until = clock_timestamp() + {lease}, attempts = q.attempts + 1
-                      WHERE q.job_id IN (
-                            SELECT job_id FROM {table}
-                             WHERE dead_at IS NULL AND run_at <= clock_timestamp()
-                               AND (lease_until IS NULL OR lease_until < clock_timestamp())
-                               AND ($2::oid IS NULL OR enqueued_by = $2)
-                             ORDER BY priority DESC, run_at, job_id
-                             LIMIT $1 FOR UPDATE SKIP LOCKED)
-                     RETURNING q.job_id, q.fn::oid, q.args, q.enqueued_by, q.attempts"
+                    "WITH taken AS (
+                       UPDATE {table} q SET lease_until = clock_timestamp() + {lease}, attempts = q.attempts + 1
+                        WHERE q.job_id IN (
+                              SELECT job_id FROM {table}
+                               WHERE dead_at IS NULL AND run_at <= clock_timestamp()
+                                 AND (lease_until IS NULL OR lease_until < clock_timestamp())
+                                 AND ($2::oid IS NULL OR enqueued_by = $2)
+                               ORDER BY priority DESC, run_at, job_id
+                               LIMIT $1 FOR UPDATE SKIP LOCKED)
+                       RETURNING q.job_id, q.fn::oid AS fn, q.args, q.enqueued_by, q.attempts,
+                                 q.priority, q.run_at)
+                     SELECT job_id, fn, args, enqueued_by, attempts FROM taken
+                      ORDER BY priority DESC, run_at, job_id"
                 ),
                 None,
                 &[limit.into(), only_role.into()],
@@ -392,7 +399,7 @@ fn fail(table: &str, job_id: i64, error: &str) -> Result<bool> {
                 "UPDATE {table} SET lease_until = NULL, last_error = $2,
                         run_at = clock_timestamp() + {BACKOFF_SQL},
                         dead_at = CASE WHEN attempts >= max_attempts THEN clock_timestamp() END
-                  WHERE job_id = $1 AND dead_at IS NULL RETURNING job_id"
+                  WHERE job_id = $1 AND dead_at IS NULL AND lease_until IS NOT NULL RETURNING job_id"
             ),
             &[job_id.into(), error.into()],
         );
@@ -465,6 +472,12 @@ fn run_pending(
 ) -> i64 {
     (|| {
         let max_jobs = i64::from(required(max_jobs, "max_jobs")?);
+        if max_jobs < 0 {
+            return Err(EventicError::invalid(
+                "max_jobs must not be negative",
+                "Pass a count such as 100.",
+            ));
+        }
         let only_role = (!is_superuser()).then(current_role);
         let queues: Vec<String> = match queue_name {
             Some(name) => vec![name.to_string()],
@@ -509,6 +522,7 @@ fn dequeue(
         let batch = required(batch, "batch")?;
         let lease = required(lease, "lease")?;
         let table = queue_table(name)?;
+        require_consumer(name)?;
         if batch < 1 {
             return Err(EventicError::invalid(
                 "batch must be at least 1",
@@ -516,7 +530,13 @@ fn dequeue(
             ));
         }
         let lease_sql = interval_literal(lease)?;
-        Ok(claim(&table, i64::from(batch), &lease_sql, None)?
+        let paused = Spi::get_one_with_args::<bool>(
+            "SELECT paused FROM eventic.queues WHERE queue_name = $1",
+            &[name.into()],
+        )?
+        .unwrap_or(false);
+        let limit = if paused { 0 } else { i64::from(batch) };
+        Ok(claim(&table, limit, &lease_sql, None)?
             .into_iter()
             .map(|(job, attempt)| (job.job_id, job.fn_oid, JsonB(job.args), attempt))
             .collect::<Vec<_>>())
@@ -538,6 +558,15 @@ fn interval_literal(lease: Interval) -> Result<String> {
     Ok(format!("interval '{micros} microseconds'"))
 }
 
+/// External consumers act for the queue's owner: they see every job's arguments and decide
+/// whether it ran. Its owner (or members of that role) and superusers may.
+fn require_consumer(queue_name: &str) -> Result<()> {
+    if is_superuser() {
+        return Ok(());
+    }
+    require_queue_owner(queue_name, "consume jobs of")
+}
+
 fn unknown_job(queue_name: &str, job_id: i64) -> EventicError {
     EventicError::JobNotFound {
         queue: queue_name.to_string(),
@@ -551,6 +580,7 @@ fn ack(queue_name: Option<&str>, job_id: Option<i64>) {
     (|| {
         let (name, job_id) = (required(queue_name, "queue")?, required(job_id, "job_id")?);
         let table = queue_table(name)?;
+        require_consumer(name)?;
         if finish(name, &table, &[job_id])? == 1 {
             Ok(())
         } else {
@@ -566,6 +596,7 @@ fn nack(queue_name: Option<&str>, job_id: Option<i64>, error: default!(Option<&s
     (|| {
         let (name, job_id) = (required(queue_name, "queue")?, required(job_id, "job_id")?);
         let table = queue_table(name)?;
+        require_consumer(name)?;
         if fail(&table, job_id, error.unwrap_or("nack"))? {
             Ok(())
         } else {
@@ -586,6 +617,7 @@ fn extend_lease(
         let (name, job_id) = (required(queue_name, "queue")?, required(job_id, "job_id")?);
         let lease_sql = interval_literal(required(lease, "lease")?)?;
         let table = queue_table(name)?;
+        require_consumer(name)?;
         let until = as_extension_owner(|| {
             match Spi::get_one_with_args::<TimestampWithTimeZone>(
                 &format!(
@@ -613,6 +645,19 @@ fn retry_job(queue_name: Option<&str>, job_id: Option<i64>) {
         let table = queue_table(name)?;
         if !is_superuser() {
             require_queue_owner(name, "retry jobs of")?;
+        }
+        let waiting_twin = Spi::get_one_with_args::<i64>(
+            &format!(
+                "SELECT (SELECT w.job_id FROM {table} d JOIN {table} w ON w.dedup_key = d.dedup_key
+                          WHERE d.job_id = $1 AND d.dead_at IS NOT NULL AND w.dead_at IS NULL)"
+            ),
+            &[job_id.into()],
+        )?;
+        if let Some(twin) = waiting_twin {
+            return Err(EventicError::invalid(
+                format!("job {job_id} of queue {name} has the dedup_key of job {twin}, which is waiting"),
+                "Let the waiting job run (or fail) first; a dedup_key is waiting at most once.",
+            ));
         }
         let revived = as_extension_owner(|| {
             match Spi::get_one_with_args::<i64>(
