@@ -41,3 +41,16 @@ pub fn plan(
     });
     Ok(kept)
 }
+
+/// The first column of the first row of a statement that may return no row (an UPDATE …
+/// RETURNING that matched nothing): `None` then, instead of an error.
+pub fn optional_value<T: pgrx::FromDatum + pgrx::IntoDatum>(
+    sql: &str,
+    args: &[pgrx::datum::DatumWithOid],
+) -> Result<Option<T>> {
+    match pgrx::Spi::get_one_with_args::<T>(sql, args) {
+        Ok(value) => Ok(value),
+        Err(pgrx::spi::SpiError::InvalidPosition) => Ok(None),
+        Err(other) => Err(other.into()),
+    }
+}

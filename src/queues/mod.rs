@@ -13,6 +13,7 @@ use pgrx::{pg_sys, JsonB};
 
 use crate::errors::{required, EventicError, OrReport, Result};
 use crate::roles::{as_extension_owner, current_role, is_superuser};
+use crate::spi_plans::optional_value;
 use jobs::{Job, Signature};
 
 /// `eventic.queue_<name>`, quoted, for a queue that exists (42704 otherwise).
@@ -191,7 +192,7 @@ pub struct NewJob<'a> {
 /// Insert `job` (as the extension owner); with a `dedup_key` already waiting, that job's id.
 pub fn insert_job(table: &str, job: NewJob<'_>) -> Result<i64> {
     as_extension_owner(|| {
-        let inserted = Spi::get_one_with_args::<i64>(
+        let inserted = optional_value::<i64>(
             &format!(
                 "INSERT INTO {table} (fn, args, run_at, priority, dedup_key, max_attempts, enqueued_by)
                  VALUES ($1, $2, coalesce($3, now()), $4, $5, $6, $7)
@@ -208,15 +209,14 @@ pub fn insert_job(table: &str, job: NewJob<'_>) -> Result<i64> {
                 job.enqueued_by.into(),
             ],
         );
-        match inserted {
-            Ok(Some(id)) => Ok(id),
+        match inserted? {
+            Some(id) => Ok(id),
             // the dedup_key is already waiting: that job
-            Ok(None) | Err(pgrx::spi::SpiError::InvalidPosition) => Spi::get_one_with_args::<i64>(
+            None => optional_value::<i64>(
                 &format!("SELECT job_id FROM {table} WHERE dedup_key = $1 AND dead_at IS NULL"),
                 &[job.dedup_key.into()],
             )?
             .ok_or_else(|| EventicError::Internal("dedup job vanished".into())),
-            Err(other) => Err(other.into()),
         }
     })
 }
@@ -394,7 +394,7 @@ fn finish(queue_name: &str, table: &str, job_ids: &[i64]) -> Result<i64> {
 /// A job that failed: retried after a backoff, or dead after max_attempts. False if absent.
 fn fail(table: &str, job_id: i64, error: &str) -> Result<bool> {
     as_extension_owner(|| {
-        let updated = Spi::get_one_with_args::<i64>(
+        let updated = optional_value::<i64>(
             &format!(
                 "UPDATE {table} SET lease_until = NULL, last_error = $2,
                         run_at = clock_timestamp() + {BACKOFF_SQL},
@@ -403,11 +403,7 @@ fn fail(table: &str, job_id: i64, error: &str) -> Result<bool> {
             ),
             &[job_id.into(), error.into()],
         );
-        match updated {
-            Ok(found) => Ok(found.is_some()),
-            Err(pgrx::spi::SpiError::InvalidPosition) => Ok(false),
-            Err(other) => Err(other.into()),
-        }
+        Ok(updated?.is_some())
     })
 }
 
@@ -619,18 +615,14 @@ fn extend_lease(
         let table = queue_table(name)?;
         require_consumer(name)?;
         let until = as_extension_owner(|| {
-            match Spi::get_one_with_args::<TimestampWithTimeZone>(
+            optional_value::<TimestampWithTimeZone>(
                 &format!(
                     "UPDATE {table} SET lease_until = clock_timestamp() + {lease_sql}
                       WHERE job_id = $1 AND dead_at IS NULL AND lease_until IS NOT NULL
                       RETURNING lease_until"
                 ),
                 &[job_id.into()],
-            ) {
-                Ok(until) => Ok(until),
-                Err(pgrx::spi::SpiError::InvalidPosition) => Ok(None),
-                Err(other) => Err(other.into()),
-            }
+            )
         })?;
         until.ok_or_else(|| unknown_job(name, job_id))
     })()
@@ -660,17 +652,13 @@ fn retry_job(queue_name: Option<&str>, job_id: Option<i64>) {
             ));
         }
         let revived = as_extension_owner(|| {
-            match Spi::get_one_with_args::<i64>(
+            optional_value::<i64>(
                 &format!(
                     "UPDATE {table} SET dead_at = NULL, attempts = 0, run_at = clock_timestamp(), lease_until = NULL
                       WHERE job_id = $1 AND dead_at IS NOT NULL RETURNING job_id"
                 ),
                 &[job_id.into()],
-            ) {
-                Ok(found) => Ok(found),
-                Err(pgrx::spi::SpiError::InvalidPosition) => Ok(None),
-                Err(other) => Err(other.into()),
-            }
+            )
         })?;
         revived.map(|_| ()).ok_or_else(|| unknown_job(name, job_id))
     })()
