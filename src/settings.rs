@@ -69,9 +69,11 @@ pub fn init() {
     GucRegistry::define_string_guc(
         c"eventic.launcher_database",
         c"The database eventic's launcher connects to, to list the databases.",
-        c"Any database that exists; the launcher only reads pg_database there.",
+        c"Any database that exists; the launcher only reads pg_database there. Read when the \
+          launcher starts.",
         &LAUNCHER_DATABASE,
-        GucContext::Postmaster,
+        // not Postmaster: a library loaded after startup (no preload) cannot define those
+        GucContext::Sighup,
         GucFlags::default(),
     );
 }

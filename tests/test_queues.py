@@ -261,3 +261,26 @@ def test_queue_concurrency_bounds_parallel_jobs(cluster, db, concurrency):
     assert most <= concurrency
     if concurrency > 1:
         assert most == concurrency and workers == concurrency
+
+
+def test_without_preload_everything_works_and_run_pending_drains():
+    """No shared_preload_libraries: CREATE EXTENSION works, the first enqueue says how to get
+    the worker, and run_pending drains in the calling session."""
+    plain = Cluster(os.environ.get("EVENTIC_PLAIN_DIR", "/tmp/eventic-it-plain"), 5802)
+    plain.run("start", plain.directory, str(plain.port), "shared_preload_libraries = ''")
+    try:
+        with plain.connect() as conn:
+            notices = []
+            conn.add_notice_handler(lambda diag: notices.append(diag.message_primary))
+            conn.execute("CREATE EXTENSION eventic")
+            setup_effects(conn)
+            conn.execute("SELECT eventic.create_queue('manual')")
+            conn.execute("SELECT eventic.enqueue('manual', 'effect(int)', '[1]')")
+            conn.execute("SELECT eventic.enqueue('manual', 'effect(int)', '[2]')")
+            assert sum("shared_preload_libraries" in n for n in notices) == 1
+            time.sleep(1.5)
+            assert effect_counts(conn) == (0, 0), "nothing runs them in the background"
+            assert conn.execute("SELECT eventic.run_pending('manual')").fetchone()[0] == 2
+            assert effect_counts(conn) == (2, 2)
+    finally:
+        plain.run("stop", plain.directory)
