@@ -64,9 +64,17 @@ pub fn run_job_as<T>(role: pg_sys::Oid, f: impl FnOnce() -> T) -> T {
 
 /// The role that owns the extension.
 pub fn extension_owner() -> Result<pg_sys::Oid> {
-    Spi::get_one::<pg_sys::Oid>("SELECT extowner FROM pg_extension WHERE extname = 'eventic'")?
-        .ok_or_else(|| EventicError::Internal("extension eventic is not installed".into()))
+    Spi::connect(|client| {
+        let stmt = crate::spi_plans::plan(client, EXTENSION_OWNER, &[], false)?;
+        client
+            .select(&*stmt, Some(1), &[])?
+            .first()
+            .get_one::<pg_sys::Oid>()?
+            .ok_or_else(|| EventicError::Internal("extension eventic is not installed".into()))
+    })
 }
+
+const EXTENSION_OWNER: &str = "SELECT extowner FROM pg_extension WHERE extname = 'eventic'";
 
 /// Runs `f` as the extension owner: only for eventic's own fixed DDL and bookkeeping rows
 /// (queue tables, eventic.classes/queues), never for user code.

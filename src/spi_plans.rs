@@ -11,6 +11,9 @@ use pgrx::spi::{OwnedPreparedStatement, SpiClient};
 use crate::errors::Result;
 
 thread_local! {
+    /// Statements built at run time (a queue's table name in them), keyed by their text.
+    static DYNAMIC_PLANS: RefCell<HashMap<String, Rc<OwnedPreparedStatement>>> =
+        RefCell::new(HashMap::new());
     /// Keyed by the address of the `&'static str` (each statement is a constant): hashing a
     /// pointer is free, hashing the SQL text on every call is not.
     static PLANS: RefCell<HashMap<usize, Rc<OwnedPreparedStatement>>> =
@@ -53,4 +56,35 @@ pub fn optional_value<T: pgrx::FromDatum + pgrx::IntoDatum>(
         Err(pgrx::spi::SpiError::InvalidPosition) => Ok(None),
         Err(other) => Err(other.into()),
     }
+}
+
+/// The kept plan of a statement built at run time (e.g. for one queue's table), prepared on
+/// first use. Always mutating (fresh snapshot).
+pub fn dynamic_plan(
+    client: &SpiClient<'_>,
+    sql: &str,
+    args: &[PgOid],
+) -> Result<Rc<OwnedPreparedStatement>> {
+    if let Some(found) = DYNAMIC_PLANS.with(|plans| plans.borrow().get(sql).cloned()) {
+        return Ok(found);
+    }
+    let kept = Rc::new(client.prepare_mut(sql, args)?.keep());
+    DYNAMIC_PLANS.with(|plans| plans.borrow_mut().insert(sql.to_string(), kept.clone()));
+    Ok(kept)
+}
+
+/// [`optional_value`] through a kept plan of the statement (for statements built per queue).
+pub fn optional_value_planned<T: pgrx::FromDatum + pgrx::IntoDatum>(
+    sql: &str,
+    types: &[PgOid],
+    args: &[pgrx::datum::DatumWithOid],
+) -> Result<Option<T>> {
+    pgrx::Spi::connect_mut(|client| {
+        let stmt = dynamic_plan(client, sql, types)?;
+        let mut rows = client.update(&*stmt, Some(1), args)?;
+        match rows.next() {
+            Some(row) => Ok(row.get::<T>(1)?),
+            None => Ok(None),
+        }
+    })
 }

@@ -15,6 +15,12 @@ use crate::errors::{EventicError, Result};
 use crate::roles::run_job_as;
 use crate::subxact::{in_subtransaction, Failure};
 
+const SELECT_SIGNATURE: &str = "SELECT quote_ident(n.nspname) || '.' || quote_ident(p.proname),
+        ARRAY(SELECT format_type(t, NULL)
+                FROM unnest(p.proargtypes::oid[]) WITH ORDINALITY u(t, i) ORDER BY i),
+        p.pronargdefaults, p.prokind::text
+   FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE p.oid = $1";
+
 /// How to call a job's function.
 pub struct Signature {
     /// `schema.name`, quoted.
@@ -29,15 +35,13 @@ impl Signature {
     pub fn of(fn_oid: pg_sys::Oid) -> Result<Signature> {
         let row = Spi::connect(
             |client| -> Result<Option<(String, Vec<Option<String>>, i16, String)>> {
-                let mut table = client.select(
-                "SELECT quote_ident(n.nspname) || '.' || quote_ident(p.proname),
-                        ARRAY(SELECT format_type(t, NULL)
-                                FROM unnest(p.proargtypes::oid[]) WITH ORDINALITY u(t, i) ORDER BY i),
-                        p.pronargdefaults, p.prokind::text
-                   FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE p.oid = $1",
-                Some(1),
-                &[fn_oid.into()],
-            )?;
+                let stmt = crate::spi_plans::plan(
+                    client,
+                    SELECT_SIGNATURE,
+                    &[PgOid::BuiltIn(PgBuiltInOids::OIDOID)],
+                    false,
+                )?;
+                let mut table = client.select(&*stmt, Some(1), &[fn_oid.into()])?;
                 let Some(row) = table.next() else {
                     return Ok(None);
                 };
@@ -135,6 +139,13 @@ impl Signature {
         if values.is_empty() {
             return Ok(());
         }
+        if values
+            .iter()
+            .zip(&self.types)
+            .all(|(value, sql_type)| surely_converts(value, sql_type))
+        {
+            return Ok(());
+        }
         let probe = format!("SELECT {}", self.casts(values.len()));
         let texts = as_texts(values);
         in_subtransaction(|| run_sql(&probe, &texts)).map_err(|failure| {
@@ -146,6 +157,23 @@ impl Signature {
                 format!("{} takes ({}).", self.name, self.types.join(", ")),
             )
         })?
+    }
+}
+
+/// Whether `value` converts to `sql_type` for certain, judged without asking Postgres (which
+/// needs a subtransaction to catch a failure): the common cases of enqueue.
+fn surely_converts(value: &Value, sql_type: &str) -> bool {
+    match (value, sql_type) {
+        (Value::Null, _) => true,
+        (_, "jsonb" | "json") => true,
+        (Value::String(_), "text" | "character varying") => true,
+        (Value::Number(n), "integer") => n.as_i64().is_some_and(|v| i32::try_from(v).is_ok()),
+        (Value::Number(n), "bigint") => n.as_i64().is_some(),
+        (Value::Number(n), "smallint") => n.as_i64().is_some_and(|v| i16::try_from(v).is_ok()),
+        (Value::Number(_), "numeric" | "double precision" | "real") => true,
+        (Value::Bool(_), "boolean") => true,
+        (Value::String(s), "uuid") => uuid::Uuid::parse_str(s).is_ok(),
+        _ => false,
     }
 }
 

@@ -8,6 +8,7 @@ pub mod jobs;
 
 use std::cell::Cell;
 
+use pgrx::pg_sys::{PgBuiltInOids, PgOid};
 use pgrx::prelude::*;
 use pgrx::{pg_sys, JsonB};
 
@@ -16,13 +17,19 @@ use crate::roles::{as_extension_owner, current_role, is_superuser};
 use crate::spi_plans::optional_value;
 use jobs::{Job, Signature};
 
+const QUEUE_EXISTS: &str = "SELECT EXISTS (SELECT 1 FROM eventic.queues WHERE queue_name = $1)";
+
 /// `eventic.queue_<name>`, quoted, for a queue that exists (42704 otherwise).
 pub fn queue_table(queue_name: &str) -> Result<String> {
-    let exists = Spi::get_one_with_args::<bool>(
-        "SELECT EXISTS (SELECT 1 FROM eventic.queues WHERE queue_name = $1)",
-        &[queue_name.into()],
-    )?
-    .unwrap_or(false);
+    let exists = Spi::connect(|client| -> Result<bool> {
+        let stmt =
+            crate::spi_plans::plan(client, QUEUE_EXISTS, &[crate::records::store::TEXT], false)?;
+        Ok(client
+            .select(&*stmt, Some(1), &[queue_name.into()])?
+            .first()
+            .get_one::<bool>()?
+            .unwrap_or(false))
+    })?;
     if !exists {
         return Err(EventicError::UnknownObject {
             what: "queue",
@@ -192,13 +199,26 @@ pub struct NewJob<'a> {
 /// Insert `job` (as the extension owner); with a `dedup_key` already waiting, that job's id.
 pub fn insert_job(table: &str, job: NewJob<'_>) -> Result<i64> {
     as_extension_owner(|| {
-        let inserted = optional_value::<i64>(
-            &format!(
-                "INSERT INTO {table} (fn, args, run_at, priority, dedup_key, max_attempts, enqueued_by)
-                 VALUES ($1, $2, coalesce($3, now()), $4, $5, $6, $7)
-                 ON CONFLICT (dedup_key) WHERE dedup_key IS NOT NULL AND dead_at IS NULL DO NOTHING
-                 RETURNING job_id"
-            ),
+        let sql = format!(
+            "INSERT INTO {table} (fn, args, run_at, priority, dedup_key, max_attempts, enqueued_by)
+             VALUES ($1, $2, coalesce($3, now()), $4, $5, $6, $7)
+             ON CONFLICT (dedup_key) WHERE dedup_key IS NOT NULL AND dead_at IS NULL DO NOTHING
+             RETURNING job_id"
+        );
+        let oid = PgOid::BuiltIn(PgBuiltInOids::OIDOID);
+        let int4 = PgOid::BuiltIn(PgBuiltInOids::INT4OID);
+        let types = [
+            oid,
+            PgOid::BuiltIn(PgBuiltInOids::JSONBOID),
+            PgOid::BuiltIn(PgBuiltInOids::TIMESTAMPTZOID),
+            int4,
+            PgOid::BuiltIn(PgBuiltInOids::TEXTOID),
+            int4,
+            oid,
+        ];
+        let inserted = crate::spi_plans::optional_value_planned::<i64>(
+            &sql,
+            &types,
             &[
                 job.fn_oid.into(),
                 JsonB(job.args).into(),
@@ -253,6 +273,8 @@ pub fn announce(queue_name: &str) -> Result<()> {
     Ok(())
 }
 
+const MAY_EXECUTE: &str = "SELECT has_function_privilege($1, $2, 'EXECUTE')";
+
 /// Enqueue `fn(args)` on `queue`; returns the job id (the waiting job's id when `dedup_key`
 /// is already waiting). Called by the SQL wrapper `eventic.enqueue` (fn as regprocedure).
 #[allow(clippy::too_many_arguments)]
@@ -282,11 +304,12 @@ fn enqueue_job(
         }
         let signature = Signature::of(fn_oid)?;
         let runner = run_as.unwrap_or_else(current_role);
-        let may_execute = Spi::get_one_with_args::<bool>(
-            "SELECT has_function_privilege($1, $2, 'EXECUTE')",
-            &[runner.into(), fn_oid.into()],
-        )?
-        .unwrap_or(false);
+        let may_execute = Spi::connect(|client| -> Result<bool> {
+            let oid = PgOid::BuiltIn(PgBuiltInOids::OIDOID);
+            let stmt = crate::spi_plans::plan(client, MAY_EXECUTE, &[oid, oid], false)?;
+            let rows = client.select(&*stmt, Some(1), &[runner.into(), fn_oid.into()])?;
+            Ok(rows.first().get_one::<bool>()?.unwrap_or(false))
+        })?;
         if !may_execute {
             let name = Spi::get_one_with_args::<String>("SELECT $1::regprocedure::text", &[fn_oid.into()])?
                 .unwrap_or_else(|| fn_oid.to_u32().to_string());
@@ -340,8 +363,7 @@ fn claim(
 ) -> Result<Vec<(Job, i32)>> {
     as_extension_owner(|| {
         Spi::connect_mut(|client| {
-            let rows = client.update(
-                &format!(
+            let sql = format!(
                     "WITH taken AS (
                        UPDATE {table} q SET lease_until = clock_timestamp() + {lease}, attempts = q.attempts + 1
                         WHERE q.job_id IN (
@@ -355,10 +377,13 @@ fn claim(
                                  q.priority, q.run_at)
                      SELECT job_id, fn, args, enqueued_by, attempts FROM taken
                       ORDER BY priority DESC, run_at, job_id"
-                ),
-                None,
-                &[limit.into(), only_role.into()],
-            )?;
+                );
+            let types = [
+                PgOid::BuiltIn(PgBuiltInOids::INT8OID),
+                PgOid::BuiltIn(PgBuiltInOids::OIDOID),
+            ];
+            let stmt = crate::spi_plans::dynamic_plan(client, &sql, &types)?;
+            let rows = client.update(&*stmt, None, &[limit.into(), only_role.into()])?;
             let mut jobs = Vec::new();
             for row in rows {
                 let job = jobs::job_from(&row)?;
@@ -376,16 +401,19 @@ fn finish(queue_name: &str, table: &str, job_ids: &[i64]) -> Result<i64> {
     }
     as_extension_owner(|| {
         Spi::connect_mut(|client| {
-            let moved = client.update(
-                &format!(
-                    "WITH done AS (DELETE FROM {table} WHERE job_id = ANY ($2) AND dead_at IS NULL AND lease_until IS NOT NULL RETURNING *)
-                     INSERT INTO eventic.finished_jobs
-                            (queue_name, job_id, fn, args, enqueued_by, enqueued_at, attempts)
-                     SELECT $1, job_id, fn, args, enqueued_by, enqueued_at, attempts FROM done"
-                ),
-                None,
-                &[queue_name.into(), job_ids.to_vec().into()],
-            )?;
+            let sql = format!(
+                "WITH done AS (DELETE FROM {table} WHERE job_id = ANY ($2) AND dead_at IS NULL AND lease_until IS NOT NULL RETURNING *)
+                 INSERT INTO eventic.finished_jobs
+                        (queue_name, job_id, fn, args, enqueued_by, enqueued_at, attempts)
+                 SELECT $1, job_id, fn, args, enqueued_by, enqueued_at, attempts FROM done"
+            );
+            let types = [
+                PgOid::BuiltIn(PgBuiltInOids::TEXTOID),
+                PgOid::BuiltIn(PgBuiltInOids::INT8ARRAYOID),
+            ];
+            let stmt = crate::spi_plans::dynamic_plan(client, &sql, &types)?;
+            let moved =
+                client.update(&*stmt, None, &[queue_name.into(), job_ids.to_vec().into()])?;
             Ok(moved.len() as i64)
         })
     })
