@@ -17,6 +17,7 @@ pub mod settings;
 pub mod spi_plans;
 pub mod subxact;
 pub mod worker;
+pub mod workflows;
 
 ::pgrx::pg_module_magic!();
 
@@ -40,6 +41,11 @@ extension_sql_file!(
     "../sql/queues.sql",
     name = "queues_schema",
     requires = ["records_schema"]
+);
+extension_sql_file!(
+    "../sql/workflows.sql",
+    name = "workflows_schema",
+    requires = ["queues_schema", workflows::start_workflow, workflows::step]
 );
 extension_sql_file!(
     "../sql/classes.sql",

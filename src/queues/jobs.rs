@@ -117,15 +117,26 @@ impl Signature {
     /// The SQL that calls the function with `args`, and its text parameters (each cast to
     /// its parameter type by the SQL: strings as they are, other JSON as its text).
     pub fn call(&self, args: &Value) -> Result<(String, Vec<Option<String>>)> {
+        let (expr, texts) = self.call_expr(args)?;
+        Ok((format!("SELECT {expr}"), texts))
+    }
+
+    /// Like [`Signature::call`], with the result as jsonb (a workflow step's record).
+    pub fn call_returning_json(&self, args: &Value) -> Result<(String, Vec<Option<String>>)> {
+        let (expr, texts) = self.call_expr(args)?;
+        Ok((format!("SELECT to_jsonb({expr})"), texts))
+    }
+
+    fn call_expr(&self, args: &Value) -> Result<(String, Vec<Option<String>>)> {
         if self.takes_whole_jsonb() {
             return Ok((
-                format!("SELECT {}($1::jsonb)", self.name),
+                format!("{}($1::jsonb)", self.name),
                 vec![Some(args.to_string())],
             ));
         }
         let values = self.positional(args)?;
         Ok((
-            format!("SELECT {}({})", self.name, self.casts(values.len())),
+            format!("{}({})", self.name, self.casts(values.len())),
             as_texts(values),
         ))
     }
@@ -237,18 +248,39 @@ impl Calls {
         Ok(signature)
     }
 
+    /// Run a statement whose one column is jsonb; its value.
+    pub fn query_json(&mut self, sql: &str, texts: &[Option<String>]) -> Result<Value> {
+        let args: Vec<pgrx::datum::DatumWithOid> = texts.iter().map(|t| t.clone().into()).collect();
+        Spi::connect_mut(|client| {
+            let plan = self.plan(client, sql, texts.len())?;
+            let mut rows = client.update(&*plan, Some(1), &args)?;
+            let value = match rows.next() {
+                Some(row) => row.get::<JsonB>(1)?.map(|j| j.0),
+                None => None,
+            };
+            Ok(value.unwrap_or(Value::Null))
+        })
+    }
+
+    fn plan(
+        &mut self,
+        client: &pgrx::spi::SpiClient<'_>,
+        sql: &str,
+        nargs: usize,
+    ) -> Result<Rc<OwnedPreparedStatement>> {
+        if let Some(plan) = self.plans.get(sql) {
+            return Ok(plan.clone());
+        }
+        let types = vec![PgOid::BuiltIn(PgBuiltInOids::TEXTOID); nargs];
+        let plan = Rc::new(client.prepare_mut(sql, &types)?.keep());
+        self.plans.insert(sql.to_string(), plan.clone());
+        Ok(plan)
+    }
+
     fn execute(&mut self, sql: &str, texts: &[Option<String>]) -> Result<()> {
         let args: Vec<pgrx::datum::DatumWithOid> = texts.iter().map(|t| t.clone().into()).collect();
         Spi::connect_mut(|client| {
-            let plan = match self.plans.get(sql) {
-                Some(plan) => plan.clone(),
-                None => {
-                    let types = vec![PgOid::BuiltIn(PgBuiltInOids::TEXTOID); texts.len()];
-                    let plan = Rc::new(client.prepare_mut(sql, &types)?.keep());
-                    self.plans.insert(sql.to_string(), plan.clone());
-                    plan
-                }
-            };
+            let plan = self.plan(client, sql, texts.len())?;
             client.update(&*plan, None, &args)?;
             Ok(())
         })
@@ -279,6 +311,16 @@ pub fn run(job: &Job, calls: &mut Calls) -> std::result::Result<(), Failure> {
         });
     }
     in_subtransaction(|| run_job_as(job.enqueued_by, || calls.execute(&sql, &texts)))
+        .and_then(|outcome| outcome.map_err(failure_of))
+}
+
+/// Run `job` like [`run`] and return its function's result as JSON (a workflow step).
+pub fn run_returning(job: &Job, calls: &mut Calls) -> std::result::Result<Value, Failure> {
+    let (sql, texts) = calls
+        .signature(job.fn_oid)
+        .and_then(|sig| sig.call_returning_json(&job.args))
+        .map_err(failure_of)?;
+    in_subtransaction(|| run_job_as(job.enqueued_by, || calls.query_json(&sql, &texts)))
         .and_then(|outcome| outcome.map_err(failure_of))
 }
 

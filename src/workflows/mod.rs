@@ -1,0 +1,662 @@
+//! Durable workflows (DESIGN.md §4).
+//!
+//! A workflow runs as a job (`eventic._run_workflow(id)`) of its queue, as the role that
+//! started it. The job runs the body `fn(input)` in a subtransaction with the workflow's
+//! recorded steps in a per-backend context. `eventic.step(...)` at position p returns the
+//! record when there is one; the first step without one is not run inside the body: it is
+//! captured, the body is aborted (undoing whatever the body did outside steps), the step runs
+//! in its own subtransaction, its record is written, and the body is replayed from the start.
+//! Steps, records and the job's completion commit in the job's transaction: a step that only
+//! touches the database runs exactly once, across crashes. A sleep records its wake-up time
+//! and re-enqueues the job for then, holding no backend while waiting.
+
+use std::cell::RefCell;
+
+use pgrx::prelude::*;
+use pgrx::{pg_sys, JsonB};
+use serde_json::Value;
+
+use crate::errors::{required, EventicError, OrReport, Result};
+use crate::queues::{self, jobs, NewJob};
+use crate::roles::{as_extension_owner, current_role};
+use crate::subxact::in_subtransaction;
+
+/// Queue of workflows started without one.
+const DEFAULT_QUEUE: &str = "workflows";
+/// Attempts of a failing step before its error is handed to the body.
+const STEP_ATTEMPTS: i32 = 3;
+/// Steps one job runs before it hands the workflow to a fresh job (bounds a transaction).
+const STEPS_PER_JOB: usize = 100;
+/// The message of the internal error that stops a body at a step without a record.
+const SUSPEND: &str = "eventic: workflow suspended at a new step";
+
+#[derive(Clone, Debug)]
+struct StepRecord {
+    name: String,
+    kind: String,
+    output: Option<Value>,
+    error: Option<String>,
+    attempts: i32,
+}
+
+enum Pending {
+    Call {
+        name: String,
+        fn_oid: pg_sys::Oid,
+        args: Value,
+    },
+    Sleep {
+        seconds: f64,
+    },
+}
+
+struct Context {
+    workflow_id: String,
+    records: Vec<StepRecord>,
+    position: usize,
+    /// Value records (now, random) made during this replay, written after it.
+    new_values: Vec<(usize, StepRecord)>,
+    pending: Option<Pending>,
+}
+
+thread_local! {
+    static CONTEXT: RefCell<Option<Context>> = const { RefCell::new(None) };
+}
+
+fn outside_workflow(what: &str) -> EventicError {
+    EventicError::invalid(
+        format!("{what} can only be called inside a workflow body"),
+        "Start the function with eventic.start_workflow(fn, input).",
+    )
+}
+
+/// The record at the current position (advancing it), or None for a new step. A record of
+/// another name or kind at that position means the body is not deterministic.
+fn next_record(name: &str, kind: &str) -> Result<(usize, Option<StepRecord>)> {
+    CONTEXT.with(|ctx| {
+        let mut ctx = ctx.borrow_mut();
+        let ctx = ctx.as_mut().ok_or_else(|| outside_workflow(kind))?;
+        let position = ctx.position;
+        ctx.position += 1;
+        match ctx.records.get(position) {
+            Some(record) if record.name != name || record.kind != kind => Err(EventicError::invalid(
+                format!(
+                    "workflow {} is not deterministic: step {position} was {} {:?} when it ran, now it is {kind} {name:?}",
+                    ctx.workflow_id, record.kind, record.name
+                ),
+                "A workflow body must ask for the same steps in the same order on every replay; \
+                 use eventic.now() / eventic.random() instead of now() / random().",
+            )),
+            Some(record) => Ok((position, Some(record.clone()))),
+            None => Ok((position, None)),
+        }
+    })
+}
+
+fn suspend(pending: Pending) -> EventicError {
+    CONTEXT.with(|ctx| {
+        if let Some(ctx) = ctx.borrow_mut().as_mut() {
+            ctx.pending = Some(pending);
+        }
+    });
+    EventicError::Internal(SUSPEND.into())
+}
+
+/// Inside a body: run `fn(args)` once; on replay return its recorded result.
+#[pg_extern(volatile, parallel_unsafe, name = "_step")]
+fn step(name: Option<&str>, fn_oid: Option<pg_sys::Oid>, args: Option<JsonB>) -> JsonB {
+    (|| {
+        let name = required(name, "name")?;
+        let fn_oid = required(fn_oid, "fn")?;
+        let args = required(args, "args")?.0;
+        match next_record(name, "step")? {
+            (_, Some(record)) if record.error.is_none() => {
+                Ok(JsonB(record.output.unwrap_or(Value::Null)))
+            }
+            (_, Some(record)) if record.attempts >= STEP_ATTEMPTS => Err(EventicError::invalid(
+                format!(
+                    "step {name:?} failed {} times: {}",
+                    record.attempts,
+                    record.error.unwrap_or_default()
+                ),
+                "The workflow's body may catch this error; otherwise the workflow ends in ERROR.",
+            )),
+            _ => Err(suspend(Pending::Call {
+                name: name.to_string(),
+                fn_oid,
+                args,
+            })),
+        }
+    })()
+    .or_report()
+}
+
+/// Inside a body: a durable sleep (survives restarts; no backend is held while waiting).
+#[pg_extern(volatile, parallel_unsafe)]
+fn sleep(duration: Option<Interval>) {
+    (|| {
+        let duration = required(duration, "duration")?;
+        let seconds = (i64::from(duration.months()) * 30 * 86_400
+            + i64::from(duration.days()) * 86_400) as f64
+            + duration.micros() as f64 / 1e6;
+        if seconds < 0.0 {
+            return Err(EventicError::invalid(
+                "sleep interval must not be negative",
+                "Pass e.g. '5 seconds'.",
+            ));
+        }
+        match next_record("sleep", "sleep")? {
+            (_, Some(record)) => {
+                let wake_at = record
+                    .output
+                    .as_ref()
+                    .and_then(Value::as_f64)
+                    .unwrap_or(0.0);
+                if now_epoch()? >= wake_at {
+                    Ok(())
+                } else {
+                    Err(suspend(Pending::Sleep { seconds: 0.0 }))
+                }
+            }
+            (_, None) => Err(suspend(Pending::Sleep { seconds })),
+        }
+    })()
+    .or_report()
+}
+
+fn now_epoch() -> Result<f64> {
+    Ok(Spi::get_one::<f64>("SELECT extract(epoch FROM clock_timestamp())::float8")?.unwrap_or(0.0))
+}
+
+/// A value recorded on first use and returned on every replay.
+fn recorded_value(kind: &str, make: impl FnOnce() -> Result<Value>) -> Result<Value> {
+    match next_record(kind, kind)? {
+        (_, Some(record)) => Ok(record.output.unwrap_or(Value::Null)),
+        (position, None) => {
+            let value = make()?;
+            CONTEXT.with(|ctx| {
+                if let Some(ctx) = ctx.borrow_mut().as_mut() {
+                    let record = StepRecord {
+                        name: kind.to_string(),
+                        kind: kind.to_string(),
+                        output: Some(value.clone()),
+                        error: None,
+                        attempts: 1,
+                    };
+                    ctx.records.push(record.clone());
+                    ctx.new_values.push((position, record));
+                }
+            });
+            Ok(value)
+        }
+    }
+}
+
+/// Inside a body: the current time, recorded, so a replay sees the same value.
+#[pg_extern(volatile, parallel_unsafe)]
+fn now() -> TimestampWithTimeZone {
+    (|| {
+        let value = recorded_value("now", || {
+            Ok(Value::String(
+                Spi::get_one::<String>("SELECT clock_timestamp()::text")?.unwrap_or_default(),
+            ))
+        })?;
+        let text = value.as_str().unwrap_or_default().to_string();
+        Ok(Spi::get_one_with_args::<TimestampWithTimeZone>(
+            "SELECT $1::timestamptz",
+            &[text.as_str().into()],
+        )?
+        .ok_or_else(|| EventicError::Internal("recorded time missing".into()))?)
+    })()
+    .or_report()
+}
+
+/// Inside a body: a random number in [0, 1), recorded.
+#[pg_extern(volatile, parallel_unsafe)]
+fn random() -> f64 {
+    (|| {
+        let value = recorded_value("random", || {
+            Ok(Value::from(
+                Spi::get_one::<f64>("SELECT random()")?.unwrap_or(0.0),
+            ))
+        })?;
+        Ok(value.as_f64().unwrap_or(0.0))
+    })()
+    .or_report()
+}
+
+/// Inside a body: the id of the running workflow.
+#[pg_extern(volatile, parallel_unsafe)]
+fn workflow_id() -> String {
+    CONTEXT
+        .with(|ctx| ctx.borrow().as_ref().map(|c| c.workflow_id.clone()))
+        .ok_or_else(|| outside_workflow("eventic.workflow_id()"))
+        .or_report()
+}
+
+fn enqueue_run(
+    queue_name: &str,
+    workflow_id: &str,
+    started_by: pg_sys::Oid,
+    delay_seconds: f64,
+) -> Result<()> {
+    let table = queues::queue_table(queue_name)?;
+    let run_at = Spi::get_one_with_args::<TimestampWithTimeZone>(
+        "SELECT clock_timestamp() + $1 * interval '1 second'",
+        &[delay_seconds.into()],
+    )?;
+    let fn_oid =
+        Spi::get_one::<pg_sys::Oid>("SELECT 'eventic._run_workflow(text)'::regprocedure::oid")?
+            .ok_or_else(|| EventicError::Internal("eventic._run_workflow is missing".into()))?;
+    queues::insert_job(
+        &table,
+        NewJob {
+            fn_oid,
+            args: Value::Array(vec![Value::String(workflow_id.to_string())]),
+            run_at,
+            priority: 0,
+            dedup_key: None,
+            max_attempts: 5,
+            enqueued_by: started_by,
+        },
+    )?;
+    queues::announce(queue_name)
+}
+
+fn set_status(
+    workflow_id: &str,
+    status: &str,
+    output: Option<Value>,
+    error: Option<&str>,
+) -> Result<()> {
+    as_extension_owner(|| {
+        Spi::run_with_args(
+            "UPDATE eventic.workflows SET status = $2, output = coalesce($3, output), error = $4,
+                    updated_at = clock_timestamp() WHERE workflow_id = $1",
+            &[
+                workflow_id.into(),
+                status.into(),
+                output.map(JsonB).into(),
+                error.into(),
+            ],
+        )?;
+        Ok(())
+    })
+}
+
+/// Start `fn(input)` as a durable workflow; the same `workflow_id` twice starts it once.
+#[pg_extern(volatile, parallel_unsafe, name = "_start_workflow")]
+fn start_workflow(
+    fn_oid: Option<pg_sys::Oid>,
+    input: Option<JsonB>,
+    workflow_id: Option<&str>,
+    queue_name: Option<&str>,
+    timeout: Option<Interval>,
+) -> String {
+    (|| {
+        let fn_oid = required(fn_oid, "fn")?;
+        let input = required(input, "input")?.0;
+        let queue_name = queue_name.unwrap_or(DEFAULT_QUEUE);
+        let takes_jsonb = Spi::get_one_with_args::<bool>(
+            "SELECT pronargs = 1 AND proargtypes[0] = 'jsonb'::regtype AND prorettype = 'jsonb'::regtype
+                    AND has_function_privilege(oid, 'EXECUTE')
+               FROM pg_proc WHERE oid = $1",
+            &[fn_oid.into()],
+        )?;
+        if takes_jsonb != Some(true) {
+            return Err(EventicError::invalid(
+                format!("function {} cannot be a workflow", fn_oid.to_u32()),
+                "A workflow is fn(input jsonb) RETURNS jsonb that you may EXECUTE.",
+            ));
+        }
+        if queue_name == DEFAULT_QUEUE {
+            as_extension_owner(|| {
+                Spi::run_with_args("SELECT eventic._create_queue($1, NULL)", &[DEFAULT_QUEUE.into()])?;
+                Ok(())
+            })?;
+        }
+        queues::queue_table(queue_name)?;
+        let id = match workflow_id {
+            Some(id) => id.to_string(),
+            None => crate::records::store::new_uuid_v7().to_string(),
+        };
+        let started_by = current_role();
+        let inserted = as_extension_owner(|| {
+            crate::spi_plans::optional_value::<String>(
+                "INSERT INTO eventic.workflows (workflow_id, fn, input, queue_name, started_by, deadline)
+                 VALUES ($1, $2, $3, $4, $5, clock_timestamp() + $6)
+                 ON CONFLICT (workflow_id) DO NOTHING RETURNING workflow_id",
+                &[
+                    id.as_str().into(),
+                    fn_oid.into(),
+                    JsonB(input).into(),
+                    queue_name.into(),
+                    started_by.into(),
+                    timeout.into(),
+                ],
+            )
+        })?;
+        if inserted.is_some() {
+            enqueue_run(queue_name, &id, started_by, 0.0)?;
+        }
+        Ok(id)
+    })()
+    .or_report()
+}
+
+struct WorkflowRow {
+    fn_oid: pg_sys::Oid,
+    input: Value,
+    status: String,
+    queue_name: String,
+    started_by: pg_sys::Oid,
+    expired: bool,
+}
+
+fn load(workflow_id: &str) -> Result<Option<WorkflowRow>> {
+    as_extension_owner(|| {
+        Spi::connect_mut(|client| {
+            let mut rows = client.update(
+                "SELECT fn::oid, input, status, queue_name, started_by,
+                        coalesce(deadline < clock_timestamp(), false)
+                   FROM eventic.workflows WHERE workflow_id = $1 FOR UPDATE",
+                Some(1),
+                &[workflow_id.into()],
+            )?;
+            let Some(row) = rows.next() else {
+                return Ok(None);
+            };
+            Ok(Some(WorkflowRow {
+                fn_oid: row.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid),
+                input: row.get::<JsonB>(2)?.map(|j| j.0).unwrap_or(Value::Null),
+                status: row.get::<String>(3)?.unwrap_or_default(),
+                queue_name: row.get::<String>(4)?.unwrap_or_default(),
+                started_by: row.get::<pg_sys::Oid>(5)?.unwrap_or(pg_sys::InvalidOid),
+                expired: row.get::<bool>(6)?.unwrap_or(false),
+            }))
+        })
+    })
+}
+
+fn load_steps(workflow_id: &str) -> Result<Vec<StepRecord>> {
+    Spi::connect(|client| {
+        let rows = client.select(
+            "SELECT name, kind, output, error, attempts FROM eventic.workflow_steps
+              WHERE workflow_id = $1 ORDER BY position",
+            None,
+            &[workflow_id.into()],
+        )?;
+        let mut records = Vec::new();
+        for row in rows {
+            records.push(StepRecord {
+                name: row.get::<String>(1)?.unwrap_or_default(),
+                kind: row.get::<String>(2)?.unwrap_or_default(),
+                output: row.get::<JsonB>(3)?.map(|j| j.0),
+                error: row.get::<String>(4)?,
+                attempts: row.get::<i32>(5)?.unwrap_or(1),
+            });
+        }
+        Ok(records)
+    })
+}
+
+fn write_step(workflow_id: &str, position: usize, record: &StepRecord) -> Result<()> {
+    as_extension_owner(|| {
+        Spi::run_with_args(
+            "INSERT INTO eventic.workflow_steps (workflow_id, position, name, kind, output, error, attempts)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (workflow_id, position) DO UPDATE
+                SET output = EXCLUDED.output, error = EXCLUDED.error, attempts = EXCLUDED.attempts",
+            &[
+                workflow_id.into(),
+                (position as i32).into(),
+                record.name.as_str().into(),
+                record.kind.as_str().into(),
+                record.output.clone().map(JsonB).into(),
+                record.error.clone().into(),
+                record.attempts.into(),
+            ],
+        )?;
+        Ok(())
+    })
+}
+
+/// The job that runs a workflow (see the module comment). Runs as the role that started it.
+#[pg_extern(volatile, parallel_unsafe, name = "_run_workflow")]
+fn run_workflow(workflow_id: Option<&str>) {
+    (|| {
+        let workflow_id = required(workflow_id, "workflow_id")?;
+        let Some(workflow) = load(workflow_id)? else {
+            return Ok(());
+        };
+        if matches!(workflow.status.as_str(), "SUCCESS" | "ERROR" | "CANCELLED") {
+            return Ok(());
+        }
+        if workflow.expired {
+            return set_status(workflow_id, "ERROR", None, Some("timed out"));
+        }
+        set_status(workflow_id, "RUNNING", None, None)?;
+        let mut records = load_steps(workflow_id)?;
+        let mut calls = jobs::Calls::default();
+        let body = jobs::Signature::of(workflow.fn_oid)?;
+        let (body_sql, body_args) = body.call_returning_json(&workflow.input)?;
+        for _ in 0..STEPS_PER_JOB {
+            CONTEXT.with(|ctx| {
+                *ctx.borrow_mut() = Some(Context {
+                    workflow_id: workflow_id.to_string(),
+                    records: records.clone(),
+                    position: 0,
+                    new_values: Vec::new(),
+                    pending: None,
+                })
+            });
+            let outcome = in_subtransaction(|| calls.query_json(&body_sql, &body_args));
+            let ctx = CONTEXT.with(|ctx| ctx.borrow_mut().take());
+            let Some(ctx) = ctx else { break };
+            for (position, record) in &ctx.new_values {
+                write_step(workflow_id, *position, record)?;
+            }
+            records = ctx.records;
+            match (outcome, ctx.pending) {
+                (Ok(Ok(output)), _) => {
+                    return set_status(workflow_id, "SUCCESS", Some(output), None)
+                }
+                (Ok(Err(err)), None) => {
+                    return set_status(workflow_id, "ERROR", None, Some(&err.to_string()))
+                }
+                (Err(failure), None) => {
+                    return set_status(workflow_id, "ERROR", None, Some(&failure.message))
+                }
+                (_, Some(Pending::Sleep { seconds })) => {
+                    let position = ctx.position - 1;
+                    if position >= records.len() {
+                        let record = StepRecord {
+                            name: "sleep".into(),
+                            kind: "sleep".into(),
+                            output: Some(Value::from(now_epoch()? + seconds)),
+                            error: None,
+                            attempts: 1,
+                        };
+                        write_step(workflow_id, position, &record)?;
+                        records.push(record);
+                    }
+                    let wake_at = records[position]
+                        .output
+                        .as_ref()
+                        .and_then(Value::as_f64)
+                        .unwrap_or(0.0);
+                    let delay = wake_at - now_epoch()?;
+                    if delay > 0.0 {
+                        set_status(workflow_id, "SLEEPING", None, None)?;
+                        return enqueue_run(
+                            &workflow.queue_name,
+                            workflow_id,
+                            workflow.started_by,
+                            delay,
+                        );
+                    }
+                }
+                (_, Some(Pending::Call { name, fn_oid, args })) => {
+                    let position = ctx.position - 1;
+                    let previous_attempts = records.get(position).map(|r| r.attempts).unwrap_or(0);
+                    let job = jobs::Job {
+                        job_id: 0,
+                        fn_oid,
+                        args,
+                        enqueued_by: workflow.started_by,
+                    };
+                    let result = jobs::run_returning(&job, &mut calls);
+                    let record = match result {
+                        Ok(output) => StepRecord {
+                            name,
+                            kind: "step".into(),
+                            output: Some(output),
+                            error: None,
+                            attempts: previous_attempts + 1,
+                        },
+                        Err(failure) => StepRecord {
+                            name,
+                            kind: "step".into(),
+                            output: None,
+                            error: Some(format!("{}: {}", failure.sqlstate, failure.message)),
+                            attempts: previous_attempts + 1,
+                        },
+                    };
+                    write_step(workflow_id, position, &record)?;
+                    let failed_again = record.error.is_some() && record.attempts < STEP_ATTEMPTS;
+                    let attempts = record.attempts;
+                    if position < records.len() {
+                        records[position] = record;
+                    } else {
+                        records.push(record);
+                    }
+                    if failed_again {
+                        // retry the step later, with backoff
+                        return enqueue_run(
+                            &workflow.queue_name,
+                            workflow_id,
+                            workflow.started_by,
+                            f64::from(1 << attempts.min(10)),
+                        );
+                    }
+                }
+            }
+        }
+        // a long workflow continues in a fresh job (and a fresh transaction)
+        enqueue_run(&workflow.queue_name, workflow_id, workflow.started_by, 0.0)
+    })()
+    .or_report()
+}
+
+/// The status of a workflow: ENQUEUED, RUNNING, SLEEPING, WAITING, SUCCESS, ERROR, CANCELLED.
+#[pg_extern(stable, parallel_safe)]
+fn workflow_status(workflow_id: Option<&str>) -> String {
+    (|| {
+        let id = required(workflow_id, "workflow_id")?;
+        crate::spi_plans::optional_value::<String>(
+            "SELECT status FROM eventic.workflows WHERE workflow_id = $1",
+            &[id.into()],
+        )?
+        .ok_or_else(|| unknown_workflow(id))
+    })()
+    .or_report()
+}
+
+fn unknown_workflow(id: &str) -> EventicError {
+    EventicError::UnknownObject {
+        what: "workflow",
+        name: id.to_string(),
+        hint: "See SELECT workflow_id, status FROM eventic.workflows.".into(),
+    }
+}
+
+/// Wait (sleeping on the latch, not spinning) until the workflow ends or `timeout` passes;
+/// returns its output (NULL on timeout). A workflow that ended in ERROR raises its error.
+#[pg_extern(volatile, parallel_unsafe)]
+fn wait_workflow(
+    workflow_id: Option<&str>,
+    timeout: default!(Option<Interval>, "'1 minute'"),
+) -> Option<JsonB> {
+    (|| {
+        let id = required(workflow_id, "workflow_id")?;
+        let timeout = required(timeout, "timeout")?;
+        let total_ms = ((i64::from(timeout.months()) * 30 + i64::from(timeout.days()))
+            * 86_400_000)
+            + timeout.micros() / 1000;
+        let deadline =
+            std::time::Instant::now() + std::time::Duration::from_millis(total_ms.max(0) as u64);
+        let mut pause_ms = 1;
+        loop {
+            let row = Spi::connect_mut(
+                |client| -> Result<Option<(String, Option<JsonB>, Option<String>)>> {
+                    let mut rows = client.update(
+                    "SELECT status, output, error FROM eventic.workflows WHERE workflow_id = $1",
+                    Some(1),
+                    &[id.into()],
+                )?;
+                    let Some(row) = rows.next() else {
+                        return Ok(None);
+                    };
+                    Ok(Some((
+                        row.get::<String>(1)?.unwrap_or_default(),
+                        row.get::<JsonB>(2)?,
+                        row.get::<String>(3)?,
+                    )))
+                },
+            )?;
+            let Some((status, output, error)) = row else {
+                return Err(unknown_workflow(id));
+            };
+            match status.as_str() {
+                "SUCCESS" => return Ok(output),
+                "ERROR" => {
+                    return Err(EventicError::invalid(
+                        format!("workflow {id} failed: {}", error.unwrap_or_default()),
+                        "See its steps in eventic.workflow_steps.",
+                    ))
+                }
+                "CANCELLED" => return Ok(None),
+                _ => {}
+            }
+            if std::time::Instant::now() >= deadline {
+                return Ok(None);
+            }
+            // SAFETY: a timed wait on this backend's latch, as pg_sleep does.
+            unsafe {
+                pg_sys::WaitLatch(
+                    pg_sys::MyLatch,
+                    (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH)
+                        as i32,
+                    pause_ms,
+                    pg_sys::PG_WAIT_EXTENSION,
+                );
+                pg_sys::ResetLatch(pg_sys::MyLatch);
+            }
+            pgrx::check_for_interrupts!();
+            pause_ms = (pause_ms * 2).min(50);
+        }
+    })()
+    .or_report()
+}
+
+/// Cancel a workflow: its later steps never run.
+#[pg_extern(volatile, parallel_unsafe)]
+fn cancel_workflow(workflow_id: Option<&str>) {
+    (|| {
+        let id = required(workflow_id, "workflow_id")?;
+        let Some(workflow) = load(id)? else {
+            return Err(unknown_workflow(id));
+        };
+        if workflow.started_by != current_role() && !crate::roles::is_superuser() {
+            return Err(EventicError::not_allowed(
+                format!("permission denied to cancel workflow {id}"),
+                "Only the role that started it or a superuser may.",
+            ));
+        }
+        if !matches!(workflow.status.as_str(), "SUCCESS" | "ERROR") {
+            set_status(id, "CANCELLED", None, None)?;
+        }
+        Ok(())
+    })()
+    .or_report()
+}
