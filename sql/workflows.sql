@@ -14,6 +14,7 @@ CREATE TABLE eventic.workflows (
     queue_name   text         NOT NULL,
     started_by   oid          NOT NULL,
     deadline     timestamptz,
+    parent_id    text,         -- started with eventic.start_child by this workflow
     created_at   timestamptz  NOT NULL DEFAULT clock_timestamp(),
     updated_at   timestamptz  NOT NULL DEFAULT clock_timestamp()
 );
@@ -51,3 +52,37 @@ RETURNS jsonb LANGUAGE sql VOLATILE AS
 $$ SELECT eventic._step(name, fn::oid, args) $$;
 COMMENT ON FUNCTION eventic.step(text, regprocedure, jsonb) IS
   'Inside a workflow body: run fn(args) once, record its result, return the record on replay';
+
+-- Messages sent to workflows (eventic.send), taken in order by eventic.recv.
+CREATE TABLE eventic.workflow_messages (
+    message_id   bigint       GENERATED ALWAYS AS IDENTITY,
+    workflow_id  text         NOT NULL REFERENCES eventic.workflows ON DELETE CASCADE,
+    topic        text         NOT NULL,
+    message      jsonb,
+    sent_at      timestamptz  NOT NULL DEFAULT clock_timestamp(),
+    PRIMARY KEY (workflow_id, message_id)
+);
+COMMENT ON TABLE eventic.workflow_messages IS 'Messages sent to workflows, not yet received';
+SELECT pg_catalog.pg_extension_config_dump('eventic.workflow_messages', '');
+
+-- Events a workflow publishes (eventic.set_event), read with eventic.get_event.
+CREATE TABLE eventic.workflow_events (
+    workflow_id  text         NOT NULL REFERENCES eventic.workflows ON DELETE CASCADE,
+    key          text         NOT NULL,
+    value        jsonb,
+    set_at       timestamptz  NOT NULL DEFAULT clock_timestamp(),
+    PRIMARY KEY (workflow_id, key)
+);
+COMMENT ON TABLE eventic.workflow_events IS 'Key/value events published by workflows';
+SELECT pg_catalog.pg_extension_config_dump('eventic.workflow_events', '');
+GRANT SELECT ON eventic.workflow_messages, eventic.workflow_events TO PUBLIC;
+
+CREATE FUNCTION eventic.start_child(fn regprocedure, input jsonb DEFAULT '{}') RETURNS text
+LANGUAGE sql VOLATILE AS $$ SELECT eventic._start_child(fn::oid, input) $$;
+COMMENT ON FUNCTION eventic.start_child(regprocedure, jsonb) IS
+  'Inside a workflow body: start a child workflow (once); returns its id';
+
+CREATE FUNCTION eventic.fork_workflow(workflow_id text, from_step integer) RETURNS text
+LANGUAGE sql VOLATILE AS $$ SELECT eventic._fork_workflow(workflow_id, from_step) $$;
+COMMENT ON FUNCTION eventic.fork_workflow(text, integer) IS
+  'A new workflow that reuses the records of the steps before from_step and runs the rest again';

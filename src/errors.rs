@@ -39,6 +39,10 @@ pub enum EventicError {
     #[error("job {job_id} of queue {queue} does not exist or is not in a state for this call")]
     JobNotFound { queue: String, job_id: i64 },
 
+    /// P0002: no workflow with that id.
+    #[error("workflow {id} does not exist")]
+    WorkflowNotFound { id: String },
+
     /// 40001: optimistic concurrency check failed.
     #[error("record {id} is at version {actual}, not at the expected version {expected}")]
     StaleVersion {
@@ -126,7 +130,8 @@ impl EventicError {
             | VersionNotFound { .. }
             | RecordDeleted { .. }
             | NotYetCreated { .. }
-            | JobNotFound { .. } => PgSqlErrorCode::ERRCODE_NO_DATA_FOUND,
+            | JobNotFound { .. }
+            | WorkflowNotFound { .. } => PgSqlErrorCode::ERRCODE_NO_DATA_FOUND,
             StaleVersion { .. } => PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
             RecordExists { .. } => PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION,
             SchemaViolation { .. } => PgSqlErrorCode::ERRCODE_CHECK_VIOLATION,
@@ -179,6 +184,9 @@ impl EventicError {
                 "Read an earlier version with eventic.hydrate(id, version) or eventic.history(id)."
                     .into(),
             ),
+            WorkflowNotFound { .. } => {
+                Some("See SELECT workflow_id, status FROM eventic.workflows.".into())
+            }
             JobNotFound { queue, .. } => Some(format!(
                 "ack/nack/extend_lease need a job taken with eventic.dequeue; retry_job a dead one. \
                  See SELECT * FROM eventic.queue_{queue}."

@@ -48,6 +48,21 @@ enum Pending {
     Sleep {
         seconds: f64,
     },
+    Recv {
+        topic: String,
+        seconds: f64,
+    },
+    SetEvent {
+        key: String,
+        value: Value,
+    },
+    StartChild {
+        fn_oid: pg_sys::Oid,
+        input: Value,
+    },
+    Await {
+        child: String,
+    },
 }
 
 struct Context {
@@ -136,9 +151,7 @@ fn step(name: Option<&str>, fn_oid: Option<pg_sys::Oid>, args: Option<JsonB>) ->
 fn sleep(duration: Option<Interval>) {
     (|| {
         let duration = required(duration, "duration")?;
-        let seconds = (i64::from(duration.months()) * 30 * 86_400
-            + i64::from(duration.days()) * 86_400) as f64
-            + duration.micros() as f64 / 1e6;
+        let seconds = interval_seconds(duration);
         if seconds < 0.0 {
             return Err(EventicError::invalid(
                 "sleep interval must not be negative",
@@ -159,6 +172,90 @@ fn sleep(duration: Option<Interval>) {
                 }
             }
             (_, None) => Err(suspend(Pending::Sleep { seconds })),
+        }
+    })()
+    .or_report()
+}
+
+fn interval_seconds(interval: Interval) -> f64 {
+    (i64::from(interval.months()) * 30 * 86_400 + i64::from(interval.days()) * 86_400) as f64
+        + interval.micros() as f64 / 1e6
+}
+
+/// A record that is complete (attempts > 0); a waiting placeholder (a recv's deadline) is not.
+fn finished(record: &StepRecord) -> bool {
+    record.attempts > 0
+}
+
+/// Inside a body: the next message sent to this workflow on `topic`, or NULL after `timeout`.
+#[pg_extern(volatile, parallel_unsafe)]
+fn recv(topic: Option<&str>, timeout: default!(Option<Interval>, "'1 minute'")) -> Option<JsonB> {
+    (|| {
+        let topic = required(topic, "topic")?;
+        let timeout = required(timeout, "timeout")?;
+        match next_record(topic, "recv")? {
+            (_, Some(record)) if finished(&record) => Ok(record.output.map(JsonB)),
+            _ => Err(suspend(Pending::Recv {
+                topic: topic.to_string(),
+                seconds: interval_seconds(timeout).max(0.0),
+            })),
+        }
+    })()
+    .or_report()
+}
+
+/// Inside a body: publish `value` under `key` (read with eventic.get_event).
+#[pg_extern(volatile, parallel_unsafe)]
+fn set_event(key: Option<&str>, value: Option<JsonB>) {
+    (|| {
+        let key = required(key, "key")?;
+        let value = required(value, "value")?.0;
+        match next_record(key, "set_event")? {
+            (_, Some(_)) => Ok(()),
+            (_, None) => Err(suspend(Pending::SetEvent {
+                key: key.to_string(),
+                value,
+            })),
+        }
+    })()
+    .or_report()
+}
+
+/// Inside a body: start a child workflow once (the SQL face eventic.start_child takes the
+/// function as regprocedure); returns its id.
+#[pg_extern(volatile, parallel_unsafe, name = "_start_child")]
+fn start_child(fn_oid: Option<pg_sys::Oid>, input: Option<JsonB>) -> String {
+    (|| {
+        let fn_oid = required(fn_oid, "fn")?;
+        let input = required(input, "input")?.0;
+        match next_record("start_child", "start_child")? {
+            (_, Some(record)) => Ok(record
+                .output
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default()),
+            (_, None) => Err(suspend(Pending::StartChild { fn_oid, input })),
+        }
+    })()
+    .or_report()
+}
+
+/// Inside a body: wait for a workflow (a child) to end; its output, or its error raised.
+#[pg_extern(volatile, parallel_unsafe)]
+fn await_workflow(workflow_id: Option<&str>) -> Option<JsonB> {
+    (|| {
+        let child = required(workflow_id, "workflow_id")?;
+        match next_record(child, "await")? {
+            (_, Some(record)) if record.error.is_some() => Err(EventicError::invalid(
+                format!(
+                    "workflow {child} failed: {}",
+                    record.error.unwrap_or_default()
+                ),
+                "The parent may catch this error; otherwise it ends in ERROR too.",
+            )),
+            (_, Some(record)) => Ok(record.output.map(JsonB)),
+            (_, None) => Err(suspend(Pending::Await {
+                child: child.to_string(),
+            })),
         }
     })()
     .or_report()
@@ -269,19 +366,309 @@ fn set_status(
     output: Option<Value>,
     error: Option<&str>,
 ) -> Result<()> {
-    as_extension_owner(|| {
-        Spi::run_with_args(
+    let parent =
+        as_extension_owner(|| {
+            crate::spi_plans::optional_value::<String>(
             "UPDATE eventic.workflows SET status = $2, output = coalesce($3, output), error = $4,
-                    updated_at = clock_timestamp() WHERE workflow_id = $1",
+                    updated_at = clock_timestamp() WHERE workflow_id = $1
+             RETURNING parent_id",
+            &[workflow_id.into(), status.into(), output.map(JsonB).into(), error.into()],
+        )
+        })?;
+    // a parent waiting for this child goes on now that it ended
+    if let (Some(parent), "SUCCESS" | "ERROR" | "CANCELLED") = (parent, status) {
+        if let Some(state) = load_state(&parent)? {
+            if state.status == "WAITING" {
+                enqueue_run(&state.queue_name, &parent, state.started_by, 0.0)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Insert a workflow and enqueue its first run; nothing when the id exists already.
+fn insert_workflow(
+    id: &str,
+    fn_oid: pg_sys::Oid,
+    input: Value,
+    queue_name: &str,
+    started_by: pg_sys::Oid,
+    timeout: Option<Interval>,
+    parent: Option<&str>,
+) -> Result<()> {
+    let inserted = as_extension_owner(|| {
+        crate::spi_plans::optional_value::<String>(
+            "INSERT INTO eventic.workflows (workflow_id, fn, input, queue_name, started_by, deadline, parent_id)
+             VALUES ($1, $2, $3, $4, $5, clock_timestamp() + $6, $7)
+             ON CONFLICT (workflow_id) DO NOTHING RETURNING workflow_id",
             &[
-                workflow_id.into(),
-                status.into(),
-                output.map(JsonB).into(),
-                error.into(),
+                id.into(),
+                fn_oid.into(),
+                JsonB(input).into(),
+                queue_name.into(),
+                started_by.into(),
+                timeout.into(),
+                parent.into(),
             ],
-        )?;
-        Ok(())
+        )
+    })?;
+    if inserted.is_some() {
+        enqueue_run(queue_name, id, started_by, 0.0)?;
+    }
+    Ok(())
+}
+
+/// The next message on `topic` for the workflow, taken (Some(None) for a JSON-null message).
+fn take_message(workflow_id: &str, topic: &str) -> Result<Option<Option<Value>>> {
+    as_extension_owner(|| {
+        Spi::connect_mut(|client| {
+            let mut rows = client.update(
+                "DELETE FROM eventic.workflow_messages m
+                  WHERE (m.workflow_id, m.message_id) = (
+                        SELECT workflow_id, message_id FROM eventic.workflow_messages
+                         WHERE workflow_id = $1 AND topic = $2
+                         ORDER BY message_id LIMIT 1 FOR UPDATE SKIP LOCKED)
+                 RETURNING m.message",
+                Some(1),
+                &[workflow_id.into(), topic.into()],
+            )?;
+            match rows.next() {
+                Some(row) => Ok(Some(row.get::<JsonB>(1)?.map(|j| j.0))),
+                None => Ok(None),
+            }
+        })
     })
+}
+
+/// Send `message` on `topic` to a workflow (it takes it with eventic.recv).
+#[pg_extern(volatile, parallel_unsafe)]
+fn send(workflow_id: Option<&str>, topic: Option<&str>, message: default!(Option<JsonB>, "NULL")) {
+    (|| {
+        let id = required(workflow_id, "workflow_id")?;
+        let topic = required(topic, "topic")?;
+        let Some(workflow) = load_state(id)? else { return Err(unknown_workflow(id)) };
+        as_extension_owner(|| {
+            Spi::run_with_args(
+                "INSERT INTO eventic.workflow_messages (workflow_id, topic, message) VALUES ($1, $2, $3)",
+                &[id.into(), topic.into(), message.into()],
+            )?;
+            Ok(())
+        })?;
+        if workflow.status == "WAITING" {
+            enqueue_run(&workflow.queue_name, id, workflow.started_by, 0.0)?;
+        }
+        Ok(())
+    })()
+    .or_report()
+}
+
+/// The value a workflow published under `key` (eventic.set_event), waiting up to `timeout`
+/// for it; NULL when it does not come.
+#[pg_extern(volatile, parallel_unsafe)]
+fn get_event(
+    workflow_id: Option<&str>,
+    key: Option<&str>,
+    timeout: default!(Option<Interval>, "'0 seconds'"),
+) -> Option<JsonB> {
+    (|| {
+        let id = required(workflow_id, "workflow_id")?;
+        let key = required(key, "key")?;
+        let timeout = required(timeout, "timeout")?;
+        if load_state(id)?.is_none() {
+            return Err(unknown_workflow(id));
+        }
+        let found = wait_for(interval_seconds(timeout), || {
+            Spi::connect_mut(|client| {
+                let mut rows = client.update(
+                    "SELECT value FROM eventic.workflow_events WHERE workflow_id = $1 AND key = $2",
+                    Some(1),
+                    &[id.into(), key.into()],
+                )?;
+                match rows.next() {
+                    Some(row) => Ok(Some(row.get::<JsonB>(1)?)),
+                    None => Ok(None),
+                }
+            })
+        })?;
+        Ok(found.flatten())
+    })()
+    .or_report()
+}
+
+/// Poll `check` (sleeping on the latch between tries, 1 ms growing to 50 ms) until it gives a
+/// value or `seconds` pass.
+fn wait_for<T>(seconds: f64, mut check: impl FnMut() -> Result<Option<T>>) -> Result<Option<T>> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs_f64(seconds.max(0.0));
+    let mut pause_ms = 1;
+    loop {
+        if let Some(found) = check()? {
+            return Ok(Some(found));
+        }
+        if std::time::Instant::now() >= deadline {
+            return Ok(None);
+        }
+        // SAFETY: a timed wait on this backend's latch, as pg_sleep does.
+        unsafe {
+            pg_sys::WaitLatch(
+                pg_sys::MyLatch,
+                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+                pause_ms,
+                pg_sys::PG_WAIT_EXTENSION,
+            );
+            pg_sys::ResetLatch(pg_sys::MyLatch);
+        }
+        pgrx::check_for_interrupts!();
+        pause_ms = (pause_ms * 2).min(50);
+    }
+}
+
+struct State {
+    status: String,
+    queue_name: String,
+    started_by: pg_sys::Oid,
+}
+
+fn load_state(id: &str) -> Result<Option<State>> {
+    Spi::connect_mut(|client| {
+        let mut rows = client.update(
+            "SELECT status, queue_name, started_by FROM eventic.workflows WHERE workflow_id = $1",
+            Some(1),
+            &[id.into()],
+        )?;
+        let Some(row) = rows.next() else {
+            return Ok(None);
+        };
+        Ok(Some(State {
+            status: row.get::<String>(1)?.unwrap_or_default(),
+            queue_name: row.get::<String>(2)?.unwrap_or_default(),
+            started_by: row.get::<pg_sys::Oid>(3)?.unwrap_or(pg_sys::InvalidOid),
+        }))
+    })
+}
+
+fn require_starter(id: &str, started_by: pg_sys::Oid, what: &str) -> Result<()> {
+    if started_by == current_role() || crate::roles::is_superuser() {
+        Ok(())
+    } else {
+        Err(EventicError::not_allowed(
+            format!("permission denied to {what} workflow {id}"),
+            "Only the role that started it or a superuser may.",
+        ))
+    }
+}
+
+/// Run a cancelled or failed workflow again from its last recorded step (a step that failed
+/// for good gets new attempts).
+#[pg_extern(volatile, parallel_unsafe)]
+fn resume_workflow(workflow_id: Option<&str>) {
+    (|| {
+        let id = required(workflow_id, "workflow_id")?;
+        let Some(workflow) = load_state(id)? else {
+            return Err(unknown_workflow(id));
+        };
+        require_starter(id, workflow.started_by, "resume")?;
+        if !matches!(workflow.status.as_str(), "CANCELLED" | "ERROR") {
+            return Ok(());
+        }
+        as_extension_owner(|| {
+            Spi::run_with_args(
+                "DELETE FROM eventic.workflow_steps WHERE workflow_id = $1 AND error IS NOT NULL",
+                &[id.into()],
+            )?;
+            Spi::run_with_args(
+                "UPDATE eventic.workflows SET status = 'ENQUEUED', error = NULL, deadline = NULL,
+                        updated_at = clock_timestamp() WHERE workflow_id = $1",
+                &[id.into()],
+            )?;
+            Ok(())
+        })?;
+        enqueue_run(&workflow.queue_name, id, workflow.started_by, 0.0)
+    })()
+    .or_report()
+}
+
+/// A new workflow with the same function and input that reuses the records of the steps
+/// before position `from_step` and runs the rest again. Returns its id.
+#[pg_extern(volatile, parallel_unsafe, name = "_fork_workflow")]
+fn fork_workflow(workflow_id: Option<&str>, from_step: Option<i32>) -> String {
+    (|| {
+        let id = required(workflow_id, "workflow_id")?;
+        let from_step = required(from_step, "from_step")?;
+        if from_step < 0 {
+            return Err(EventicError::invalid(
+                "from_step must not be negative",
+                "Steps are numbered from 0, as in eventic.workflow_steps.position.",
+            ));
+        }
+        let Some(workflow) = load_state(id)? else { return Err(unknown_workflow(id)) };
+        require_starter(id, workflow.started_by, "fork")?;
+        let fork = crate::records::store::new_uuid_v7().to_string();
+        as_extension_owner(|| {
+            Spi::run_with_args(
+                "INSERT INTO eventic.workflows (workflow_id, fn, input, queue_name, started_by)
+                 SELECT $2, fn, input, queue_name, started_by FROM eventic.workflows WHERE workflow_id = $1",
+                &[id.into(), fork.as_str().into()],
+            )?;
+            Spi::run_with_args(
+                "INSERT INTO eventic.workflow_steps (workflow_id, position, name, kind, output, error, attempts)
+                 SELECT $2, position, name, kind, output, error, attempts FROM eventic.workflow_steps
+                  WHERE workflow_id = $1 AND position < $3 AND attempts > 0",
+                &[id.into(), fork.as_str().into(), from_step.into()],
+            )?;
+            Ok(())
+        })?;
+        enqueue_run(&workflow.queue_name, &fork, workflow.started_by, 0.0)?;
+        Ok(fork)
+    })()
+    .or_report()
+}
+
+/// Wait (sleeping on the latch, not spinning) until the workflow ends or `timeout` passes;
+/// returns its output (NULL on timeout). A workflow that ended in ERROR raises its error.
+#[pg_extern(volatile, parallel_unsafe)]
+fn wait_workflow(
+    workflow_id: Option<&str>,
+    timeout: default!(Option<Interval>, "'1 minute'"),
+) -> Option<JsonB> {
+    (|| {
+        let id = required(workflow_id, "workflow_id")?;
+        let timeout = required(timeout, "timeout")?;
+        let ended = wait_for(interval_seconds(timeout), || {
+            let row = Spi::connect_mut(
+                |client| -> Result<Option<(String, Option<JsonB>, Option<String>)>> {
+                    let mut rows = client.update(
+                    "SELECT status, output, error FROM eventic.workflows WHERE workflow_id = $1",
+                    Some(1),
+                    &[id.into()],
+                )?;
+                    let Some(row) = rows.next() else {
+                        return Ok(None);
+                    };
+                    Ok(Some((
+                        row.get::<String>(1)?.unwrap_or_default(),
+                        row.get::<JsonB>(2)?,
+                        row.get::<String>(3)?,
+                    )))
+                },
+            )?;
+            let Some((status, output, error)) = row else {
+                return Err(unknown_workflow(id));
+            };
+            Ok(match status.as_str() {
+                "SUCCESS" | "ERROR" | "CANCELLED" => Some((status, output, error)),
+                _ => None,
+            })
+        })?;
+        match ended {
+            Some((status, _, error)) if status == "ERROR" => Err(EventicError::invalid(
+                format!("workflow {id} failed: {}", error.unwrap_or_default()),
+                "See its steps in eventic.workflow_steps.",
+            )),
+            Some((_, output, _)) => Ok(output),
+            None => Ok(None),
+        }
+    })()
+    .or_report()
 }
 
 /// Start `fn(input)` as a durable workflow; the same `workflow_id` twice starts it once.
@@ -320,25 +707,7 @@ fn start_workflow(
             Some(id) => id.to_string(),
             None => crate::records::store::new_uuid_v7().to_string(),
         };
-        let started_by = current_role();
-        let inserted = as_extension_owner(|| {
-            crate::spi_plans::optional_value::<String>(
-                "INSERT INTO eventic.workflows (workflow_id, fn, input, queue_name, started_by, deadline)
-                 VALUES ($1, $2, $3, $4, $5, clock_timestamp() + $6)
-                 ON CONFLICT (workflow_id) DO NOTHING RETURNING workflow_id",
-                &[
-                    id.as_str().into(),
-                    fn_oid.into(),
-                    JsonB(input).into(),
-                    queue_name.into(),
-                    started_by.into(),
-                    timeout.into(),
-                ],
-            )
-        })?;
-        if inserted.is_some() {
-            enqueue_run(queue_name, &id, started_by, 0.0)?;
-        }
+        insert_workflow(&id, fn_oid, input, queue_name, current_role(), timeout, None)?;
         Ok(id)
     })()
     .or_report()
@@ -496,6 +865,104 @@ fn run_workflow(workflow_id: Option<&str>) {
                         );
                     }
                 }
+                (_, Some(Pending::Recv { topic, seconds })) => {
+                    let position = ctx.position - 1;
+                    let deadline = match records.get(position) {
+                        Some(placeholder) => placeholder.output.as_ref().and_then(|o| o["deadline"].as_f64()).unwrap_or(0.0),
+                        None => {
+                            let deadline = now_epoch()? + seconds;
+                            let placeholder = StepRecord {
+                                name: topic.clone(),
+                                kind: "recv".into(),
+                                output: Some(serde_json::json!({ "deadline": deadline })),
+                                error: None,
+                                attempts: 0,
+                            };
+                            write_step(workflow_id, position, &placeholder)?;
+                            records.push(placeholder);
+                            deadline
+                        }
+                    };
+                    let message = take_message(workflow_id, &topic)?;
+                    let now = now_epoch()?;
+                    if message.is_none() && now < deadline {
+                        set_status(workflow_id, "WAITING", None, None)?;
+                        return enqueue_run(&workflow.queue_name, workflow_id, workflow.started_by, deadline - now);
+                    }
+                    let record = StepRecord {
+                        name: topic,
+                        kind: "recv".into(),
+                        output: message.flatten(),
+                        error: None,
+                        attempts: 1,
+                    };
+                    write_step(workflow_id, position, &record)?;
+                    records[position] = record;
+                }
+                (_, Some(Pending::SetEvent { key, value })) => {
+                    as_extension_owner(|| {
+                        Spi::run_with_args(
+                            "INSERT INTO eventic.workflow_events (workflow_id, key, value) VALUES ($1, $2, $3)
+                             ON CONFLICT (workflow_id, key) DO UPDATE SET value = EXCLUDED.value, set_at = clock_timestamp()",
+                            &[workflow_id.into(), key.as_str().into(), JsonB(value.clone()).into()],
+                        )?;
+                        Ok(())
+                    })?;
+                    let record = StepRecord { name: key, kind: "set_event".into(), output: Some(value), error: None, attempts: 1 };
+                    write_step(workflow_id, ctx.position - 1, &record)?;
+                    records.push(record);
+                }
+                (_, Some(Pending::StartChild { fn_oid, input })) => {
+                    let position = ctx.position - 1;
+                    let child = format!("{workflow_id}/{position}");
+                    insert_workflow(&child, fn_oid, input, &workflow.queue_name, workflow.started_by, None, Some(workflow_id))?;
+                    let record = StepRecord {
+                        name: "start_child".into(),
+                        kind: "start_child".into(),
+                        output: Some(Value::String(child)),
+                        error: None,
+                        attempts: 1,
+                    };
+                    write_step(workflow_id, position, &record)?;
+                    records.push(record);
+                }
+                (_, Some(Pending::Await { child })) => {
+                    let state = Spi::connect(|client| -> Result<Option<(String, Option<JsonB>, Option<String>)>> {
+                        let mut rows = client.select(
+                            "SELECT status, output, error FROM eventic.workflows WHERE workflow_id = $1",
+                            Some(1),
+                            &[child.as_str().into()],
+                        )?;
+                        let Some(row) = rows.next() else { return Ok(None) };
+                        Ok(Some((row.get::<String>(1)?.unwrap_or_default(), row.get::<JsonB>(2)?, row.get::<String>(3)?)))
+                    })?;
+                    let record = match state {
+                        None => StepRecord {
+                            name: child.clone(),
+                            kind: "await".into(),
+                            output: None,
+                            error: Some(format!("workflow {child} does not exist")),
+                            attempts: 1,
+                        },
+                        Some((status, output, error)) => match status.as_str() {
+                            "SUCCESS" => StepRecord { name: child.clone(), kind: "await".into(), output: output.map(|j| j.0), error: None, attempts: 1 },
+                            "ERROR" | "CANCELLED" => StepRecord {
+                                name: child.clone(),
+                                kind: "await".into(),
+                                output: None,
+                                error: Some(error.unwrap_or_else(|| status.to_lowercase())),
+                                attempts: 1,
+                            },
+                            _ => {
+                                // the child's end enqueues this workflow again; a late check too
+                                set_status(workflow_id, "WAITING", None, None)?;
+                                return enqueue_run(&workflow.queue_name, workflow_id, workflow.started_by, 60.0);
+                            }
+                        },
+                    };
+                    write_step(workflow_id, ctx.position - 1, &record)?;
+                    records.push(record);
+                }
                 (_, Some(Pending::Call { name, fn_oid, args })) => {
                     let position = ctx.position - 1;
                     let previous_attempts = records.get(position).map(|r| r.attempts).unwrap_or(0);
@@ -563,80 +1030,7 @@ fn workflow_status(workflow_id: Option<&str>) -> String {
 }
 
 fn unknown_workflow(id: &str) -> EventicError {
-    EventicError::UnknownObject {
-        what: "workflow",
-        name: id.to_string(),
-        hint: "See SELECT workflow_id, status FROM eventic.workflows.".into(),
-    }
-}
-
-/// Wait (sleeping on the latch, not spinning) until the workflow ends or `timeout` passes;
-/// returns its output (NULL on timeout). A workflow that ended in ERROR raises its error.
-#[pg_extern(volatile, parallel_unsafe)]
-fn wait_workflow(
-    workflow_id: Option<&str>,
-    timeout: default!(Option<Interval>, "'1 minute'"),
-) -> Option<JsonB> {
-    (|| {
-        let id = required(workflow_id, "workflow_id")?;
-        let timeout = required(timeout, "timeout")?;
-        let total_ms = ((i64::from(timeout.months()) * 30 + i64::from(timeout.days()))
-            * 86_400_000)
-            + timeout.micros() / 1000;
-        let deadline =
-            std::time::Instant::now() + std::time::Duration::from_millis(total_ms.max(0) as u64);
-        let mut pause_ms = 1;
-        loop {
-            let row = Spi::connect_mut(
-                |client| -> Result<Option<(String, Option<JsonB>, Option<String>)>> {
-                    let mut rows = client.update(
-                    "SELECT status, output, error FROM eventic.workflows WHERE workflow_id = $1",
-                    Some(1),
-                    &[id.into()],
-                )?;
-                    let Some(row) = rows.next() else {
-                        return Ok(None);
-                    };
-                    Ok(Some((
-                        row.get::<String>(1)?.unwrap_or_default(),
-                        row.get::<JsonB>(2)?,
-                        row.get::<String>(3)?,
-                    )))
-                },
-            )?;
-            let Some((status, output, error)) = row else {
-                return Err(unknown_workflow(id));
-            };
-            match status.as_str() {
-                "SUCCESS" => return Ok(output),
-                "ERROR" => {
-                    return Err(EventicError::invalid(
-                        format!("workflow {id} failed: {}", error.unwrap_or_default()),
-                        "See its steps in eventic.workflow_steps.",
-                    ))
-                }
-                "CANCELLED" => return Ok(None),
-                _ => {}
-            }
-            if std::time::Instant::now() >= deadline {
-                return Ok(None);
-            }
-            // SAFETY: a timed wait on this backend's latch, as pg_sleep does.
-            unsafe {
-                pg_sys::WaitLatch(
-                    pg_sys::MyLatch,
-                    (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH)
-                        as i32,
-                    pause_ms,
-                    pg_sys::PG_WAIT_EXTENSION,
-                );
-                pg_sys::ResetLatch(pg_sys::MyLatch);
-            }
-            pgrx::check_for_interrupts!();
-            pause_ms = (pause_ms * 2).min(50);
-        }
-    })()
-    .or_report()
+    EventicError::WorkflowNotFound { id: id.to_string() }
 }
 
 /// Cancel a workflow: its later steps never run.
