@@ -3,7 +3,7 @@
 -- result is recorded here; a replay returns the record instead of running the step again.
 -- Workflows run as jobs of a queue (default: workflows) as the role that started them.
 
-CREATE TABLE eventic.workflows (
+CREATE TABLE eventic.workflow_runs (
     workflow_id  text         PRIMARY KEY,
     fn           regprocedure NOT NULL,
     input        jsonb        NOT NULL,
@@ -18,12 +18,12 @@ CREATE TABLE eventic.workflows (
     created_at   timestamptz  NOT NULL DEFAULT clock_timestamp(),
     updated_at   timestamptz  NOT NULL DEFAULT clock_timestamp()
 );
-COMMENT ON TABLE eventic.workflows IS
+COMMENT ON TABLE eventic.workflow_runs IS
   'Durable workflows: status, input, output, error; started with eventic.start_workflow';
-SELECT pg_catalog.pg_extension_config_dump('eventic.workflows', '');
+SELECT pg_catalog.pg_extension_config_dump('eventic.workflow_runs', '');
 
-CREATE TABLE eventic.workflow_steps (
-    workflow_id  text         NOT NULL REFERENCES eventic.workflows ON DELETE CASCADE,
+CREATE TABLE eventic.workflow_records (
+    workflow_id  text         NOT NULL REFERENCES eventic.workflow_runs ON DELETE CASCADE,
     position     integer      NOT NULL,
     name         text         NOT NULL,
     kind         text         NOT NULL,   -- step, sleep, now, random
@@ -33,11 +33,27 @@ CREATE TABLE eventic.workflow_steps (
     created_at   timestamptz  NOT NULL DEFAULT clock_timestamp(),
     PRIMARY KEY (workflow_id, position)
 );
-COMMENT ON TABLE eventic.workflow_steps IS
+COMMENT ON TABLE eventic.workflow_records IS
   'The recorded steps of each workflow, in order: what a replay returns instead of running them again';
-SELECT pg_catalog.pg_extension_config_dump('eventic.workflow_steps', '');
+SELECT pg_catalog.pg_extension_config_dump('eventic.workflow_records', '');
 
-GRANT SELECT ON eventic.workflows, eventic.workflow_steps TO PUBLIC;
+
+-- The views users read: every workflow with its function's name, and every recorded step.
+CREATE VIEW eventic.workflows AS
+SELECT w.workflow_id, w.fn::regproc::text AS name, w.status, w.input, w.output, w.error,
+       w.queue_name, w.started_by::regrole AS started_by, w.parent_id, w.deadline,
+       w.created_at, w.updated_at
+  FROM eventic.workflow_runs w;
+COMMENT ON VIEW eventic.workflows IS
+  'Durable workflows: status (ENQUEUED, RUNNING, SLEEPING, WAITING, SUCCESS, ERROR, CANCELLED), input, output, error';
+CREATE VIEW eventic.workflow_steps AS
+SELECT r.workflow_id, r.position, r.name, r.kind, r.output, r.error, r.attempts,
+       r.attempts = 0 AS waiting, r.created_at
+  FROM eventic.workflow_records r;
+COMMENT ON VIEW eventic.workflow_steps IS
+  'The recorded steps of each workflow in order (waiting: a recv that has not received yet)';
+GRANT SELECT ON eventic.workflow_runs, eventic.workflow_records, eventic.workflows,
+                eventic.workflow_steps TO PUBLIC;
 
 CREATE FUNCTION eventic.start_workflow(fn regprocedure, input jsonb DEFAULT '{}',
                                        workflow_id text DEFAULT NULL, queue text DEFAULT NULL,
@@ -56,7 +72,7 @@ COMMENT ON FUNCTION eventic.step(text, regprocedure, jsonb) IS
 -- Messages sent to workflows (eventic.send), taken in order by eventic.recv.
 CREATE TABLE eventic.workflow_messages (
     message_id   bigint       GENERATED ALWAYS AS IDENTITY,
-    workflow_id  text         NOT NULL REFERENCES eventic.workflows ON DELETE CASCADE,
+    workflow_id  text         NOT NULL REFERENCES eventic.workflow_runs ON DELETE CASCADE,
     topic        text         NOT NULL,
     message      jsonb,
     sent_at      timestamptz  NOT NULL DEFAULT clock_timestamp(),
@@ -67,7 +83,7 @@ SELECT pg_catalog.pg_extension_config_dump('eventic.workflow_messages', '');
 
 -- Events a workflow publishes (eventic.set_event), read with eventic.get_event.
 CREATE TABLE eventic.workflow_events (
-    workflow_id  text         NOT NULL REFERENCES eventic.workflows ON DELETE CASCADE,
+    workflow_id  text         NOT NULL REFERENCES eventic.workflow_runs ON DELETE CASCADE,
     key          text         NOT NULL,
     value        jsonb,
     set_at       timestamptz  NOT NULL DEFAULT clock_timestamp(),

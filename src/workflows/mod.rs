@@ -366,15 +366,14 @@ fn set_status(
     output: Option<Value>,
     error: Option<&str>,
 ) -> Result<()> {
-    let parent =
-        as_extension_owner(|| {
-            crate::spi_plans::optional_value::<String>(
-            "UPDATE eventic.workflows SET status = $2, output = coalesce($3, output), error = $4,
+    let parent = as_extension_owner(|| {
+        crate::spi_plans::optional_value::<String>(
+            "UPDATE eventic.workflow_runs SET status = $2, output = coalesce($3, output), error = $4,
                     updated_at = clock_timestamp() WHERE workflow_id = $1
              RETURNING parent_id",
             &[workflow_id.into(), status.into(), output.map(JsonB).into(), error.into()],
         )
-        })?;
+    })?;
     // a parent waiting for this child goes on now that it ended
     if let (Some(parent), "SUCCESS" | "ERROR" | "CANCELLED") = (parent, status) {
         if let Some(state) = load_state(&parent)? {
@@ -398,7 +397,7 @@ fn insert_workflow(
 ) -> Result<()> {
     let inserted = as_extension_owner(|| {
         crate::spi_plans::optional_value::<String>(
-            "INSERT INTO eventic.workflows (workflow_id, fn, input, queue_name, started_by, deadline, parent_id)
+            "INSERT INTO eventic.workflow_runs (workflow_id, fn, input, queue_name, started_by, deadline, parent_id)
              VALUES ($1, $2, $3, $4, $5, clock_timestamp() + $6, $7)
              ON CONFLICT (workflow_id) DO NOTHING RETURNING workflow_id",
             &[
@@ -531,7 +530,7 @@ struct State {
 fn load_state(id: &str) -> Result<Option<State>> {
     Spi::connect_mut(|client| {
         let mut rows = client.update(
-            "SELECT status, queue_name, started_by FROM eventic.workflows WHERE workflow_id = $1",
+            "SELECT status, queue_name, started_by FROM eventic.workflow_runs WHERE workflow_id = $1",
             Some(1),
             &[id.into()],
         )?;
@@ -572,11 +571,11 @@ fn resume_workflow(workflow_id: Option<&str>) {
         }
         as_extension_owner(|| {
             Spi::run_with_args(
-                "DELETE FROM eventic.workflow_steps WHERE workflow_id = $1 AND error IS NOT NULL",
+                "DELETE FROM eventic.workflow_records WHERE workflow_id = $1 AND error IS NOT NULL",
                 &[id.into()],
             )?;
             Spi::run_with_args(
-                "UPDATE eventic.workflows SET status = 'ENQUEUED', error = NULL, deadline = NULL,
+                "UPDATE eventic.workflow_runs SET status = 'ENQUEUED', error = NULL, deadline = NULL,
                         updated_at = clock_timestamp() WHERE workflow_id = $1",
                 &[id.into()],
             )?;
@@ -597,7 +596,7 @@ fn fork_workflow(workflow_id: Option<&str>, from_step: Option<i32>) -> String {
         if from_step < 0 {
             return Err(EventicError::invalid(
                 "from_step must not be negative",
-                "Steps are numbered from 0, as in eventic.workflow_steps.position.",
+                "Steps are numbered from 0, as in eventic.workflow_records.position.",
             ));
         }
         let Some(workflow) = load_state(id)? else { return Err(unknown_workflow(id)) };
@@ -605,13 +604,13 @@ fn fork_workflow(workflow_id: Option<&str>, from_step: Option<i32>) -> String {
         let fork = crate::records::store::new_uuid_v7().to_string();
         as_extension_owner(|| {
             Spi::run_with_args(
-                "INSERT INTO eventic.workflows (workflow_id, fn, input, queue_name, started_by)
-                 SELECT $2, fn, input, queue_name, started_by FROM eventic.workflows WHERE workflow_id = $1",
+                "INSERT INTO eventic.workflow_runs (workflow_id, fn, input, queue_name, started_by)
+                 SELECT $2, fn, input, queue_name, started_by FROM eventic.workflow_runs WHERE workflow_id = $1",
                 &[id.into(), fork.as_str().into()],
             )?;
             Spi::run_with_args(
-                "INSERT INTO eventic.workflow_steps (workflow_id, position, name, kind, output, error, attempts)
-                 SELECT $2, position, name, kind, output, error, attempts FROM eventic.workflow_steps
+                "INSERT INTO eventic.workflow_records (workflow_id, position, name, kind, output, error, attempts)
+                 SELECT $2, position, name, kind, output, error, attempts FROM eventic.workflow_records
                   WHERE workflow_id = $1 AND position < $3 AND attempts > 0",
                 &[id.into(), fork.as_str().into(), from_step.into()],
             )?;
@@ -637,7 +636,7 @@ fn wait_workflow(
             let row = Spi::connect_mut(
                 |client| -> Result<Option<(String, Option<JsonB>, Option<String>)>> {
                     let mut rows = client.update(
-                    "SELECT status, output, error FROM eventic.workflows WHERE workflow_id = $1",
+                    "SELECT status, output, error FROM eventic.workflow_runs WHERE workflow_id = $1",
                     Some(1),
                     &[id.into()],
                 )?;
@@ -728,7 +727,7 @@ fn load(workflow_id: &str) -> Result<Option<WorkflowRow>> {
             let mut rows = client.update(
                 "SELECT fn::oid, input, status, queue_name, started_by,
                         coalesce(deadline < clock_timestamp(), false)
-                   FROM eventic.workflows WHERE workflow_id = $1 FOR UPDATE",
+                   FROM eventic.workflow_runs WHERE workflow_id = $1 FOR UPDATE",
                 Some(1),
                 &[workflow_id.into()],
             )?;
@@ -750,7 +749,7 @@ fn load(workflow_id: &str) -> Result<Option<WorkflowRow>> {
 fn load_steps(workflow_id: &str) -> Result<Vec<StepRecord>> {
     Spi::connect(|client| {
         let rows = client.select(
-            "SELECT name, kind, output, error, attempts FROM eventic.workflow_steps
+            "SELECT name, kind, output, error, attempts FROM eventic.workflow_records
               WHERE workflow_id = $1 ORDER BY position",
             None,
             &[workflow_id.into()],
@@ -772,7 +771,7 @@ fn load_steps(workflow_id: &str) -> Result<Vec<StepRecord>> {
 fn write_step(workflow_id: &str, position: usize, record: &StepRecord) -> Result<()> {
     as_extension_owner(|| {
         Spi::run_with_args(
-            "INSERT INTO eventic.workflow_steps (workflow_id, position, name, kind, output, error, attempts)
+            "INSERT INTO eventic.workflow_records (workflow_id, position, name, kind, output, error, attempts)
              VALUES ($1, $2, $3, $4, $5, $6, $7)
              ON CONFLICT (workflow_id, position) DO UPDATE
                 SET output = EXCLUDED.output, error = EXCLUDED.error, attempts = EXCLUDED.attempts",
@@ -929,7 +928,7 @@ fn run_workflow(workflow_id: Option<&str>) {
                 (_, Some(Pending::Await { child })) => {
                     let state = Spi::connect(|client| -> Result<Option<(String, Option<JsonB>, Option<String>)>> {
                         let mut rows = client.select(
-                            "SELECT status, output, error FROM eventic.workflows WHERE workflow_id = $1",
+                            "SELECT status, output, error FROM eventic.workflow_runs WHERE workflow_id = $1",
                             Some(1),
                             &[child.as_str().into()],
                         )?;
@@ -1021,7 +1020,7 @@ fn workflow_status(workflow_id: Option<&str>) -> String {
     (|| {
         let id = required(workflow_id, "workflow_id")?;
         crate::spi_plans::optional_value::<String>(
-            "SELECT status FROM eventic.workflows WHERE workflow_id = $1",
+            "SELECT status FROM eventic.workflow_runs WHERE workflow_id = $1",
             &[id.into()],
         )?
         .ok_or_else(|| unknown_workflow(id))
