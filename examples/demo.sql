@@ -67,5 +67,24 @@ SELECT queue_name, job_id, fn, args, attempts FROM eventic.finished_jobs ORDER B
 SELECT version AS snapshot_saw_version, taken_by FROM snapshots;
 SELECT queue_name, ready, running, dead, done_last_minute FROM eventic.queue_stats;
 
-\echo '== 10. the final JSON'
+\echo '== 10. the demo_flow of the seed as a durable workflow: each step recorded in Postgres,'
+\echo '       run once by the worker, replayed from its record after a crash'
+CREATE FUNCTION create_story() RETURNS uuid LANGUAGE sql
+    AS $$ SELECT eventic.create('Story', '{"title": "A durable story"}') $$;
+CREATE FUNCTION demo_flow(input jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
+DECLARE
+    sid uuid;
+BEGIN
+    sid := (eventic.step('create_story', 'create_story()') #>> '{}')::uuid;
+    PERFORM eventic.step('draft', 'draft(uuid,text)', jsonb_build_array(sid, input ->> 'text'));
+    PERFORM eventic.step('snapshot', 'snapshot(uuid)', jsonb_build_array(sid));
+    RETURN jsonb_build_object('id', sid, 'workflow', eventic.workflow_id());
+END
+$$;
+SELECT eventic.start_workflow('demo_flow(jsonb)', '{"text": "Once upon a time …"}', 'demo-flow-1') AS workflow;
+SELECT eventic.wait_workflow('demo-flow-1', '30 seconds') AS output;
+SELECT position, name, kind, output FROM eventic.workflow_steps WHERE workflow_id = 'demo-flow-1' ORDER BY position;
+SELECT workflow_id, name, status FROM eventic.workflows;
+
+\echo '== 11. the final JSON'
 SELECT jsonb_pretty(eventic.hydrate(:'story_id')) AS story;
