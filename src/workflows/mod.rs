@@ -696,8 +696,15 @@ fn start_workflow(
             ));
         }
         if queue_name == DEFAULT_QUEUE {
+            // created on first use, owned by the extension owner, drained by two workers
+            // (workflow jobs are long: parallel beats batching); alter_queue changes that
             as_extension_owner(|| {
                 Spi::run_with_args("SELECT eventic._create_queue($1, NULL)", &[DEFAULT_QUEUE.into()])?;
+                Spi::run_with_args(
+                    "UPDATE eventic.queues SET concurrency = 2, owner = current_user
+                      WHERE queue_name = $1 AND owner IS NULL",
+                    &[DEFAULT_QUEUE.into()],
+                )?;
                 Ok(())
             })?;
         }
