@@ -331,6 +331,9 @@ fn workflow_id() -> String {
         .or_report()
 }
 
+// a function call, not a regprocedure literal: a kept plan must not keep a stale oid
+const RUN_WORKFLOW_OID: &str = "SELECT to_regprocedure('eventic._run_workflow(text)')::oid";
+
 fn enqueue_run(
     queue_name: &str,
     workflow_id: &str,
@@ -338,13 +341,22 @@ fn enqueue_run(
     delay_seconds: f64,
 ) -> Result<()> {
     let table = queues::queue_table(queue_name)?;
-    let run_at = Spi::get_one_with_args::<TimestampWithTimeZone>(
-        "SELECT clock_timestamp() + $1 * interval '1 second'",
-        &[delay_seconds.into()],
-    )?;
-    let fn_oid =
-        Spi::get_one::<pg_sys::Oid>("SELECT 'eventic._run_workflow(text)'::regprocedure::oid")?
-            .ok_or_else(|| EventicError::Internal("eventic._run_workflow is missing".into()))?;
+    let run_at = if delay_seconds > 0.0 {
+        Spi::get_one_with_args::<TimestampWithTimeZone>(
+            "SELECT clock_timestamp() + $1 * interval '1 second'",
+            &[delay_seconds.into()],
+        )?
+    } else {
+        None // now
+    };
+    let fn_oid = Spi::connect(|client| -> Result<Option<pg_sys::Oid>> {
+        let stmt = crate::spi_plans::plan(client, RUN_WORKFLOW_OID, &[], false)?;
+        Ok(client
+            .select(&*stmt, Some(1), &[])?
+            .first()
+            .get_one::<pg_sys::Oid>()?)
+    })?
+    .ok_or_else(|| EventicError::Internal("eventic._run_workflow is missing".into()))?;
     queues::insert_job(
         &table,
         NewJob {
@@ -775,24 +787,41 @@ fn load_steps(workflow_id: &str) -> Result<Vec<StepRecord>> {
     })
 }
 
+const WRITE_STEP: &str = "INSERT INTO eventic.workflow_records
+        (workflow_id, position, name, kind, output, error, attempts)
+     VALUES ($1, $2, $3, $4, $5, $6, $7)
+     ON CONFLICT (workflow_id, position) DO UPDATE
+        SET output = EXCLUDED.output, error = EXCLUDED.error, attempts = EXCLUDED.attempts";
+
 fn write_step(workflow_id: &str, position: usize, record: &StepRecord) -> Result<()> {
+    use pgrx::pg_sys::{PgBuiltInOids as T, PgOid};
+    let types = [
+        PgOid::BuiltIn(T::TEXTOID),
+        PgOid::BuiltIn(T::INT4OID),
+        PgOid::BuiltIn(T::TEXTOID),
+        PgOid::BuiltIn(T::TEXTOID),
+        PgOid::BuiltIn(T::JSONBOID),
+        PgOid::BuiltIn(T::TEXTOID),
+        PgOid::BuiltIn(T::INT4OID),
+    ];
     as_extension_owner(|| {
-        Spi::run_with_args(
-            "INSERT INTO eventic.workflow_records (workflow_id, position, name, kind, output, error, attempts)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)
-             ON CONFLICT (workflow_id, position) DO UPDATE
-                SET output = EXCLUDED.output, error = EXCLUDED.error, attempts = EXCLUDED.attempts",
-            &[
-                workflow_id.into(),
-                (position as i32).into(),
-                record.name.as_str().into(),
-                record.kind.as_str().into(),
-                record.output.clone().map(JsonB).into(),
-                record.error.clone().into(),
-                record.attempts.into(),
-            ],
-        )?;
-        Ok(())
+        Spi::connect_mut(|client| {
+            let stmt = crate::spi_plans::plan(client, WRITE_STEP, &types, true)?;
+            client.update(
+                &*stmt,
+                None,
+                &[
+                    workflow_id.into(),
+                    (position as i32).into(),
+                    record.name.as_str().into(),
+                    record.kind.as_str().into(),
+                    record.output.clone().map(JsonB).into(),
+                    record.error.clone().into(),
+                    record.attempts.into(),
+                ],
+            )?;
+            Ok(())
+        })
     })
 }
 
