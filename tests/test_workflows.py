@@ -219,3 +219,31 @@ def test_hundreds_of_workflows_survive_kill_9_with_every_step_once():
             assert effects(conn) == (3040, 3040)
     finally:
         crashed.run("stop", crashed.directory)
+
+
+def test_a_body_that_catches_errors_around_a_step_still_stops_there(cluster, db):
+    with cluster.connect(dbname=db) as conn:
+        conn.execute(STEP_FUNCTIONS)
+        conn.execute(
+            "CREATE FUNCTION catcher(input jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$"
+            " DECLARE r jsonb; BEGIN"
+            " BEGIN r := eventic.step('one', 'add_effect(text,int)', jsonb_build_array('catcher', 1));"
+            " EXCEPTION WHEN OTHERS THEN r := to_jsonb('caught: ' || SQLERRM); END;"
+            " RETURN jsonb_build_object('r', r); END $$"
+        )
+        conn.execute("SELECT eventic.start_workflow('catcher(jsonb)', '{}', 'catcher')")
+        output = conn.execute("SELECT eventic.wait_workflow('catcher', '30 seconds')").fetchone()[0]
+        assert output == {"r": 10}
+        assert effects(conn, "catcher") == [1]
+
+
+def test_timeout_ends_a_sleeping_workflow_on_time(cluster, db):
+    with cluster.connect(dbname=db) as conn:
+        conn.execute(STEP_FUNCTIONS)
+        conn.execute(
+            "SELECT eventic.start_workflow('napper(jsonb)', '{\"sleep\": \"1 hour\"}', 'late', timeout => '2 seconds')"
+        )
+        assert wait_until(lambda: status(conn, "late") == "ERROR", timeout=20)
+        (error,) = conn.execute("SELECT error FROM eventic.workflows WHERE workflow_id = 'late'").fetchone()
+        assert error == "timed out"
+        assert effects(conn, "late") == [1]

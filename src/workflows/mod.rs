@@ -71,7 +71,8 @@ struct Context {
     position: usize,
     /// Value records (now, random) made during this replay, written after it.
     new_values: Vec<(usize, StepRecord)>,
-    pending: Option<Pending>,
+    /// The first new step the body reached (its position), which stops the body.
+    pending: Option<(usize, Pending)>,
 }
 
 thread_local! {
@@ -111,10 +112,18 @@ fn next_record(name: &str, kind: &str) -> Result<(usize, Option<StepRecord>)> {
 fn suspend(pending: Pending) -> EventicError {
     CONTEXT.with(|ctx| {
         if let Some(ctx) = ctx.borrow_mut().as_mut() {
-            ctx.pending = Some(pending);
+            // the first one counts: a body that caught the suspension and went on does not
+            // get to queue a second step
+            if ctx.pending.is_none() {
+                ctx.pending = Some((ctx.position - 1, pending));
+            }
         }
     });
     EventicError::Internal(SUSPEND.into())
+}
+
+fn suspended() -> bool {
+    CONTEXT.with(|ctx| ctx.borrow().as_ref().is_some_and(|c| c.pending.is_some()))
 }
 
 /// Inside a body: run `fn(args)` once; on replay return its recorded result.
@@ -177,6 +186,13 @@ fn sleep(duration: Option<Interval>) {
     .or_report()
 }
 
+fn negative(what: &str) -> EventicError {
+    EventicError::invalid(
+        format!("{what} must not be negative"),
+        "Pass an interval such as '30 seconds'.",
+    )
+}
+
 fn interval_seconds(interval: Interval) -> f64 {
     (i64::from(interval.months()) * 30 * 86_400 + i64::from(interval.days()) * 86_400) as f64
         + interval.micros() as f64 / 1e6
@@ -193,6 +209,9 @@ fn recv(topic: Option<&str>, timeout: default!(Option<Interval>, "'1 minute'")) 
     (|| {
         let topic = required(topic, "topic")?;
         let timeout = required(timeout, "timeout")?;
+        if interval_seconds(timeout) < 0.0 {
+            return Err(negative("timeout"));
+        }
         match next_record(topic, "recv")? {
             (_, Some(record)) if finished(&record) => Ok(record.output.map(JsonB)),
             _ => Err(suspend(Pending::Recv {
@@ -485,6 +504,9 @@ fn get_event(
         let id = required(workflow_id, "workflow_id")?;
         let key = required(key, "key")?;
         let timeout = required(timeout, "timeout")?;
+        if interval_seconds(timeout) < 0.0 {
+            return Err(negative("timeout"));
+        }
         if load_state(id)?.is_none() {
             return Err(unknown_workflow(id));
         }
@@ -644,6 +666,9 @@ fn wait_workflow(
     (|| {
         let id = required(workflow_id, "workflow_id")?;
         let timeout = required(timeout, "timeout")?;
+        if interval_seconds(timeout) < 0.0 {
+            return Err(negative("timeout"));
+        }
         let ended = wait_for(interval_seconds(timeout), || {
             let row = Spi::connect_mut(
                 |client| -> Result<Option<(String, Option<JsonB>, Option<String>)>> {
@@ -697,15 +722,23 @@ fn start_workflow(
         let queue_name = queue_name.unwrap_or(DEFAULT_QUEUE);
         let takes_jsonb = Spi::get_one_with_args::<bool>(
             "SELECT pronargs = 1 AND proargtypes[0] = 'jsonb'::regtype AND prorettype = 'jsonb'::regtype
-                    AND has_function_privilege(oid, 'EXECUTE')
+                    AND prokind = 'f' AND NOT proretset AND has_function_privilege(oid, 'EXECUTE')
                FROM pg_proc WHERE oid = $1",
             &[fn_oid.into()],
         )?;
         if takes_jsonb != Some(true) {
+            let name = Spi::get_one_with_args::<String>("SELECT $1::regprocedure::text", &[fn_oid.into()])?
+                .unwrap_or_else(|| fn_oid.to_u32().to_string());
             return Err(EventicError::invalid(
-                format!("function {} cannot be a workflow", fn_oid.to_u32()),
-                "A workflow is fn(input jsonb) RETURNS jsonb that you may EXECUTE.",
+                format!("function {name} cannot be a workflow"),
+                "A workflow is a plain function fn(input jsonb) RETURNS jsonb that you may EXECUTE.",
             ));
+        }
+        if workflow_id == Some("") {
+            return Err(EventicError::invalid("workflow_id must not be empty", "Pass a name, or NULL for a UUIDv7."));
+        }
+        if timeout.is_some_and(|t| interval_seconds(t) < 0.0) {
+            return Err(negative("timeout"));
         }
         if queue_name == DEFAULT_QUEUE {
             // created on first use, owned by the extension owner, drained by two workers
@@ -738,6 +771,19 @@ struct WorkflowRow {
     queue_name: String,
     started_by: pg_sys::Oid,
     expired: bool,
+    /// Seconds until the timeout, if there is one.
+    time_left: Option<f64>,
+}
+
+impl WorkflowRow {
+    /// How long a sleeping/waiting workflow may be left alone: `wanted`, but never past its
+    /// timeout (it is woken then, and ends in ERROR "timed out").
+    fn wait(&self, wanted: f64) -> f64 {
+        match self.time_left {
+            Some(left) => wanted.min(left.max(0.0) + 0.01),
+            None => wanted,
+        }
+    }
 }
 
 fn load(workflow_id: &str) -> Result<Option<WorkflowRow>> {
@@ -745,7 +791,8 @@ fn load(workflow_id: &str) -> Result<Option<WorkflowRow>> {
         Spi::connect_mut(|client| {
             let mut rows = client.update(
                 "SELECT fn::oid, input, status, queue_name, started_by,
-                        coalesce(deadline < clock_timestamp(), false)
+                        coalesce(deadline < clock_timestamp(), false),
+                        extract(epoch FROM deadline - clock_timestamp())::float8
                    FROM eventic.workflow_runs WHERE workflow_id = $1 FOR UPDATE",
                 Some(1),
                 &[workflow_id.into()],
@@ -760,6 +807,7 @@ fn load(workflow_id: &str) -> Result<Option<WorkflowRow>> {
                 queue_name: row.get::<String>(4)?.unwrap_or_default(),
                 started_by: row.get::<pg_sys::Oid>(5)?.unwrap_or(pg_sys::InvalidOid),
                 expired: row.get::<bool>(6)?.unwrap_or(false),
+                time_left: row.get::<f64>(7)?,
             }))
         })
     })
@@ -830,6 +878,20 @@ fn write_step(workflow_id: &str, position: usize, record: &StepRecord) -> Result
 fn run_workflow(workflow_id: Option<&str>) {
     (|| {
         let workflow_id = required(workflow_id, "workflow_id")?;
+        // a workflow that cannot run at all (its function dropped, say) ends in ERROR instead
+        // of staying ENQUEUED behind a dead job
+        match run_workflow_steps(workflow_id) {
+            Err(err) if !matches!(err, EventicError::Internal(_)) => {
+                set_status(workflow_id, "ERROR", None, Some(&err.to_string()))
+            }
+            other => other,
+        }
+    })()
+    .or_report()
+}
+
+fn run_workflow_steps(workflow_id: &str) -> Result<()> {
+    {
         let Some(workflow) = load(workflow_id)? else {
             return Ok(());
         };
@@ -854,7 +916,15 @@ fn run_workflow(workflow_id: Option<&str>) {
                     pending: None,
                 })
             });
-            let outcome = in_subtransaction(|| calls.query_json(&body_sql, &body_args));
+            // a body that caught the suspension (EXCEPTION WHEN OTHERS around a step) still
+            // stops there: its subtransaction is rolled back all the same
+            let outcome = in_subtransaction(|| {
+                let result = calls.query_json(&body_sql, &body_args);
+                if suspended() {
+                    EventicError::Internal(SUSPEND.into()).report();
+                }
+                result
+            });
             let ctx = CONTEXT.with(|ctx| ctx.borrow_mut().take());
             let Some(ctx) = ctx else { break };
             for (position, record) in &ctx.new_values {
@@ -871,8 +941,7 @@ fn run_workflow(workflow_id: Option<&str>) {
                 (Err(failure), None) => {
                     return set_status(workflow_id, "ERROR", None, Some(&failure.message))
                 }
-                (_, Some(Pending::Sleep { seconds })) => {
-                    let position = ctx.position - 1;
+                (_, Some((position, Pending::Sleep { seconds }))) => {
                     if position >= records.len() {
                         let record = StepRecord {
                             name: "sleep".into(),
@@ -896,14 +965,17 @@ fn run_workflow(workflow_id: Option<&str>) {
                             &workflow.queue_name,
                             workflow_id,
                             workflow.started_by,
-                            delay,
+                            workflow.wait(delay),
                         );
                     }
                 }
-                (_, Some(Pending::Recv { topic, seconds })) => {
-                    let position = ctx.position - 1;
+                (_, Some((position, Pending::Recv { topic, seconds }))) => {
                     let deadline = match records.get(position) {
-                        Some(placeholder) => placeholder.output.as_ref().and_then(|o| o["deadline"].as_f64()).unwrap_or(0.0),
+                        Some(placeholder) => placeholder
+                            .output
+                            .as_ref()
+                            .and_then(|o| o["deadline"].as_f64())
+                            .unwrap_or(0.0),
                         None => {
                             let deadline = now_epoch()? + seconds;
                             let placeholder = StepRecord {
@@ -922,7 +994,12 @@ fn run_workflow(workflow_id: Option<&str>) {
                     let now = now_epoch()?;
                     if message.is_none() && now < deadline {
                         set_status(workflow_id, "WAITING", None, None)?;
-                        return enqueue_run(&workflow.queue_name, workflow_id, workflow.started_by, deadline - now);
+                        return enqueue_run(
+                            &workflow.queue_name,
+                            workflow_id,
+                            workflow.started_by,
+                            workflow.wait(deadline - now),
+                        );
                     }
                     let record = StepRecord {
                         name: topic,
@@ -934,7 +1011,7 @@ fn run_workflow(workflow_id: Option<&str>) {
                     write_step(workflow_id, position, &record)?;
                     records[position] = record;
                 }
-                (_, Some(Pending::SetEvent { key, value })) => {
+                (_, Some((position, Pending::SetEvent { key, value }))) => {
                     as_extension_owner(|| {
                         Spi::run_with_args(
                             "INSERT INTO eventic.workflow_events (workflow_id, key, value) VALUES ($1, $2, $3)
@@ -943,14 +1020,27 @@ fn run_workflow(workflow_id: Option<&str>) {
                         )?;
                         Ok(())
                     })?;
-                    let record = StepRecord { name: key, kind: "set_event".into(), output: Some(value), error: None, attempts: 1 };
-                    write_step(workflow_id, ctx.position - 1, &record)?;
+                    let record = StepRecord {
+                        name: key,
+                        kind: "set_event".into(),
+                        output: Some(value),
+                        error: None,
+                        attempts: 1,
+                    };
+                    write_step(workflow_id, position, &record)?;
                     records.push(record);
                 }
-                (_, Some(Pending::StartChild { fn_oid, input })) => {
-                    let position = ctx.position - 1;
+                (_, Some((position, Pending::StartChild { fn_oid, input }))) => {
                     let child = format!("{workflow_id}/{position}");
-                    insert_workflow(&child, fn_oid, input, &workflow.queue_name, workflow.started_by, None, Some(workflow_id))?;
+                    insert_workflow(
+                        &child,
+                        fn_oid,
+                        input,
+                        &workflow.queue_name,
+                        workflow.started_by,
+                        None,
+                        Some(workflow_id),
+                    )?;
                     let record = StepRecord {
                         name: "start_child".into(),
                         kind: "start_child".into(),
@@ -961,16 +1051,24 @@ fn run_workflow(workflow_id: Option<&str>) {
                     write_step(workflow_id, position, &record)?;
                     records.push(record);
                 }
-                (_, Some(Pending::Await { child })) => {
-                    let state = Spi::connect(|client| -> Result<Option<(String, Option<JsonB>, Option<String>)>> {
-                        let mut rows = client.select(
+                (_, Some((position, Pending::Await { child }))) => {
+                    let state = Spi::connect(
+                        |client| -> Result<Option<(String, Option<JsonB>, Option<String>)>> {
+                            let mut rows = client.select(
                             "SELECT status, output, error FROM eventic.workflow_runs WHERE workflow_id = $1",
                             Some(1),
                             &[child.as_str().into()],
                         )?;
-                        let Some(row) = rows.next() else { return Ok(None) };
-                        Ok(Some((row.get::<String>(1)?.unwrap_or_default(), row.get::<JsonB>(2)?, row.get::<String>(3)?)))
-                    })?;
+                            let Some(row) = rows.next() else {
+                                return Ok(None);
+                            };
+                            Ok(Some((
+                                row.get::<String>(1)?.unwrap_or_default(),
+                                row.get::<JsonB>(2)?,
+                                row.get::<String>(3)?,
+                            )))
+                        },
+                    )?;
                     let record = match state {
                         None => StepRecord {
                             name: child.clone(),
@@ -980,7 +1078,13 @@ fn run_workflow(workflow_id: Option<&str>) {
                             attempts: 1,
                         },
                         Some((status, output, error)) => match status.as_str() {
-                            "SUCCESS" => StepRecord { name: child.clone(), kind: "await".into(), output: output.map(|j| j.0), error: None, attempts: 1 },
+                            "SUCCESS" => StepRecord {
+                                name: child.clone(),
+                                kind: "await".into(),
+                                output: output.map(|j| j.0),
+                                error: None,
+                                attempts: 1,
+                            },
                             "ERROR" | "CANCELLED" => StepRecord {
                                 name: child.clone(),
                                 kind: "await".into(),
@@ -991,15 +1095,19 @@ fn run_workflow(workflow_id: Option<&str>) {
                             _ => {
                                 // the child's end enqueues this workflow again; a late check too
                                 set_status(workflow_id, "WAITING", None, None)?;
-                                return enqueue_run(&workflow.queue_name, workflow_id, workflow.started_by, 60.0);
+                                return enqueue_run(
+                                    &workflow.queue_name,
+                                    workflow_id,
+                                    workflow.started_by,
+                                    workflow.wait(60.0),
+                                );
                             }
                         },
                     };
-                    write_step(workflow_id, ctx.position - 1, &record)?;
+                    write_step(workflow_id, position, &record)?;
                     records.push(record);
                 }
-                (_, Some(Pending::Call { name, fn_oid, args })) => {
-                    let position = ctx.position - 1;
+                (_, Some((position, Pending::Call { name, fn_oid, args }))) => {
                     let previous_attempts = records.get(position).map(|r| r.attempts).unwrap_or(0);
                     let job = jobs::Job {
                         job_id: 0,
@@ -1033,7 +1141,8 @@ fn run_workflow(workflow_id: Option<&str>) {
                         records.push(record);
                     }
                     if failed_again {
-                        // retry the step later, with backoff
+                        // retry the step later, with backoff; nothing runs meanwhile
+                        set_status(workflow_id, "ENQUEUED", None, None)?;
                         return enqueue_run(
                             &workflow.queue_name,
                             workflow_id,
@@ -1046,8 +1155,7 @@ fn run_workflow(workflow_id: Option<&str>) {
         }
         // a long workflow continues in a fresh job (and a fresh transaction)
         enqueue_run(&workflow.queue_name, workflow_id, workflow.started_by, 0.0)
-    })()
-    .or_report()
+    }
 }
 
 /// The status of a workflow: ENQUEUED, RUNNING, SLEEPING, WAITING, SUCCESS, ERROR, CANCELLED.
