@@ -52,6 +52,7 @@ extension_sql_file!(
     name = "classes_schema",
     requires = ["queues_schema", classes::triggers::classes_changed]
 );
+extension_sql_file!("../sql/comments.sql", name = "comments", finalize);
 
 #[cfg(any(test, feature = "pg_test"))]
 #[pg_schema]

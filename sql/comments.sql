@@ -1,0 +1,63 @@
+-- COMMENT ON every function (DESIGN.md §7); the functions written in Rust get theirs here.
+
+-- records
+COMMENT ON FUNCTION eventic."create"(text, jsonb, uuid) IS 'Create a record of a class (version 0); returns its id';
+COMMENT ON FUNCTION eventic.set_field(uuid, text, jsonb, integer) IS 'Append a version with one field changed; returns the new version (the current one if nothing changed)';
+COMMENT ON FUNCTION eventic.set_fields(uuid, jsonb, integer) IS 'Append one version with every field of patch set';
+COMMENT ON FUNCTION eventic.hydrate(uuid, integer) IS 'The model dump (fields, properties, id, version, class_type) of the latest or a given version';
+COMMENT ON FUNCTION eventic.hydrate_as_of(uuid, timestamptz) IS 'The model dump of the version current at a time';
+COMMENT ON FUNCTION eventic.history(uuid) IS 'Every version of a record, oldest first, with the fields each changed';
+COMMENT ON FUNCTION eventic.diff(uuid, integer, integer) IS '{"field": {"old": …, "new": …}} for each field that differs between two versions';
+COMMENT ON FUNCTION eventic.add_property(uuid, text, jsonb) IS 'Set a key of the property bag (a new version)';
+COMMENT ON FUNCTION eventic.remove_property(uuid, text) IS 'Remove a key from the property bag (a new version)';
+COMMENT ON FUNCTION eventic.list_properties(uuid) IS 'The property bag of the latest version';
+COMMENT ON FUNCTION eventic.delete(uuid) IS 'Append a tombstone; history stays readable';
+COMMENT ON FUNCTION eventic.purge(uuid) IS 'Remove every version of a record (owner or superuser only)';
+COMMENT ON FUNCTION eventic.prune(text, integer, interval) IS 'Remove old versions of a class''s records, keeping version 0 and the latest (owner or superuser only)';
+COMMENT ON FUNCTION eventic._apply_update(uuid, jsonb, jsonb) IS 'Internal: the change from old to new data appended as one version (eventic.latest)';
+COMMENT ON FUNCTION eventic.records_guard_insert() IS 'Trigger: only eventic appends versions; validates them and enqueues outbox events';
+COMMENT ON FUNCTION eventic.records_redirect_update() IS 'Trigger: UPDATE of eventic.records appends one version, changes no row';
+COMMENT ON FUNCTION eventic.records_guard_delete() IS 'Trigger: DELETE/TRUNCATE of eventic.records are refused';
+
+-- classes
+COMMENT ON FUNCTION eventic.register_class(text, jsonb, text) IS 'Register a class: its queue, an optional JSON Schema, an optional typed view';
+COMMENT ON FUNCTION eventic.drop_class(text) IS 'Drop a class''s view, queue and registration; its records stay';
+COMMENT ON FUNCTION eventic.track(regclass, text) IS 'Version an ordinary table: every row change appends a version';
+COMMENT ON FUNCTION eventic.untrack(regclass) IS 'Stop versioning a table; history stays';
+COMMENT ON FUNCTION eventic.tracked_id(regclass, text) IS 'The record id of a tracked row, from its key';
+COMMENT ON FUNCTION eventic._track_change(text, jsonb, jsonb, jsonb) IS 'Internal: called by the trigger of tracked tables';
+COMMENT ON FUNCTION eventic._subscribe(text, oid, boolean) IS 'Internal: eventic.subscribe / eventic.unsubscribe';
+COMMENT ON FUNCTION eventic.classes_changed() IS 'Trigger: a change of eventic.classes drops every backend''s cached validators';
+
+-- queues
+COMMENT ON FUNCTION eventic.create_queue(text, boolean) IS 'Create a queue (table eventic.queue_<name>); idempotent';
+COMMENT ON FUNCTION eventic.alter_queue(text, integer, boolean, boolean) IS 'Change a queue''s concurrency, paused and worker flags';
+COMMENT ON FUNCTION eventic.drop_queue(text) IS 'Drop a queue and its jobs';
+COMMENT ON FUNCTION eventic._enqueue(text, oid, jsonb, timestamptz, integer, text, integer, oid) IS 'Internal: eventic.enqueue';
+COMMENT ON FUNCTION eventic.run_pending(text, integer) IS 'Run ready jobs in this session (each as its enqueuer); returns how many ran';
+COMMENT ON FUNCTION eventic._dequeue(text, integer, interval) IS 'Internal: eventic.dequeue';
+COMMENT ON FUNCTION eventic.ack(text, bigint) IS 'External consumers: a dequeued job is done';
+COMMENT ON FUNCTION eventic.nack(text, bigint, text) IS 'External consumers: a dequeued job failed; retried with backoff';
+COMMENT ON FUNCTION eventic.extend_lease(text, bigint, interval) IS 'External consumers: keep a dequeued job longer';
+COMMENT ON FUNCTION eventic.retry_job(text, bigint) IS 'Revive a dead job';
+COMMENT ON FUNCTION eventic._queue_counts(text) IS 'Internal: the counts of eventic.queue_stats for one queue';
+
+-- workflows
+COMMENT ON FUNCTION eventic._start_workflow(oid, jsonb, text, text, interval) IS 'Internal: eventic.start_workflow';
+COMMENT ON FUNCTION eventic._step(text, oid, jsonb) IS 'Internal: eventic.step';
+COMMENT ON FUNCTION eventic._start_child(oid, jsonb) IS 'Internal: eventic.start_child';
+COMMENT ON FUNCTION eventic._fork_workflow(text, integer) IS 'Internal: eventic.fork_workflow';
+COMMENT ON FUNCTION eventic._run_workflow(text) IS 'Internal: the job that runs (replays) a workflow';
+COMMENT ON FUNCTION eventic.sleep(interval) IS 'Inside a workflow: a durable sleep';
+COMMENT ON FUNCTION eventic.recv(text, interval) IS 'Inside a workflow: the next message on a topic, NULL after the timeout';
+COMMENT ON FUNCTION eventic.set_event(text, jsonb) IS 'Inside a workflow: publish a value under a key';
+COMMENT ON FUNCTION eventic.await_workflow(text) IS 'Inside a workflow: wait for another workflow''s output';
+COMMENT ON FUNCTION eventic.now() IS 'Inside a workflow: the time, recorded for replays';
+COMMENT ON FUNCTION eventic.random() IS 'Inside a workflow: a random number, recorded for replays';
+COMMENT ON FUNCTION eventic.workflow_id() IS 'Inside a workflow: its id';
+COMMENT ON FUNCTION eventic.send(text, text, jsonb) IS 'Send a message to a workflow';
+COMMENT ON FUNCTION eventic.get_event(text, text, interval) IS 'A value a workflow published, waiting up to the timeout';
+COMMENT ON FUNCTION eventic.wait_workflow(text, interval) IS 'Wait for a workflow''s output (NULL on timeout)';
+COMMENT ON FUNCTION eventic.workflow_status(text) IS 'A workflow''s status';
+COMMENT ON FUNCTION eventic.cancel_workflow(text) IS 'Cancel a workflow: its later steps never run';
+COMMENT ON FUNCTION eventic.resume_workflow(text) IS 'Run a cancelled or failed workflow again from its last recorded step';
