@@ -33,6 +33,8 @@ BEGIN
     END IF;
     INSERT INTO eventic.queues (queue_name, table_name, class_name)
     VALUES (_create_queue.queue_name, tbl, _create_queue.class_name);
+    -- a queue of that name may have existed: its archived jobs would collide with the new ids
+    DELETE FROM eventic.finished_jobs f WHERE f.queue_name = _create_queue.queue_name;
     EXECUTE format($ddl$
         CREATE TABLE IF NOT EXISTS eventic.%1$I (
             job_id       bigint       GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

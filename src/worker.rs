@@ -149,6 +149,10 @@ pub extern "C-unwind" fn eventic_worker_main(arg: pg_sys::Datum) {
                 "eventic: draining queues",
             );
             let ran = BackgroundWorker::transaction(|| drain_database(JOBS_PER_TRANSACTION));
+            // a background worker reports its table statistics only when asked: without this
+            // autovacuum never sees the jobs it deleted
+            // SAFETY: outside a transaction, as postgres.c does before going idle.
+            unsafe { pg_sys::pgstat_report_stat(false) };
             if ran == 0 || BackgroundWorker::sigterm_received() {
                 break;
             }

@@ -162,6 +162,10 @@ fn drop_queue(queue_name: Option<&str>) {
                 "DELETE FROM eventic.queues WHERE queue_name = $1",
                 &[name.into()],
             )?;
+            Spi::run_with_args(
+                "DELETE FROM eventic.finished_jobs WHERE queue_name = $1",
+                &[name.into()],
+            )?;
             Ok(())
         })
     })()
@@ -366,13 +370,16 @@ fn claim(
             let sql = format!(
                     "WITH taken AS (
                        UPDATE {table} q SET lease_until = clock_timestamp() + {lease}, attempts = q.attempts + 1
-                        WHERE q.job_id IN (
+                        -- = ANY (ARRAY(...)): the ids are taken first, whatever plan the
+                        -- outer UPDATE gets (IN (...) can become a semi-join that scans the
+                        -- queue, or re-runs the locking subquery per row)
+                        WHERE q.job_id = ANY (ARRAY(
                               SELECT job_id FROM {table}
                                WHERE dead_at IS NULL AND run_at <= clock_timestamp()
                                  AND (lease_until IS NULL OR lease_until < clock_timestamp())
                                  AND ($2::oid IS NULL OR enqueued_by = $2)
                                ORDER BY priority DESC, run_at, job_id
-                               LIMIT $1 FOR UPDATE SKIP LOCKED)
+                               LIMIT $1 FOR UPDATE SKIP LOCKED))
                        RETURNING q.job_id, q.fn::oid AS fn, q.args, q.enqueued_by, q.attempts,
                                  q.priority, q.run_at)
                      SELECT job_id, fn, args, enqueued_by, attempts FROM taken
