@@ -1,0 +1,115 @@
+# Benchmark group `workflows` (sourced by bench/run): durable workflows of 10 trivial database
+# steps, run by the background worker, against the floor: the same 10 steps as plain function
+# calls in one transaction (pgbench, 1 client). Nothing here asserts a time.
+#   - throughput: WF_COUNT workflows started in one transaction, time until all succeeded;
+#     workflows/s and the wall time per step;
+#   - latency: one 10-step workflow at a time, from start_workflow to wait_workflow returning.
+#
+#   BENCH_WF_COUNT       workflows in the throughput measurement (1000)
+#   BENCH_WF_LATENCY_N   workflows timed one at a time for the latency (50)
+
+WF_COUNT=${BENCH_WF_COUNT:-1000}
+WF_LATENCY_N=${BENCH_WF_LATENCY_N:-50}
+
+workflows_prepare() {
+    bench_sql <<'SQL'
+CREATE TABLE wf_effects (workflow text, step int);
+CREATE FUNCTION wf_effect(workflow text, step int) RETURNS int LANGUAGE sql
+    AS $$ INSERT INTO wf_effects VALUES (workflow, step) RETURNING step $$;
+-- the workflow: 10 steps, each one INSERT
+CREATE FUNCTION wf_ten(input jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
+DECLARE total int := 0;
+BEGIN
+    FOR i IN 1..10 LOOP
+        total := total + eventic.step('s' || i, 'wf_effect(text,int)',
+                                      jsonb_build_array(eventic.workflow_id(), i))::int;
+    END LOOP;
+    RETURN jsonb_build_object('total', total);
+END $$;
+-- the floor: the same 10 calls, plainly, in one transaction
+CREATE FUNCTION wf_ten_plain(id text) RETURNS int LANGUAGE plpgsql AS $$
+DECLARE total int := 0;
+BEGIN
+    FOR i IN 1..10 LOOP
+        total := total + wf_effect(id, i);
+    END LOOP;
+    RETURN total;
+END $$;
+CREATE TABLE wf_t0 (what text PRIMARY KEY, t timestamptz);
+SQL
+}
+
+workflows_run() {
+    local g=workflows round
+    bench_declare $g ten_plain ten_plain tps \
+        "the 10 steps as plain function calls in one transaction (pgbench, 1 client): the floor"
+    bench_declare $g wf_throughput ten_plain rate:wf/s \
+        "$WF_COUNT workflows of 10 steps started in one transaction, run by the worker: workflows/s vs floor tx/s"
+    bench_declare $g wf_step_wall - ms \
+        "wall time per workflow step in the throughput run (elapsed / (workflows x 10))"
+    bench_declare $g wf_latency_p50 - ms \
+        "one 10-step workflow at a time: start_workflow commit to wait_workflow returning, p50 of $WF_LATENCY_N"
+    bench_declare $g wf_latency_mean - ms \
+        "the same, mean"
+    for round in $(seq 1 "$BENCH_ROUNDS"); do
+        bench_pgbench $g ten_plain 1 "$round" workflows/ten_plain.sql
+        workflows_throughput "$round"
+        workflows_latency "$round"
+    done
+}
+
+workflows_throughput() {
+    local round=$1 left start rate step_ms
+    bench_sql -c "TRUNCATE wf_effects" >/dev/null
+    log "workflows/throughput: $WF_COUNT workflows, round $round"
+    bench_sql -v n="$WF_COUNT" -v r="$round" <<'SQL'
+BEGIN;
+SELECT count(eventic.start_workflow('wf_ten(jsonb)', '{}', 'tp-' || :r || '-' || g))
+  FROM generate_series(1, :n) g \g /dev/null
+INSERT INTO wf_t0 VALUES ('throughput', clock_timestamp())
+    ON CONFLICT (what) DO UPDATE SET t = excluded.t;
+COMMIT;
+SQL
+    start=$(date +%s)
+    while :; do
+        left=$(bench_sql -At -c "SELECT count(*) FROM eventic.workflow_runs WHERE workflow_id LIKE 'tp-$round-%' AND status <> 'SUCCESS'")
+        [ "$left" = 0 ] && break
+        if [ $(( $(date +%s) - start )) -gt 1800 ]; then
+            echo "workflows not done after 1800 s ($left left)" >&2
+            exit 1
+        fi
+        sleep 0.2
+    done
+    local effects
+    effects=$(bench_sql -At -c "SELECT count(*) = $WF_COUNT * 10 AND count(DISTINCT (workflow, step)) = $WF_COUNT * 10 FROM wf_effects WHERE workflow LIKE 'tp-$round-%'")
+    [ "$effects" = t ] || { echo "workflow steps did not each run exactly once" >&2; exit 1; }
+    read -r rate step_ms <<<"$(bench_sql -At -F' ' -c "
+        SELECT round(($WF_COUNT / s)::numeric, 1), round((s * 1000 / ($WF_COUNT * 10))::numeric, 4)
+          FROM (SELECT extract(epoch FROM max(w.updated_at) - t.t) AS s
+                  FROM eventic.workflow_runs w, wf_t0 t
+                 WHERE w.workflow_id LIKE 'tp-$round-%' AND t.what = 'throughput' GROUP BY t.t) x")"
+    bench_record workflows wf_throughput 1 "$round" "$rate" ""
+    bench_record workflows wf_step_wall 1 "$round" "" "$step_ms"
+}
+
+workflows_latency() {
+    local round=$1 i
+    log "workflows/latency: $WF_LATENCY_N workflows one at a time, round $round"
+    bench_sql -c "CREATE TABLE IF NOT EXISTS wf_latency (round int, ms float8)" >/dev/null
+    for i in $(seq 1 "$WF_LATENCY_N"); do
+        # start in its own transaction (it must commit to run), then wait: the time between is
+        # what a client sees
+        bench_sql -v id="lat-$round-$i" -v r="$round" <<'SQL' >/dev/null
+SELECT clock_timestamp() AS t0 \gset
+SELECT eventic.start_workflow('wf_ten(jsonb)', '{}', :'id') \g /dev/null
+SELECT eventic.wait_workflow(:'id', '60 seconds') IS NOT NULL AS done \gset
+INSERT INTO wf_latency VALUES (:r, extract(epoch FROM clock_timestamp() - :'t0'::timestamptz) * 1000);
+SQL
+    done
+    local p50 mean
+    read -r p50 mean <<<"$(bench_sql -At -F' ' -c "
+        SELECT round(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)::numeric, 3), round(avg(ms)::numeric, 3)
+          FROM wf_latency WHERE round = $round")"
+    bench_record workflows wf_latency_p50 1 "$round" "" "$p50"
+    bench_record workflows wf_latency_mean 1 "$round" "" "$mean"
+}
