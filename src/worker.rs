@@ -24,7 +24,7 @@ use crate::settings;
 const WORKER_TYPE: &str = "eventic worker";
 const LAUNCHER_TYPE: &str = "eventic launcher";
 /// Jobs per transaction of a worker: their effects and completions commit together.
-const JOBS_PER_TRANSACTION: i64 = 100;
+const JOBS_PER_TRANSACTION: i64 = 1000;
 const LAUNCHER_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Set in the postmaster when eventic is preloaded; backends inherit it with fork().

@@ -352,7 +352,7 @@ fn enqueue_job(
 /// Jobs claimed by one statement while draining (they run one by one, each in its own
 /// subtransaction; their completions are written together). A queue with concurrency > 1 is
 /// claimed one job at a time, so that its workers share the jobs.
-pub const CLAIM_BATCH: i64 = 50;
+pub const CLAIM_BATCH: i64 = 500;
 
 /// Seconds to wait before attempt `attempts + 1`: exponential, capped at an hour, with jitter.
 const BACKOFF_SQL: &str =
