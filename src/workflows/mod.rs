@@ -528,11 +528,12 @@ fn get_event(
     .or_report()
 }
 
-/// Poll `check` (sleeping on the latch between tries, 1 ms growing to 50 ms) until it gives a
+/// Poll `check` (sleeping on the latch between tries, 1 ms, after 20 ms growing to 50 ms) until it gives a
 /// value or `seconds` pass.
 fn wait_for<T>(seconds: f64, mut check: impl FnMut() -> Result<Option<T>>) -> Result<Option<T>> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs_f64(seconds.max(0.0));
     let mut pause_ms = 1;
+    let mut waited_ms = 0;
     loop {
         if let Some(found) = check()? {
             return Ok(Some(found));
@@ -551,7 +552,12 @@ fn wait_for<T>(seconds: f64, mut check: impl FnMut() -> Result<Option<T>>) -> Re
             pg_sys::ResetLatch(pg_sys::MyLatch);
         }
         pgrx::check_for_interrupts!();
-        pause_ms = (pause_ms * 2).min(50);
+        // 1 ms steps for the first ~20 ms (short workflows are seen as soon as they end),
+        // then growing to 50 ms
+        waited_ms += pause_ms;
+        if waited_ms >= 20 {
+            pause_ms = (pause_ms * 2).min(50);
+        }
     }
 }
 
