@@ -676,23 +676,7 @@ fn wait_workflow(
             return Err(negative("timeout"));
         }
         let ended = wait_for(interval_seconds(timeout), || {
-            let row = Spi::connect_mut(
-                |client| -> Result<Option<(String, Option<JsonB>, Option<String>)>> {
-                    let mut rows = client.update(
-                    "SELECT status, output, error FROM eventic.workflow_runs WHERE workflow_id = $1",
-                    Some(1),
-                    &[id.into()],
-                )?;
-                    let Some(row) = rows.next() else {
-                        return Ok(None);
-                    };
-                    Ok(Some((
-                        row.get::<String>(1)?.unwrap_or_default(),
-                        row.get::<JsonB>(2)?,
-                        row.get::<String>(3)?,
-                    )))
-                },
-            )?;
+            let row = result_of(id)?;
             let Some((status, output, error)) = row else {
                 return Err(unknown_workflow(id));
             };
@@ -1058,23 +1042,7 @@ fn run_workflow_steps(workflow_id: &str) -> Result<()> {
                     records.push(record);
                 }
                 (_, Some((position, Pending::Await { child }))) => {
-                    let state = Spi::connect(
-                        |client| -> Result<Option<(String, Option<JsonB>, Option<String>)>> {
-                            let mut rows = client.select(
-                            "SELECT status, output, error FROM eventic.workflow_runs WHERE workflow_id = $1",
-                            Some(1),
-                            &[child.as_str().into()],
-                        )?;
-                            let Some(row) = rows.next() else {
-                                return Ok(None);
-                            };
-                            Ok(Some((
-                                row.get::<String>(1)?.unwrap_or_default(),
-                                row.get::<JsonB>(2)?,
-                                row.get::<String>(3)?,
-                            )))
-                        },
-                    )?;
+                    let state = result_of(&child)?;
                     let record = match state {
                         None => StepRecord {
                             name: child.clone(),
@@ -1176,6 +1144,25 @@ fn workflow_status(workflow_id: Option<&str>) -> String {
         .ok_or_else(|| unknown_workflow(id))
     })()
     .or_report()
+}
+
+/// A workflow's status, output and error as committed now, or None when it does not exist.
+fn result_of(id: &str) -> Result<Option<(String, Option<JsonB>, Option<String>)>> {
+    Spi::connect_mut(|client| {
+        let mut rows = client.update(
+            "SELECT status, output, error FROM eventic.workflow_runs WHERE workflow_id = $1",
+            Some(1),
+            &[id.into()],
+        )?;
+        let Some(row) = rows.next() else {
+            return Ok(None);
+        };
+        Ok(Some((
+            row.get::<String>(1)?.unwrap_or_default(),
+            row.get::<JsonB>(2)?,
+            row.get::<String>(3)?,
+        )))
+    })
 }
 
 fn unknown_workflow(id: &str) -> EventicError {
