@@ -160,6 +160,12 @@ def test_kill_9_mid_drain_every_job_still_runs_exactly_once():
         with crashed.connect() as conn:
             conn.execute("CREATE EXTENSION eventic")
             setup_effects(conn)
+            # jobs of ~0.5 ms, so that the drain (batches of up to 1,000 jobs per transaction)
+            # is surely still running when the server is killed
+            conn.execute(
+                "CREATE OR REPLACE FUNCTION effect(n int) RETURNS void LANGUAGE sql AS "
+                "$$ SELECT pg_sleep(0.0005); INSERT INTO effects (n) VALUES (n) $$"
+            )
             conn.execute("SELECT eventic.create_queue('crash')")
             enqueue_many(conn, "crash", 20_000)
             assert wait_until(lambda: effect_counts(conn)[0] >= 2_000, timeout=120)

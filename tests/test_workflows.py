@@ -194,6 +194,12 @@ def test_hundreds_of_workflows_survive_kill_9_with_every_step_once():
         with crashed.connect() as conn:
             conn.execute("CREATE EXTENSION eventic")
             conn.execute(STEP_FUNCTIONS)
+            # steps of ~1 ms, so that the workflows are surely still running at the kill
+            conn.execute(
+                "CREATE OR REPLACE FUNCTION add_effect(workflow text, step int) RETURNS int LANGUAGE sql"
+                " AS $$ SELECT pg_sleep(0.001); INSERT INTO effects (workflow, step) VALUES (workflow, step)"
+                " RETURNING step * 10 $$"
+            )
             with conn.transaction():
                 conn.execute(
                     "SELECT count(eventic.start_workflow('ten_steps(jsonb)', '{}', 'many-' || g))"
