@@ -144,10 +144,7 @@ impl EventicError {
 
     /// The five-character SQLSTATE.
     pub fn sqlstate_text(&self) -> String {
-        let code = self.sqlstate() as i32;
-        (0..5)
-            .map(|i| ((((code >> (6 * i)) & 0x3F) as u8) + b'0') as char)
-            .collect()
+        sqlstate_text(self.sqlstate())
     }
 
     fn detail(&self) -> Option<String> {
@@ -229,6 +226,14 @@ impl EventicError {
         report.report(PgLogLevel::ERROR);
         unreachable!("ereport(ERROR) returned")
     }
+}
+
+/// A SQLSTATE as its five characters (Postgres packs them 6 bits each, MAKE_SQLSTATE).
+pub fn sqlstate_text(code: PgSqlErrorCode) -> String {
+    let code = code as i32;
+    (0..5)
+        .map(|i| ((((code >> (6 * i)) & 0x3F) as u8) + b'0') as char)
+        .collect()
 }
 
 /// The value of a required argument, or 22023 naming it.

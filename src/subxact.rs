@@ -19,13 +19,8 @@ fn failure_of(caught: CaughtError) -> Failure {
         CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r,
         CaughtError::RustPanic { ereport, .. } => ereport,
     };
-    let code = report.sql_error_code() as i32;
-    // SQLSTATE letters are packed 6 bits each (MAKE_SQLSTATE); unpack them
-    let sqlstate: String = (0..5)
-        .map(|i| ((((code >> (6 * i)) & 0x3F) as u8) + b'0') as char)
-        .collect();
     Failure {
-        sqlstate,
+        sqlstate: crate::errors::sqlstate_text(report.sql_error_code()),
         message: report.message().to_string(),
     }
 }

@@ -215,12 +215,11 @@ pub struct Job {
     pub enqueued_by: pg_sys::Oid,
 }
 
-/// What one drain has looked up: each function's signature, and each call's prepared plan
-/// (a job's SQL is planned once per drain, not once per job).
+/// What one drain has looked up: each function's signature and whether each role exists.
+/// (A call's SQL is planned once per connection, by `spi_plans::dynamic_plan`.)
 #[derive(Default)]
 pub struct Calls {
     signatures: HashMap<u32, Rc<Signature>>,
-    plans: HashMap<String, Rc<OwnedPreparedStatement>>,
     roles: HashMap<u32, bool>,
 }
 
@@ -262,19 +261,15 @@ impl Calls {
         })
     }
 
+    /// The kept plan of a job's call (its parameters are all text, cast in the SQL).
     fn plan(
-        &mut self,
+        &self,
         client: &pgrx::spi::SpiClient<'_>,
         sql: &str,
         nargs: usize,
     ) -> Result<Rc<OwnedPreparedStatement>> {
-        if let Some(plan) = self.plans.get(sql) {
-            return Ok(plan.clone());
-        }
         let types = vec![PgOid::BuiltIn(PgBuiltInOids::TEXTOID); nargs];
-        let plan = Rc::new(client.prepare_mut(sql, &types)?.keep());
-        self.plans.insert(sql.to_string(), plan.clone());
-        Ok(plan)
+        crate::spi_plans::dynamic_plan(client, sql, &types)
     }
 
     fn execute(&mut self, sql: &str, texts: &[Option<String>]) -> Result<()> {
