@@ -17,9 +17,12 @@ COMMENT ON COLUMN eventic.classes.owner IS 'The role that registered the class; 
 SELECT pg_catalog.pg_extension_config_dump('eventic.classes', '');
 GRANT SELECT ON eventic.classes TO PUBLIC;
 
--- Each backend caches compiled validators; any change to this table invalidates them.
+-- Each backend caches classes (compiled validators) and queues; any change to either table
+-- empties those caches (src/catalog_cache.rs).
 CREATE TRIGGER classes_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON eventic.classes
-    FOR EACH STATEMENT EXECUTE FUNCTION eventic.classes_changed();
+    FOR EACH STATEMENT EXECUTE FUNCTION eventic.catalog_changed();
+CREATE TRIGGER queues_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON eventic.queues
+    FOR EACH STATEMENT EXECUTE FUNCTION eventic.catalog_changed();
 
 -- INSTEAD OF trigger of every class view: TG_ARGV[0] is the class, the rest its field columns.
 -- INSERT → eventic.create, UPDATE → one version with the changed columns, DELETE → tombstone.

@@ -27,7 +27,7 @@ COMMENT ON FUNCTION eventic.untrack(regclass) IS 'Stop versioning a table; histo
 COMMENT ON FUNCTION eventic.tracked_id(regclass, text) IS 'The record id of a tracked row, from its key';
 COMMENT ON FUNCTION eventic._track_change(text, jsonb, jsonb, jsonb) IS 'Internal: called by the trigger of tracked tables';
 COMMENT ON FUNCTION eventic._subscribe(text, oid, boolean) IS 'Internal: eventic.subscribe / eventic.unsubscribe';
-COMMENT ON FUNCTION eventic.classes_changed() IS 'Trigger: a change of eventic.classes drops every backend''s cached validators';
+COMMENT ON FUNCTION eventic.catalog_changed() IS 'Trigger: a change of eventic.classes or eventic.queues empties every backend''s cache of them';
 
 -- queues
 COMMENT ON FUNCTION eventic.create_queue(text, boolean) IS 'Create a queue (table eventic.queue_<name>); idempotent';

@@ -7,6 +7,7 @@
 
 use pgrx::prelude::*;
 
+pub mod catalog_cache;
 pub mod classes;
 pub mod errors;
 pub mod queues;
@@ -24,7 +25,7 @@ pub mod workflows;
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     settings::init();
-    classes::cache::init();
+    catalog_cache::init();
     worker::init();
 }
 
@@ -50,7 +51,7 @@ extension_sql_file!(
 extension_sql_file!(
     "../sql/classes.sql",
     name = "classes_schema",
-    requires = ["queues_schema", classes::triggers::classes_changed]
+    requires = ["queues_schema", catalog_cache::catalog_changed]
 );
 extension_sql_file!("../sql/comments.sql", name = "comments", finalize);
 

@@ -4,6 +4,9 @@
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
+use std::cell::Cell;
+
+use crate::catalog_cache::{catalog_generation, watch};
 use crate::errors::{EventicError, Result};
 
 /// Runs `f` with `role` as the current user, then switches back (also when an ERROR unwinds).
@@ -62,19 +65,41 @@ pub fn run_job_as<T>(role: pg_sys::Oid, f: impl FnOnce() -> T) -> T {
     f()
 }
 
-/// The role that owns the extension.
-pub fn extension_owner() -> Result<pg_sys::Oid> {
-    Spi::connect(|client| {
-        let stmt = crate::spi_plans::plan(client, EXTENSION_OWNER, &[], false)?;
-        client
-            .select(&*stmt, Some(1), &[])?
-            .first()
-            .get_one::<pg_sys::Oid>()?
-            .ok_or_else(|| EventicError::Internal("extension eventic is not installed".into()))
-    })
+thread_local! {
+    /// The extension owner and the catalog generation it was read under.
+    static OWNER: Cell<Option<(u64, pg_sys::Oid)>> = const { Cell::new(None) };
 }
 
-const EXTENSION_OWNER: &str = "SELECT extowner FROM pg_extension WHERE extname = 'eventic'";
+/// The role that owns the extension (read once per backend, again after DROP EXTENSION).
+pub fn extension_owner() -> Result<pg_sys::Oid> {
+    let generation = catalog_generation();
+    if let Some((seen, owner)) = OWNER.with(Cell::get) {
+        if seen == generation {
+            return Ok(owner);
+        }
+    }
+    let (owner, queues_table) = Spi::connect(|client| -> Result<_> {
+        let stmt = crate::spi_plans::plan(client, EXTENSION_OWNER, &[], false)?;
+        let rows = client.select(&*stmt, Some(1), &[])?;
+        if rows.is_empty() {
+            return Err(EventicError::Internal(
+                "extension eventic is not installed".into(),
+            ));
+        }
+        let row = rows.first();
+        Ok((
+            row.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid),
+            row.get::<pg_sys::Oid>(2)?.unwrap_or(pg_sys::InvalidOid),
+        ))
+    })?;
+    // dropping the extension drops eventic.queues, whose invalidation bumps the generation
+    watch(queues_table);
+    OWNER.with(|cached| cached.set(Some((generation, owner))));
+    Ok(owner)
+}
+
+const EXTENSION_OWNER: &str = "SELECT extowner, to_regclass('eventic.queues')::oid \
+       FROM pg_extension WHERE extname = 'eventic'";
 
 /// Runs `f` as the extension owner: only for eventic's own fixed DDL and bookkeeping rows
 /// (queue tables, eventic.classes/queues), never for user code.

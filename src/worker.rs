@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use pgrx::bgworkers::{
-    BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, DynamicBackgroundWorker,
-    SignalWakeFlags,
+    BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorkerStatus, BgWorkerStartTime,
+    DynamicBackgroundWorker, SignalWakeFlags,
 };
 use pgrx::prelude::*;
 use pgrx::{pg_sys, register_xact_callback, PgXactCallbackEvent};
@@ -59,13 +59,29 @@ fn reload_config_if_asked() {
     }
 }
 
+/// A database worker the launcher started.
+struct StartedWorker {
+    handle: DynamicBackgroundWorker,
+    started_at: Instant,
+}
+
+impl StartedWorker {
+    /// Whether it has exited (one not started yet has not: it must not be started twice).
+    fn stopped(&self) -> bool {
+        matches!(
+            self.handle.pid(),
+            Err(BackgroundWorkerStatus::Stopped | BackgroundWorkerStatus::PostmasterDied)
+        )
+    }
+}
+
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn eventic_launcher_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     BackgroundWorker::connect_worker_to_spi(Some(&settings::launcher_database()), None);
     log!("eventic launcher started");
-    let mut workers: HashMap<(u32, i32), DynamicBackgroundWorker> = HashMap::new();
+    let mut workers: HashMap<(u32, i32), StartedWorker> = HashMap::new();
     loop {
         reload_config_if_asked();
         let databases = BackgroundWorker::transaction(|| {
@@ -86,13 +102,18 @@ pub extern "C-unwind" fn eventic_launcher_main(_arg: pg_sys::Datum) {
                 .collect()
             })
         });
-        workers.retain(|_, worker| worker.pid().is_ok());
+        // A worker is started again once it has stopped, but at most every LAUNCHER_INTERVAL:
+        // in a database without the extension it stops at once, and each stop wakes this
+        // loop (notify_pid), which must not turn into a fork storm.
+        workers.retain(|_, worker| {
+            worker.started_at.elapsed() < LAUNCHER_INTERVAL || !worker.stopped()
+        });
+        let mut running = workers.values().filter(|worker| !worker.stopped()).count();
         let wanted = databases.iter().flat_map(|(oid, name)| {
             (0..settings::workers_per_database()).map(move |n| (*oid, n, name))
         });
         for (oid, n, name) in wanted {
-            if workers.contains_key(&(oid, n)) || workers.len() >= settings::max_workers() as usize
-            {
+            if workers.contains_key(&(oid, n)) || running >= settings::max_workers() as usize {
                 continue;
             }
             let started = BackgroundWorkerBuilder::new(&format!("eventic worker {n} for {name}"))
@@ -104,8 +125,15 @@ pub extern "C-unwind" fn eventic_launcher_main(_arg: pg_sys::Datum) {
                 // SAFETY: a plain read of this process's pid.
                 .set_notify_pid(unsafe { pg_sys::MyProcPid })
                 .load_dynamic();
-            if let Ok(worker) = started {
-                workers.insert((oid, n), worker);
+            if let Ok(handle) = started {
+                workers.insert(
+                    (oid, n),
+                    StartedWorker {
+                        handle,
+                        started_at: Instant::now(),
+                    },
+                );
+                running += 1;
             }
         }
         if !BackgroundWorker::wait_latch(Some(LAUNCHER_INTERVAL)) {

@@ -428,6 +428,33 @@ RESET ROLE;
 SELECT count(*) AS handed_out FROM eventic.dequeue('order_q', 10);
 
 ------------------------------------------------------------------------------------------
+-- each backend caches queues and job signatures: DDL in this very session is seen at once
+SELECT eventic.create_queue('cached', worker => false);
+SELECT eventic.enqueue('cached', 'qtest.note(text)', '["before the drop"]') > 0 AS enqueued;
+SELECT eventic.drop_queue('cached');
+SELECT code, message FROM pg_temp.try($$SELECT eventic.enqueue('cached', 'qtest.note(text)', '["gone"]')$$);
+SELECT eventic.create_queue('cached', worker => false);
+SELECT eventic.enqueue('cached', 'qtest.note(text)', '["queue made again"]') AS job_id_restarts;
+-- a renamed function: its jobs call it by its new name
+ALTER FUNCTION qtest.note(text) RENAME TO note_renamed;
+SELECT eventic.enqueue('cached', 'qtest.note_renamed(text)', '["after the rename"]') AS job_id;
+TRUNCATE qtest.log;
+SELECT eventic.run_pending('cached') AS ran;
+SELECT what FROM qtest.log ORDER BY n;
+ALTER FUNCTION qtest.note_renamed(text) RENAME TO note;
+-- a privilege granted, then revoked, is checked again at the next enqueue
+GRANT USAGE ON SCHEMA qtest TO eventic_regress_bob;
+GRANT EXECUTE ON FUNCTION qtest.secret() TO eventic_regress_bob;
+SET ROLE eventic_regress_bob;
+SELECT eventic.enqueue('cached', 'qtest.secret()') > 0 AS granted;
+RESET ROLE;
+REVOKE EXECUTE ON FUNCTION qtest.secret() FROM eventic_regress_bob;
+SET ROLE eventic_regress_bob;
+SELECT code, message FROM pg_temp.try($$SELECT eventic.enqueue('cached', 'qtest.secret()')$$);
+RESET ROLE;
+SELECT eventic.drop_queue('cached');
+
+------------------------------------------------------------------------------------------
 SET client_min_messages = warning;
 DROP SCHEMA qtest CASCADE;
 DROP OWNED BY eventic_regress_alice, eventic_regress_bob;

@@ -1,17 +1,16 @@
 //! Per-backend cache of registered classes and their compiled validators.
 //!
-//! Any change to `eventic.classes` fires a statement trigger that queues a relcache
-//! invalidation of that table; every backend's callback bumps a generation counter, and the
-//! next lookup starts from an empty cache. So schemas compile once per backend, not per row.
+//! Any change to `eventic.classes` empties it (`crate::catalog_cache`): schemas compile once
+//! per backend, not per row.
 
-use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::cell::RefCell;
 use std::rc::Rc;
 
 use jsonschema::Validator;
 use pgrx::prelude::*;
 use pgrx::{pg_sys, JsonB};
 
+use crate::catalog_cache::{catalog_generation, watch, Generational};
 use crate::classes::schema;
 use crate::errors::Result;
 use crate::spi_plans::plan;
@@ -24,40 +23,10 @@ pub struct ClassInfo {
     pub subscribers: Vec<pg_sys::Oid>,
 }
 
-struct Cache {
-    generation: u64,
-    /// `None`: known not to be registered.
-    classes: HashMap<String, Option<Rc<ClassInfo>>>,
-}
-
 thread_local! {
-    static GENERATION: Cell<u64> = const { Cell::new(0) };
-    static CLASSES_OID: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
-    static CACHE: RefCell<Cache> = RefCell::new(Cache { generation: 0, classes: HashMap::new() });
-}
-
-/// Called by Postgres when a relation's cache entry is invalidated (must not raise).
-#[pg_guard]
-unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
-    if relid == pg_sys::InvalidOid || relid == CLASSES_OID.with(Cell::get) {
-        GENERATION.with(|g| g.set(g.get() + 1));
-    }
-}
-
-pub fn init() {
-    // SAFETY: registering a callback from _PG_init; the function lives as long as the library.
-    unsafe {
-        pg_sys::CacheRegisterRelcacheCallback(
-            Some(on_relcache_invalidation),
-            pg_sys::Datum::from(0usize),
-        );
-    }
-}
-
-/// Queue an invalidation of every backend's class cache (sent at commit; seen at once here).
-pub fn invalidate(classes_table: pg_sys::Oid) {
-    // SAFETY: a valid relation oid (the table the trigger fired on).
-    unsafe { pg_sys::CacheInvalidateRelcacheByRelid(classes_table) };
+    /// `None`: known not to be registered.
+    static CACHE: RefCell<Generational<String, Option<Rc<ClassInfo>>>> =
+        RefCell::new(Generational::new());
 }
 
 /// The table's oid comes back even when the class is not registered: the invalidation
@@ -68,15 +37,8 @@ const SELECT_CLASS: &str = "SELECT c.class_name IS NOT NULL, c.json_schema, \
 
 /// The registered class `name`, or `None` when it is not registered.
 pub fn lookup(name: &str) -> Result<Option<Rc<ClassInfo>>> {
-    let generation = GENERATION.with(Cell::get);
-    let cached = CACHE.with(|cache| {
-        let mut cache = cache.borrow_mut();
-        if cache.generation != generation {
-            cache.classes.clear();
-            cache.generation = generation;
-        }
-        cache.classes.get(name).cloned()
-    });
+    let generation = catalog_generation();
+    let cached = CACHE.with(|cache| cache.borrow_mut().get(generation, name));
     if let Some(found) = cached {
         return Ok(found);
     }
@@ -96,7 +58,7 @@ pub fn lookup(name: &str) -> Result<Option<Rc<ClassInfo>>> {
                 row.get::<Vec<pg_sys::Oid>>(5)?.unwrap_or_default(),
             ))
         })?;
-    CLASSES_OID.with(|oid| oid.set(classes_oid));
+    watch(classes_oid);
     let info = match registered {
         false => None,
         true => {
@@ -112,10 +74,9 @@ pub fn lookup(name: &str) -> Result<Option<Rc<ClassInfo>>> {
         }
     };
     CACHE.with(|cache| {
-        let mut cache = cache.borrow_mut();
-        if cache.generation == GENERATION.with(Cell::get) {
-            cache.classes.insert(name.to_string(), info.clone());
-        }
+        cache
+            .borrow_mut()
+            .insert(generation, name.to_string(), info.clone())
     });
     Ok(info)
 }

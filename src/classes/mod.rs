@@ -5,7 +5,6 @@ pub mod cache;
 pub mod naming;
 pub mod schema;
 pub mod tracked;
-pub mod triggers;
 
 use pgrx::prelude::*;
 use pgrx::{pg_sys, JsonB};

@@ -3,6 +3,7 @@
 //! that enqueued it.
 
 use pgrx::prelude::*;
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
@@ -11,6 +12,7 @@ use pgrx::spi::OwnedPreparedStatement;
 use pgrx::{pg_sys, JsonB};
 use serde_json::Value;
 
+use crate::catalog_cache::{function_generation, Generational};
 use crate::errors::{EventicError, Result};
 use crate::roles::run_job_as;
 use crate::subxact::{in_subtransaction, Failure};
@@ -31,8 +33,30 @@ pub struct Signature {
     defaults: usize,
 }
 
+thread_local! {
+    /// Signatures looked up by this backend, until a function, type or schema changes.
+    static SIGNATURES: RefCell<Generational<u32, Rc<Signature>>> = RefCell::new(Generational::new());
+}
+
 impl Signature {
-    pub fn of(fn_oid: pg_sys::Oid) -> Result<Signature> {
+    /// The signature of function `fn_oid` (42704 when there is none).
+    pub fn of(fn_oid: pg_sys::Oid) -> Result<Rc<Signature>> {
+        let generation = function_generation();
+        if let Some(found) =
+            SIGNATURES.with(|cached| cached.borrow_mut().get(generation, &fn_oid.to_u32()))
+        {
+            return Ok(found);
+        }
+        let signature = Rc::new(Self::look_up(fn_oid)?);
+        SIGNATURES.with(|cached| {
+            cached
+                .borrow_mut()
+                .insert(generation, fn_oid.to_u32(), signature.clone())
+        });
+        Ok(signature)
+    }
+
+    fn look_up(fn_oid: pg_sys::Oid) -> Result<Signature> {
         let row = Spi::connect(
             |client| -> Result<Option<(String, Vec<Option<String>>, i16, String)>> {
                 let stmt = crate::spi_plans::plan(
@@ -215,11 +239,11 @@ pub struct Job {
     pub enqueued_by: pg_sys::Oid,
 }
 
-/// What one drain has looked up: each function's signature and whether each role exists.
-/// (A call's SQL is planned once per connection, by `spi_plans::dynamic_plan`.)
+/// What one drain has looked up: whether each role exists. (Signatures are cached per
+/// backend by [`Signature::of`]; a call's SQL is planned once per connection, by
+/// `spi_plans::dynamic_plan`.)
 #[derive(Default)]
 pub struct Calls {
-    signatures: HashMap<u32, Rc<Signature>>,
     roles: HashMap<u32, bool>,
 }
 
@@ -236,15 +260,6 @@ impl Calls {
         .unwrap_or(false);
         self.roles.insert(role.to_u32(), exists);
         Ok(exists)
-    }
-
-    fn signature(&mut self, fn_oid: pg_sys::Oid) -> Result<Rc<Signature>> {
-        if let Some(found) = self.signatures.get(&fn_oid.to_u32()) {
-            return Ok(found.clone());
-        }
-        let signature = Rc::new(Signature::of(fn_oid)?);
-        self.signatures.insert(fn_oid.to_u32(), signature.clone());
-        Ok(signature)
     }
 
     /// Run a statement whose one column is jsonb; its value.
@@ -292,8 +307,7 @@ fn failure_of(err: EventicError) -> Failure {
 /// Run `job` as its enqueuer in a subtransaction. Its database effects are kept only when
 /// it succeeds (and commit with the caller's transaction).
 pub fn run(job: &Job, calls: &mut Calls) -> std::result::Result<(), Failure> {
-    let (sql, texts) = calls
-        .signature(job.fn_oid)
+    let (sql, texts) = Signature::of(job.fn_oid)
         .and_then(|sig| sig.call(&job.args))
         .map_err(failure_of)?;
     if !calls.role_exists(job.enqueued_by).map_err(failure_of)? {
@@ -311,8 +325,7 @@ pub fn run(job: &Job, calls: &mut Calls) -> std::result::Result<(), Failure> {
 
 /// Run `job` like [`run`] and return its function's result as JSON (a workflow step).
 pub fn run_returning(job: &Job, calls: &mut Calls) -> std::result::Result<Value, Failure> {
-    let (sql, texts) = calls
-        .signature(job.fn_oid)
+    let (sql, texts) = Signature::of(job.fn_oid)
         .and_then(|sig| sig.call_returning_json(&job.args))
         .map_err(failure_of)?;
     in_subtransaction(|| run_job_as(job.enqueued_by, || calls.query_json(&sql, &texts)))

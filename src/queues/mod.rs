@@ -6,43 +6,91 @@
 
 pub mod jobs;
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
 
 use pgrx::pg_sys::{PgBuiltInOids, PgOid};
 use pgrx::prelude::*;
 use pgrx::{pg_sys, JsonB};
 
+use crate::catalog_cache::{catalog_generation, watch, Generational};
 use crate::errors::{required, EventicError, OrReport, Result};
 use crate::roles::{as_extension_owner, current_role, is_superuser};
 use crate::spi_plans::optional_value;
 use jobs::{Job, Signature};
 
-const QUEUE_EXISTS: &str = "SELECT EXISTS (SELECT 1 FROM eventic.queues WHERE queue_name = $1)";
+/// A queue as enqueue and the drains need it.
+pub struct QueueInfo {
+    /// `eventic.queue_<name>`, quoted.
+    pub table: String,
+    /// Whether the background worker runs its jobs.
+    pub worker: bool,
+}
+
+thread_local! {
+    /// Queues looked up by this backend (`None`: no such queue), until eventic.queues changes.
+    static QUEUES: RefCell<Generational<String, Option<Rc<QueueInfo>>>> =
+        RefCell::new(Generational::new());
+}
+
+/// The table's oid comes back even for an unknown queue: the cache must watch it to see the
+/// queue's creation.
+const SELECT_QUEUE: &str = "SELECT q.queue_name IS NOT NULL, coalesce(q.worker, false), \
+            'eventic.queues'::regclass::oid \
+       FROM (SELECT 1) one LEFT JOIN eventic.queues q ON q.queue_name = $1";
+
+/// The queue `queue_name` (42704 when there is none).
+pub fn lookup(queue_name: &str) -> Result<Rc<QueueInfo>> {
+    let generation = catalog_generation();
+    let cached = QUEUES.with(|queues| queues.borrow_mut().get(generation, queue_name));
+    let found = match cached {
+        Some(found) => found,
+        None => {
+            let (exists, worker, queues_oid) = Spi::connect(|client| -> Result<_> {
+                let stmt = crate::spi_plans::plan(
+                    client,
+                    SELECT_QUEUE,
+                    &[crate::records::store::TEXT],
+                    false,
+                )?;
+                let rows = client.select(&*stmt, Some(1), &[queue_name.into()])?;
+                let row = rows.first();
+                Ok((
+                    row.get::<bool>(1)?.unwrap_or(false),
+                    row.get::<bool>(2)?.unwrap_or(false),
+                    row.get::<pg_sys::Oid>(3)?.unwrap_or(pg_sys::InvalidOid),
+                ))
+            })?;
+            watch(queues_oid);
+            let info = exists.then(|| {
+                Rc::new(QueueInfo {
+                    table: format!(
+                        "eventic.{}",
+                        pgrx::spi::quote_identifier(format!("queue_{queue_name}"))
+                    ),
+                    worker,
+                })
+            });
+            QUEUES.with(|queues| {
+                queues
+                    .borrow_mut()
+                    .insert(generation, queue_name.to_string(), info.clone())
+            });
+            info
+        }
+    };
+    found.ok_or_else(|| EventicError::UnknownObject {
+        what: "queue",
+        name: queue_name.to_string(),
+        hint: "See SELECT queue_name FROM eventic.queues; create one with \
+               eventic.create_queue(name) or eventic.register_class(class)."
+            .into(),
+    })
+}
 
 /// `eventic.queue_<name>`, quoted, for a queue that exists (42704 otherwise).
 pub fn queue_table(queue_name: &str) -> Result<String> {
-    let exists = Spi::connect(|client| -> Result<bool> {
-        let stmt =
-            crate::spi_plans::plan(client, QUEUE_EXISTS, &[crate::records::store::TEXT], false)?;
-        Ok(client
-            .select(&*stmt, Some(1), &[queue_name.into()])?
-            .first()
-            .get_one::<bool>()?
-            .unwrap_or(false))
-    })?;
-    if !exists {
-        return Err(EventicError::UnknownObject {
-            what: "queue",
-            name: queue_name.to_string(),
-            hint: "See SELECT queue_name FROM eventic.queues; create one with \
-                   eventic.create_queue(name) or eventic.register_class(class)."
-                .into(),
-        });
-    }
-    Ok(format!(
-        "eventic.{}",
-        pgrx::spi::quote_identifier(format!("queue_{queue_name}"))
-    ))
+    Ok(lookup(queue_name)?.table.clone())
 }
 
 /// queue_<name>_dedup must fit Postgres's 63-byte identifiers.
@@ -253,7 +301,7 @@ thread_local! {
 
 /// After an enqueue: NOTIFY `eventic_<queue>` for external consumers (at most every 100 ms
 /// per session and queue: consumers drain until empty, so one wake-up covers a burst), and
-/// wake the worker when the transaction commits.
+/// wake the worker when the transaction commits (if it runs this queue's jobs).
 pub fn announce(queue_name: &str) -> Result<()> {
     let due = LAST_NOTIFY.with(|last| {
         let mut last = last.borrow_mut();
@@ -272,12 +320,12 @@ pub fn announce(queue_name: &str) -> Result<()> {
             &[queue_name.into()],
         )?;
     }
-    notice_if_no_worker();
-    crate::worker::wake_worker_at_commit();
+    if lookup(queue_name)?.worker {
+        notice_if_no_worker();
+        crate::worker::wake_worker_at_commit();
+    }
     Ok(())
 }
-
-const MAY_EXECUTE: &str = "SELECT has_function_privilege($1, $2, 'EXECUTE')";
 
 /// Enqueue `fn(args)` on `queue`; returns the job id (the waiting job's id when `dedup_key`
 /// is already waiting). Called by the SQL wrapper `eventic.enqueue` (fn as regprocedure).
@@ -308,12 +356,10 @@ fn enqueue_job(
         }
         let signature = Signature::of(fn_oid)?;
         let runner = run_as.unwrap_or_else(current_role);
-        let may_execute = Spi::connect(|client| -> Result<bool> {
-            let oid = PgOid::BuiltIn(PgBuiltInOids::OIDOID);
-            let stmt = crate::spi_plans::plan(client, MAY_EXECUTE, &[oid, oid], false)?;
-            let rows = client.select(&*stmt, Some(1), &[runner.into(), fn_oid.into()])?;
-            Ok(rows.first().get_one::<bool>()?.unwrap_or(false))
-        })?;
+        // SAFETY: a catalog lookup; the function exists (Signature::of found it).
+        let may_execute = unsafe {
+            pg_sys::pg_proc_aclcheck(fn_oid, runner, pg_sys::ACL_EXECUTE as pg_sys::AclMode)
+        } == pg_sys::AclResult::ACLCHECK_OK;
         if !may_execute {
             let name = Spi::get_one_with_args::<String>("SELECT $1::regprocedure::text", &[fn_oid.into()])?
                 .unwrap_or_else(|| fn_oid.to_u32().to_string());
