@@ -136,7 +136,7 @@ SQL
 queues_new() {
     bench_sql -v q="$1" -v worker="$2" -v conc="$QUEUE_CONCURRENCY" <<'SQL'
 SELECT eventic.drop_queue(queue_name) FROM eventic.queues WHERE queue_name = :'q' \g /dev/null
-TRUNCATE eventic.finished_jobs;
+TRUNCATE eventic.finished_batches;
 SELECT eventic.create_queue(:'q', worker => :worker) \g /dev/null
 SELECT eventic.alter_queue(:'q', concurrency => :conc) \g /dev/null
 SQL
@@ -150,7 +150,7 @@ queues_fill() {
 SELECT count(*) FROM eventic.enqueue_batch(:'q', 'noop(int)',
        ARRAY(SELECT jsonb_build_array(g) FROM generate_series(1, :n) g)) \g /dev/null
 SQL
-    bench_sql -c "VACUUM ANALYZE eventic.queue_$queue" -c "VACUUM ANALYZE eventic.finished_jobs" -c CHECKPOINT
+    bench_sql -c "VACUUM ANALYZE eventic.queue_$queue" -c "VACUUM ANALYZE eventic.finished_batches" -c CHECKPOINT
 }
 
 # floor: BENCH_QUEUE_FLOOR_CLIENTS pgbench clients delete the N rows of bench_q, 100 per
@@ -282,7 +282,7 @@ SQL
                    (SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid = 'eventic.queue_growth'::regclass),
                    (SELECT n_tup_del FROM pg_stat_user_tables WHERE relid = 'eventic.queue_growth'::regclass),
                    (SELECT autovacuum_count FROM pg_stat_user_tables WHERE relid = 'eventic.queue_growth'::regclass),
-                   pg_total_relation_size('eventic.finished_jobs')")
+                   pg_total_relation_size('eventic.finished_batches')")
         rate=${row%%$'\t'*}
         printf '%s\t%s\n' "$b" "$row" | run_as_postgres tee -a "$QUEUE_GROWTH" >/dev/null
         [ "$b" = 1 ] && bench_record queues growth_first 1 1 "$rate" ""

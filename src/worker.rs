@@ -24,7 +24,7 @@ use crate::settings;
 const WORKER_TYPE: &str = "eventic worker";
 const LAUNCHER_TYPE: &str = "eventic launcher";
 /// Jobs per transaction of a worker: their effects and completions commit together.
-const JOBS_PER_TRANSACTION: i64 = 1000;
+const JOBS_PER_TRANSACTION: i64 = 1024;
 const LAUNCHER_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Set in the postmaster when eventic is preloaded; backends inherit it with fork().
@@ -224,12 +224,7 @@ fn drain_database(budget: i64) -> i64 {
         if !has_slot {
             continue;
         }
-        let claim_batch = if concurrency > 1 {
-            1
-        } else {
-            crate::queues::CLAIM_BATCH
-        };
-        match crate::queues::drain(&queue, budget - ran, None, claim_batch) {
+        match crate::queues::drain(&queue, budget - ran, None) {
             Ok(n) => ran += n,
             Err(err) => err.report(),
         }

@@ -343,7 +343,7 @@ fn drop_class(class_name: Option<&str>) {
         as_extension_owner(|| {
             Spi::run_with_args(
                 "WITH gone AS (DELETE FROM eventic.classes WHERE class_name = $1 RETURNING queue_name),
-                      archived AS (DELETE FROM eventic.finished_jobs f USING gone
+                      archived AS (DELETE FROM eventic.finished_batches f USING gone
                                     WHERE f.queue_name = gone.queue_name)
                  DELETE FROM eventic.queues q USING gone WHERE q.queue_name = gone.queue_name",
                 &[class_name.into()],

@@ -165,6 +165,73 @@ impl Signature {
         ))
     }
 
+    /// How many arguments a call with `args` passes (`None`: args that cannot be called).
+    pub fn arity(&self, args: &Value) -> Option<usize> {
+        if self.takes_whole_jsonb() {
+            return Some(1);
+        }
+        self.positional(args).ok().map(Vec::len)
+    }
+
+    /// One statement that calls the function once per element of `args_list` (all of one
+    /// [`Signature::arity`]), in order: `SELECT f(a1::t1, …) FROM unnest($1::text[], …)`, and
+    /// its parameters, one text array per argument.
+    pub fn group_call(&self, args_list: &[&Value]) -> Result<(String, Vec<Vec<Option<String>>>)> {
+        if self.takes_whole_jsonb() {
+            let texts = args_list
+                .iter()
+                .map(|args| Some(args.to_string()))
+                .collect();
+            return Ok((
+                format!(
+                    "SELECT {}(a1::jsonb) FROM unnest($1::text[]) u(a1)",
+                    self.name
+                ),
+                vec![texts],
+            ));
+        }
+        let arity = args_list
+            .first()
+            .map(|args| self.positional(args).map(Vec::len))
+            .transpose()?
+            .unwrap_or(0);
+        // one column per argument (a call without arguments still needs one row per job)
+        let mut columns = vec![Vec::with_capacity(args_list.len()); arity.max(1)];
+        for args in args_list {
+            let values = self.positional(args)?;
+            if values.len() != arity {
+                return Err(EventicError::Internal(
+                    "jobs of one group differ in arity".into(),
+                ));
+            }
+            for (column, text) in columns.iter_mut().zip(as_texts(values)) {
+                column.push(text);
+            }
+            if arity == 0 {
+                columns[0].push(None);
+            }
+        }
+        let casts = (0..arity)
+            .map(|i| format!("a{}::{}", i + 1, self.types[i]))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let arrays = (0..columns.len())
+            .map(|i| format!("${}::text[]", i + 1))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let names = (0..columns.len())
+            .map(|i| format!("a{}", i + 1))
+            .collect::<Vec<_>>()
+            .join(", ");
+        Ok((
+            format!(
+                "SELECT {}({casts}) FROM unnest({arrays}) u({names})",
+                self.name
+            ),
+            columns,
+        ))
+    }
+
     /// 22023 now, not a failed job later: every argument must convert to its parameter type.
     pub fn check_args(&self, args: &Value) -> Result<()> {
         if self.takes_whole_jsonb() {
@@ -321,6 +388,49 @@ pub fn run(job: &Job, calls: &mut Calls) -> std::result::Result<(), Failure> {
     }
     in_subtransaction(|| run_job_as(job.enqueued_by, || calls.execute(&sql, &texts)))
         .and_then(|outcome| outcome.map_err(failure_of))
+}
+
+/// Run `group` (jobs of one function, enqueuer and arity, in order) as one statement in one
+/// subtransaction, as their enqueuer: one executor start for all of them, and a SQL
+/// function's plan reused from call to call. All or nothing: on an ERROR nothing of the
+/// group is kept, and the caller runs its jobs one by one to tell which one failed.
+pub fn run_group(group: &[Job], calls: &mut Calls) -> std::result::Result<(), Failure> {
+    let Some(first) = group.first() else {
+        return Ok(());
+    };
+    let args_list: Vec<&Value> = group.iter().map(|job| &job.args).collect();
+    let (sql, columns) = Signature::of(first.fn_oid)
+        .and_then(|sig| sig.group_call(&args_list))
+        .map_err(failure_of)?;
+    if !calls.role_exists(first.enqueued_by).map_err(failure_of)? {
+        return Err(Failure {
+            sqlstate: "42704".into(),
+            message: "the role that enqueued these jobs no longer exists".into(),
+        });
+    }
+    in_subtransaction(|| {
+        run_job_as(first.enqueued_by, || {
+            let types = vec![PgOid::BuiltIn(PgBuiltInOids::TEXTARRAYOID); columns.len()];
+            let args: Vec<pgrx::datum::DatumWithOid> =
+                columns.into_iter().map(|column| column.into()).collect();
+            Spi::connect_mut(|client| -> Result<()> {
+                let plan = crate::spi_plans::dynamic_plan(client, &sql, &types)?;
+                client.update(&*plan, None, &args)?;
+                Ok(())
+            })
+        })
+    })
+    .and_then(|outcome| outcome.map_err(failure_of))
+}
+
+/// Whether two jobs can run in one group ([`run_group`]): same function, enqueuer and arity.
+pub fn same_call(a: &Job, b: &Job) -> bool {
+    a.fn_oid == b.fn_oid
+        && a.enqueued_by == b.enqueued_by
+        && match Signature::of(a.fn_oid) {
+            Ok(sig) => sig.arity(&a.args).is_some() && sig.arity(&a.args) == sig.arity(&b.args),
+            Err(_) => false,
+        }
 }
 
 /// Run `job` like [`run`] and return its function's result as JSON (a workflow step).

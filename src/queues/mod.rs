@@ -211,7 +211,7 @@ fn drop_queue(queue_name: Option<&str>) {
                 &[name.into()],
             )?;
             Spi::run_with_args(
-                "DELETE FROM eventic.finished_jobs WHERE queue_name = $1",
+                "DELETE FROM eventic.finished_batches WHERE queue_name = $1",
                 &[name.into()],
             )?;
             Ok(())
@@ -395,48 +395,108 @@ fn enqueue_job(
     .or_report()
 }
 
-/// Jobs claimed by one statement while draining (they run one by one, each in its own
-/// subtransaction; their completions are written together). A queue with concurrency > 1 is
-/// claimed one job at a time, so that its workers share the jobs.
-pub const CLAIM_BATCH: i64 = 500;
+/// The most jobs one statement takes while draining (they run in groups of one function, or
+/// one by one, each group or job in its own subtransaction; their ends are written together).
+pub const CLAIM_BATCH: i64 = 512;
 
-/// Seconds to wait before attempt `attempts + 1`: exponential, capped at an hour, with jitter.
-const BACKOFF_SQL: &str =
-    "least(3600, power(2, attempts)) * (0.5 + random() / 2) * interval '1 second'";
+/// How long one claimed batch should take to run. The batch size follows the queue's job
+/// duration: no-op jobs are taken 512 at a time, jobs of 50 ms or more one at a time, so a
+/// worker never sits on many slow jobs that other workers (concurrency > 1) could run, and
+/// their effects commit soon.
+const BATCH_TARGET: std::time::Duration = std::time::Duration::from_millis(50);
 
-/// Take up to `limit` runnable jobs, leased for `lease`. `only_role`: jobs enqueued by it only.
-fn claim(
-    table: &str,
-    limit: i64,
-    lease: &str,
-    only_role: Option<pg_sys::Oid>,
-) -> Result<Vec<(Job, i32)>> {
+thread_local! {
+    /// Per queue: this backend's running average of the time one job takes, in µs.
+    static JOB_MICROS: RefCell<std::collections::HashMap<String, f64>> =
+        RefCell::new(std::collections::HashMap::new());
+}
+
+/// How many jobs of `queue_name` to claim next: a power of two (so that the claim's kept
+/// plans are few), 4 while the queue's job duration is unknown.
+fn claim_size(queue_name: &str) -> i64 {
+    let micros = JOB_MICROS.with(|m| m.borrow().get(queue_name).copied());
+    let Some(micros) = micros else {
+        return 4;
+    };
+    let fits = (BATCH_TARGET.as_micros() as f64 / micros.max(1.0)) as i64;
+    let size = if fits < 2 {
+        1
+    } else {
+        1 << (63 - fits.leading_zeros())
+    };
+    size.min(CLAIM_BATCH)
+}
+
+/// Note that `jobs` jobs of `queue_name` took `elapsed`.
+fn note_job_time(queue_name: &str, jobs: usize, elapsed: std::time::Duration) {
+    if jobs == 0 {
+        return;
+    }
+    let sample = elapsed.as_micros() as f64 / jobs as f64;
+    JOB_MICROS.with(|m| {
+        let mut m = m.borrow_mut();
+        let average = m.entry(queue_name.to_string()).or_insert(sample);
+        *average = (*average + sample) / 2.0;
+    });
+}
+
+/// How a job was taken, which decides how its end is written.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Taken {
+    /// By `dequeue`: leased (visible to all as taken), its attempt counted at once.
+    Leased,
+    /// By a drain in this transaction: only row-locked (FOR UPDATE SKIP LOCKED). The drain
+    /// ends the job before it commits, so a lease would never be seen by anyone; a crash
+    /// rolls the lock back and the job is taken again. Its attempt is counted at its end.
+    Locked,
+}
+
+impl Taken {
+    /// The row's attempts counting this one.
+    fn attempts_sql(self) -> &'static str {
+        match self {
+            Taken::Leased => "attempts",
+            Taken::Locked => "attempts + 1",
+        }
+    }
+
+    /// Only jobs taken this way may be ended this way (ack/nack need a dequeued job).
+    fn condition_sql(self) -> &'static str {
+        match self {
+            Taken::Leased => "AND lease_until IS NOT NULL",
+            Taken::Locked => "",
+        }
+    }
+}
+
+/// Which runnable jobs come first, for the ready index (priority DESC, run_at, job_id).
+const RUNNABLE: &str = "dead_at IS NULL AND run_at <= $1
+           AND (lease_until IS NULL OR lease_until < $1)";
+const RUNNABLE_ORDER: &str = "ORDER BY priority DESC, run_at, job_id";
+
+/// Lease up to `limit` runnable jobs for `lease` (external consumers).
+fn lease_jobs(table: &str, limit: i64, lease: &str) -> Result<Vec<(Job, i32)>> {
     as_extension_owner(|| {
         Spi::connect_mut(|client| {
             let sql = format!(
-                    "WITH taken AS (
-                       UPDATE {table} q SET lease_until = clock_timestamp() + {lease}, attempts = q.attempts + 1
-                        -- = ANY (ARRAY(...)): the ids are taken first, whatever plan the
-                        -- outer UPDATE gets (IN (...) can become a semi-join that scans the
-                        -- queue, or re-runs the locking subquery per row)
-                        WHERE q.job_id = ANY (ARRAY(
-                              SELECT job_id FROM {table}
-                               WHERE dead_at IS NULL AND run_at <= clock_timestamp()
-                                 AND (lease_until IS NULL OR lease_until < clock_timestamp())
-                                 AND ($2::oid IS NULL OR enqueued_by = $2)
-                               ORDER BY priority DESC, run_at, job_id
-                               LIMIT $1 FOR UPDATE SKIP LOCKED))
-                       RETURNING q.job_id, q.fn::oid AS fn, q.args, q.enqueued_by, q.attempts,
-                                 q.priority, q.run_at)
-                     SELECT job_id, fn, args, enqueued_by, attempts FROM taken
-                      ORDER BY priority DESC, run_at, job_id"
-                );
+                "WITH taken AS (
+                   UPDATE {table} q SET lease_until = clock_timestamp() + {lease}, attempts = q.attempts + 1
+                    -- = ANY (ARRAY(...)): the ids are taken first, whatever plan the outer
+                    -- UPDATE gets (IN (...) can become a semi-join that scans the queue, or
+                    -- re-runs the locking subquery per row)
+                    WHERE q.job_id = ANY (ARRAY(
+                          SELECT job_id FROM {table} WHERE {RUNNABLE}
+                           {RUNNABLE_ORDER} LIMIT $2 FOR UPDATE SKIP LOCKED))
+                   RETURNING q.job_id, q.fn::oid AS fn, q.args, q.enqueued_by, q.attempts,
+                             q.priority, q.run_at)
+                 SELECT job_id, fn, args, enqueued_by, attempts FROM taken {RUNNABLE_ORDER}"
+            );
             let types = [
+                PgOid::BuiltIn(PgBuiltInOids::TIMESTAMPTZOID),
                 PgOid::BuiltIn(PgBuiltInOids::INT8OID),
-                PgOid::BuiltIn(PgBuiltInOids::OIDOID),
             ];
             let stmt = crate::spi_plans::dynamic_plan(client, &sql, &types)?;
-            let rows = client.update(&*stmt, None, &[limit.into(), only_role.into()])?;
+            let rows = client.update(&*stmt, None, &[clock_timestamp().into(), limit.into()])?;
             let mut jobs = Vec::new();
             for row in rows {
                 let job = jobs::job_from(&row)?;
@@ -447,40 +507,124 @@ fn claim(
     })
 }
 
-/// Jobs that ran: out of their queue, into eventic.finished_jobs. Returns how many moved.
-fn finish(queue_name: &str, table: &str, job_ids: &[i64]) -> Result<i64> {
-    if job_ids.is_empty() {
-        return Ok(0);
-    }
+/// Lock up to `limit` runnable jobs for this transaction ([`Taken::Locked`]), in order.
+/// `only_role`: jobs enqueued by it only. The limit is written into the statement (a generic
+/// plan of `LIMIT $n` may sort the whole queue instead of reading the ready index in order);
+/// the plans of power-of-two limits are kept, others are planned for each claim.
+fn lock_jobs(
+    table: &str,
+    limit: i64,
+    only_role: Option<pg_sys::Oid>,
+) -> Result<Vec<(Job, pg_sys::ItemPointerData)>> {
+    let role_filter = match only_role {
+        Some(role) => format!("AND enqueued_by = {}", role.to_u32()),
+        None => String::new(),
+    };
+    let sql = format!(
+        "SELECT job_id, fn::oid, args, enqueued_by, ctid FROM {table}
+          WHERE {RUNNABLE} {role_filter}
+          {RUNNABLE_ORDER} LIMIT {limit} FOR UPDATE SKIP LOCKED"
+    );
+    let now = clock_timestamp();
     as_extension_owner(|| {
         Spi::connect_mut(|client| {
-            let sql = format!(
-                "WITH done AS (DELETE FROM {table} WHERE job_id = ANY ($2) AND dead_at IS NULL AND lease_until IS NOT NULL RETURNING *)
-                 INSERT INTO eventic.finished_jobs
-                        (queue_name, job_id, fn, args, enqueued_by, enqueued_at, attempts)
-                 SELECT $1, job_id, fn, args, enqueued_by, enqueued_at, attempts FROM done"
-            );
+            let rows = if limit > 0 && (limit as u64).is_power_of_two() {
+                let types = [PgOid::BuiltIn(PgBuiltInOids::TIMESTAMPTZOID)];
+                let stmt = crate::spi_plans::dynamic_plan(client, &sql, &types)?;
+                client.update(&*stmt, None, &[now.into()])?
+            } else {
+                client.update(&sql, None, &[now.into()])?
+            };
+            rows.map(|row| {
+                let tid = row
+                    .get::<pg_sys::ItemPointerData>(5)?
+                    .ok_or_else(|| EventicError::Internal("a claimed job without ctid".into()))?;
+                Ok((jobs::job_from(&row)?, tid))
+            })
+            .collect()
+        })
+    })
+}
+
+/// Jobs that ran successfully.
+enum Finished<'a> {
+    /// Dequeued jobs that an external consumer acked: they must still hold a lease.
+    Acked(&'a [i64]),
+    /// Jobs this transaction drained ([`Taken::Locked`]), by row: their row locks are held,
+    /// so the rows cannot have moved, and a TID scan deletes them without an index lookup
+    /// per job.
+    Drained(&'a [pg_sys::ItemPointerData]),
+}
+
+/// Jobs that ran: out of their queue, into the archive (eventic.finished_jobs). Returns how
+/// many moved.
+fn finish(queue_name: &str, table: &str, finished: Finished<'_>) -> Result<i64> {
+    let (rows_sql, taken, rows_type, rows): (_, _, _, pgrx::datum::DatumWithOid) = match finished {
+        Finished::Acked([]) | Finished::Drained([]) => return Ok(0),
+        Finished::Acked(ids) => (
+            "job_id = ANY ($2) AND dead_at IS NULL AND lease_until IS NOT NULL",
+            Taken::Leased,
+            PgBuiltInOids::INT8ARRAYOID,
+            ids.to_vec().into(),
+        ),
+        Finished::Drained(tids) => (
+            "ctid = ANY ($2)",
+            Taken::Locked,
+            PgBuiltInOids::TIDARRAYOID,
+            tids.to_vec().into(),
+        ),
+    };
+    let attempts = taken.attempts_sql();
+    as_extension_owner(|| {
+        Spi::connect_mut(|client| {
+            // eventic.archive_retention = 0 keeps no archive: the jobs are only deleted
+            let sql = if crate::settings::archive_retention_seconds() == 0 {
+                format!(
+                    "DELETE FROM {table} WHERE {rows_sql} AND $1 IS NOT NULL RETURNING NULL::bigint[]"
+                )
+            } else {
+                // one archive row for the whole batch (sql/queues.sql: finished_batches)
+                format!(
+                    "WITH done AS (DELETE FROM {table} WHERE {rows_sql}
+                                   RETURNING job_id, fn, args, enqueued_by, enqueued_at, {attempts} AS attempts)
+                     INSERT INTO eventic.finished_batches
+                            (queue_name, job_ids, fns, args, enqueued_by, enqueued_at, attempts)
+                     SELECT $1, array_agg(job_id), array_agg(fn), array_agg(args), array_agg(enqueued_by),
+                            array_agg(enqueued_at), array_agg(attempts)
+                       FROM (SELECT * FROM done ORDER BY job_id) d
+                     HAVING count(*) > 0
+                     RETURNING job_ids"
+                )
+            };
             let types = [
                 PgOid::BuiltIn(PgBuiltInOids::TEXTOID),
-                PgOid::BuiltIn(PgBuiltInOids::INT8ARRAYOID),
+                PgOid::BuiltIn(rows_type),
             ];
             let stmt = crate::spi_plans::dynamic_plan(client, &sql, &types)?;
-            let moved =
-                client.update(&*stmt, None, &[queue_name.into(), job_ids.to_vec().into()])?;
-            Ok(moved.len() as i64)
+            let rows = client.update(&*stmt, None, &[queue_name.into(), rows])?;
+            // the deleted jobs (retention 0), or the ids in the one archive row
+            let mut moved = 0;
+            for row in rows {
+                moved += match row.get::<Vec<i64>>(1)? {
+                    Some(ids) => ids.len() as i64,
+                    None => 1,
+                };
+            }
+            Ok(moved)
         })
     })
 }
 
 /// A job that failed: retried after a backoff, or dead after max_attempts. False if absent.
-fn fail(table: &str, job_id: i64, error: &str) -> Result<bool> {
+fn fail(table: &str, job_id: i64, error: &str, taken: Taken) -> Result<bool> {
+    let (attempts, condition) = (taken.attempts_sql(), taken.condition_sql());
     as_extension_owner(|| {
         let updated = optional_value::<i64>(
             &format!(
-                "UPDATE {table} SET lease_until = NULL, last_error = $2,
-                        run_at = clock_timestamp() + {BACKOFF_SQL},
-                        dead_at = CASE WHEN attempts >= max_attempts THEN clock_timestamp() END
-                  WHERE job_id = $1 AND dead_at IS NULL AND lease_until IS NOT NULL RETURNING job_id"
+                "UPDATE {table} SET lease_until = NULL, last_error = $2, attempts = {attempts},
+                        run_at = clock_timestamp() + least(3600, power(2, {attempts})) * (0.5 + random() / 2) * interval '1 second',
+                        dead_at = CASE WHEN {attempts} >= max_attempts THEN clock_timestamp() END
+                  WHERE job_id = $1 AND dead_at IS NULL {condition} RETURNING job_id"
             ),
             &[job_id.into(), error.into()],
         );
@@ -488,52 +632,89 @@ fn fail(table: &str, job_id: i64, error: &str) -> Result<bool> {
     })
 }
 
-/// Remove finished jobs older than eventic.archive_retention.
+const PRUNE_ARCHIVE: &str =
+    "DELETE FROM eventic.finished_batches WHERE finished_at < $1 - $2 * interval '1 second'";
+
+thread_local! {
+    static LAST_PRUNE: Cell<Option<std::time::Instant>> = const { Cell::new(None) };
+}
+
+/// Remove finished jobs older than eventic.archive_retention (through the finished_at
+/// index: the cutoff is a parameter, not a volatile expression evaluated per row), at most
+/// every few seconds per backend.
 fn prune_archive() -> Result<()> {
+    let due = LAST_PRUNE.with(|last| match last.get() {
+        Some(at) if at.elapsed() < std::time::Duration::from_secs(5) => false,
+        _ => {
+            last.set(Some(std::time::Instant::now()));
+            true
+        }
+    });
+    if !due {
+        return Ok(());
+    }
     as_extension_owner(|| {
-        Spi::run_with_args(
-            "DELETE FROM eventic.finished_jobs WHERE finished_at < clock_timestamp() - $1 * interval '1 second'",
-            &[crate::settings::archive_retention_seconds().into()],
-        )?;
-        Ok(())
+        Spi::connect_mut(|client| {
+            let types = [
+                PgOid::BuiltIn(PgBuiltInOids::TIMESTAMPTZOID),
+                PgOid::BuiltIn(PgBuiltInOids::INT4OID),
+            ];
+            let stmt = crate::spi_plans::plan(client, PRUNE_ARCHIVE, &types, true)?;
+            let retention = crate::settings::archive_retention_seconds();
+            client.update(&*stmt, None, &[clock_timestamp().into(), retention.into()])?;
+            Ok(())
+        })
     })
 }
 
 /// Run up to `max_jobs` ready jobs of one queue in this session: each as its enqueuer, in a
 /// subtransaction; its effects commit with its completion. Returns how many ran.
-pub fn drain(
-    queue_name: &str,
-    max_jobs: i64,
-    only_role: Option<pg_sys::Oid>,
-    claim_batch: i64,
-) -> Result<i64> {
+pub fn drain(queue_name: &str, max_jobs: i64, only_role: Option<pg_sys::Oid>) -> Result<i64> {
     let table = queue_table(queue_name)?;
     let mut calls = jobs::Calls::default();
+    let mut grouping = true;
     let mut ran = 0;
     while ran < max_jobs {
-        let batch = claim(
+        let started = std::time::Instant::now();
+        let batch = lock_jobs(
             &table,
-            (max_jobs - ran).min(claim_batch.max(1)),
-            "interval '5 minutes'",
+            (max_jobs - ran).min(claim_size(queue_name)),
             only_role,
         )?;
         if batch.is_empty() {
             break;
         }
+        let (batch, tids): (Vec<Job>, Vec<pg_sys::ItemPointerData>) = batch.into_iter().unzip();
         let mut succeeded = Vec::with_capacity(batch.len());
-        for (job, _attempt) in &batch {
-            match jobs::run(job, &mut calls) {
-                Ok(()) => succeeded.push(job.job_id),
-                Err(failure) => {
-                    fail(
-                        &table,
-                        job.job_id,
-                        &format!("{}: {}", failure.sqlstate, failure.message),
-                    )?;
+        let mut start = 0;
+        for group in batch.chunk_by(jobs::same_call) {
+            let rows = start..start + group.len();
+            start = rows.end;
+            // consecutive jobs of one call run as one statement; if that fails, one by one
+            if grouping && group.len() > 1 {
+                if jobs::run_group(group, &mut calls).is_ok() {
+                    succeeded.extend_from_slice(&tids[rows]);
+                    continue;
+                }
+                // failures are likely to come again in this drain: no more groups
+                grouping = false;
+            }
+            for (job, tid) in group.iter().zip(&tids[rows]) {
+                match jobs::run(job, &mut calls) {
+                    Ok(()) => succeeded.push(*tid),
+                    Err(failure) => {
+                        fail(
+                            &table,
+                            job.job_id,
+                            &format!("{}: {}", failure.sqlstate, failure.message),
+                            Taken::Locked,
+                        )?;
+                    }
                 }
             }
         }
-        finish(queue_name, &table, &succeeded)?;
+        finish(queue_name, &table, Finished::Drained(&succeeded))?;
+        note_job_time(queue_name, batch.len(), started.elapsed());
         ran += batch.len() as i64;
     }
     prune_archive()?;
@@ -572,7 +753,7 @@ fn run_pending(
         };
         let mut ran = 0;
         for name in queues {
-            ran += drain(&name, max_jobs - ran, only_role, CLAIM_BATCH)?;
+            ran += drain(&name, max_jobs - ran, only_role)?;
         }
         Ok(ran)
     })()
@@ -613,7 +794,7 @@ fn dequeue(
         )?
         .unwrap_or(false);
         let limit = if paused { 0 } else { i64::from(batch) };
-        Ok(claim(&table, limit, &lease_sql, None)?
+        Ok(lease_jobs(&table, limit, &lease_sql)?
             .into_iter()
             .map(|(job, attempt)| (job.job_id, job.fn_oid, JsonB(job.args), attempt))
             .collect::<Vec<_>>())
@@ -658,7 +839,7 @@ fn ack(queue_name: Option<&str>, job_id: Option<i64>) {
         let (name, job_id) = (required(queue_name, "queue")?, required(job_id, "job_id")?);
         let table = queue_table(name)?;
         require_consumer(name)?;
-        if finish(name, &table, &[job_id])? == 1 {
+        if finish(name, &table, Finished::Acked(&[job_id]))? == 1 {
             Ok(())
         } else {
             Err(unknown_job(name, job_id))
@@ -674,7 +855,7 @@ fn nack(queue_name: Option<&str>, job_id: Option<i64>, error: default!(Option<&s
         let (name, job_id) = (required(queue_name, "queue")?, required(job_id, "job_id")?);
         let table = queue_table(name)?;
         require_consumer(name)?;
-        if fail(&table, job_id, error.unwrap_or("nack"))? {
+        if fail(&table, job_id, error.unwrap_or("nack"), Taken::Leased)? {
             Ok(())
         } else {
             Err(unknown_job(name, job_id))
