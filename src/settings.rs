@@ -6,6 +6,7 @@ use std::ffi::CString;
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 
 static STRICT_FIELD_NAMES: GucSetting<bool> = GucSetting::<bool>::new(true);
+static SPECULATIVE_WORKFLOWS: GucSetting<bool> = GucSetting::<bool>::new(true);
 static ARCHIVE_RETENTION: GucSetting<i32> = GucSetting::<i32>::new(86_400);
 static POLL_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(1_000);
 static MAX_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(8);
@@ -22,6 +23,18 @@ pub fn init() {
           class_type; such fields cannot become typed view columns.",
         &STRICT_FIELD_NAMES,
         GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"eventic.speculative_workflows",
+        c"Run a workflow body once, running new steps where it reaches them.",
+        c"On (the default), a body that can finish in one go runs once, its steps inline, all \
+          committed together. A body that sleeps, waits or meets a failing step is rolled back \
+          (its steps' database effects with it) and replayed step by step, as it is from then \
+          on in that worker: a step with effects outside the database may then run twice. Off: \
+          always step by step, each step committed before the body goes on.",
+        &SPECULATIVE_WORKFLOWS,
+        GucContext::Sighup,
         GucFlags::default(),
     );
     GucRegistry::define_int_guc(
@@ -81,6 +94,11 @@ pub fn init() {
 /// `eventic.strict_field_names`
 pub fn strict_field_names() -> bool {
     STRICT_FIELD_NAMES.get()
+}
+
+/// `eventic.speculative_workflows`
+pub fn speculative_workflows() -> bool {
+    SPECULATIVE_WORKFLOWS.get()
 }
 
 /// `eventic.archive_retention`, in seconds

@@ -88,3 +88,42 @@ pub fn optional_value_planned<T: pgrx::FromDatum + pgrx::IntoDatum>(
         }
     })
 }
+
+/// The parameter types of `args`, for preparing a statement.
+fn types_of(args: &[pgrx::datum::DatumWithOid]) -> Vec<PgOid> {
+    args.iter().map(|arg| PgOid::from(arg.oid())).collect()
+}
+
+/// [`optional_value`] for a constant statement, through its kept plan (parameter types from
+/// `args`; mutating: a fresh snapshot).
+pub fn kept_value<T: pgrx::FromDatum + pgrx::IntoDatum>(
+    sql: &'static str,
+    args: &[pgrx::datum::DatumWithOid],
+) -> Result<Option<T>> {
+    pgrx::Spi::connect_mut(|client| {
+        let stmt = plan(client, sql, &types_of(args), true)?;
+        let mut rows = client.update(&*stmt, Some(1), args)?;
+        match rows.next() {
+            Some(row) => Ok(row.get::<T>(1)?),
+            None => Ok(None),
+        }
+    })
+}
+
+/// Run a constant statement through its kept plan (parameter types from `args`).
+pub fn kept_run(sql: &'static str, args: &[pgrx::datum::DatumWithOid]) -> Result<()> {
+    pgrx::Spi::connect_mut(|client| {
+        let stmt = plan(client, sql, &types_of(args), true)?;
+        client.update(&*stmt, None, args)?;
+        Ok(())
+    })
+}
+
+/// The kept plan of a constant statement (parameter types from `args`; mutating).
+pub fn kept(
+    client: &SpiClient<'_>,
+    sql: &'static str,
+    args: &[pgrx::datum::DatumWithOid],
+) -> Result<Rc<OwnedPreparedStatement>> {
+    plan(client, sql, &types_of(args), true)
+}

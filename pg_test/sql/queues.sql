@@ -263,6 +263,8 @@ SELECT code, message FROM pg_temp.try($$TRUNCATE eventic.queue_roles$$);
 SELECT code, message FROM pg_temp.try($$UPDATE eventic.queues SET paused = true$$);
 SELECT code, message FROM pg_temp.try($$INSERT INTO eventic.finished_jobs SELECT * FROM eventic.finished_jobs$$);
 SELECT code, message FROM pg_temp.try($$DELETE FROM eventic.finished_jobs$$);
+SELECT code, message FROM pg_temp.try($$INSERT INTO eventic.finished_batches SELECT * FROM eventic.finished_batches$$);
+SELECT code, message FROM pg_temp.try($$DELETE FROM eventic.finished_batches$$);
 -- only the queue's owner (or a superuser) alters or drops it, or revives its jobs
 SELECT code, message, hint FROM pg_temp.try($$SELECT eventic.alter_queue('roles', paused => true)$$);
 SELECT code, message FROM pg_temp.try($$SELECT eventic.drop_queue('roles')$$);

@@ -20,7 +20,7 @@ use crate::subxact::{in_subtransaction, Failure};
 const SELECT_SIGNATURE: &str = "SELECT quote_ident(n.nspname) || '.' || quote_ident(p.proname),
         ARRAY(SELECT format_type(t, NULL)
                 FROM unnest(p.proargtypes::oid[]) WITH ORDINALITY u(t, i) ORDER BY i),
-        p.pronargdefaults, p.prokind::text
+        p.pronargdefaults, p.prokind::text, format_type(p.prorettype, NULL), p.proretset
    FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE p.oid = $1";
 
 /// How to call a job's function.
@@ -31,6 +31,9 @@ pub struct Signature {
     types: Vec<String>,
     /// Parameters that have defaults (the last ones).
     defaults: usize,
+    /// The result type as SQL (`format_type`), and whether it returns a set.
+    returns: String,
+    returns_set: bool,
 }
 
 thread_local! {
@@ -58,7 +61,7 @@ impl Signature {
 
     fn look_up(fn_oid: pg_sys::Oid) -> Result<Signature> {
         let row = Spi::connect(
-            |client| -> Result<Option<(String, Vec<Option<String>>, i16, String)>> {
+            |client| -> Result<Option<(String, Vec<Option<String>>, i16, String, String, bool)>> {
                 let stmt = crate::spi_plans::plan(
                     client,
                     SELECT_SIGNATURE,
@@ -74,10 +77,12 @@ impl Signature {
                     row.get::<Vec<Option<String>>>(2)?.unwrap_or_default(),
                     row.get::<i16>(3)?.unwrap_or(0),
                     row.get::<String>(4)?.unwrap_or_default(),
+                    row.get::<String>(5)?.unwrap_or_default(),
+                    row.get::<bool>(6)?.unwrap_or(false),
                 )))
             },
         )?;
-        let Some((name, types, defaults, kind)) = row else {
+        let Some((name, types, defaults, kind, returns, returns_set)) = row else {
             return Err(EventicError::UnknownObject {
                 what: "function",
                 name: fn_oid.to_u32().to_string(),
@@ -94,7 +99,14 @@ impl Signature {
             name,
             types: types.into_iter().flatten().collect(),
             defaults: defaults as usize,
+            returns,
+            returns_set,
         })
+    }
+
+    /// Whether it has the shape of a workflow body: `fn(input jsonb) RETURNS jsonb`.
+    pub fn is_workflow_body(&self) -> bool {
+        self.takes_whole_jsonb() && self.returns == "jsonb" && !self.returns_set
     }
 
     /// A function with a single jsonb parameter gets `args` whole.

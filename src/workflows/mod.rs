@@ -63,6 +63,8 @@ enum Pending {
     Await {
         child: String,
     },
+    /// A speculative run ([`Context::speculative`]) met something it cannot do in one go.
+    Abandon,
 }
 
 struct Context {
@@ -73,6 +75,11 @@ struct Context {
     new_values: Vec<(usize, StepRecord)>,
     /// The first new step the body reached (its position), which stops the body.
     pending: Option<(usize, Pending)>,
+    /// A speculative run: new steps run where the body reaches them, inside the body's
+    /// subtransaction, and the run counts only if the body returns (see run_workflow_steps).
+    speculative: bool,
+    /// Steps run inline by this speculative run.
+    inline_steps: usize,
 }
 
 thread_local! {
@@ -145,6 +152,7 @@ fn step(name: Option<&str>, fn_oid: Option<pg_sys::Oid>, args: Option<JsonB>) ->
                 ),
                 "The workflow's body may catch this error; otherwise the workflow ends in ERROR.",
             )),
+            (position, None) if speculating() => run_inline(position, name, fn_oid, args),
             _ => Err(suspend(Pending::Call {
                 name: name.to_string(),
                 fn_oid,
@@ -153,6 +161,64 @@ fn step(name: Option<&str>, fn_oid: Option<pg_sys::Oid>, args: Option<JsonB>) ->
         }
     })()
     .or_report()
+}
+
+thread_local! {
+    /// Bodies that did not finish in one speculative run in this backend: replayed step by
+    /// step from then on.
+    static STEP_BY_STEP: RefCell<std::collections::HashSet<u32>> =
+        RefCell::new(std::collections::HashSet::new());
+}
+
+fn may_speculate(body: pg_sys::Oid) -> bool {
+    crate::settings::speculative_workflows()
+        && !STEP_BY_STEP.with(|bodies| bodies.borrow().contains(&body.to_u32()))
+}
+
+fn never_speculate(body: pg_sys::Oid) {
+    STEP_BY_STEP.with(|bodies| bodies.borrow_mut().insert(body.to_u32()));
+}
+
+fn speculating() -> bool {
+    CONTEXT.with(|ctx| ctx.borrow().as_ref().is_some_and(|c| c.speculative))
+}
+
+/// A speculative run: run the new step at `position` here, in its own subtransaction inside
+/// the body's, as the body's role; its record is written only if the whole body returns. A
+/// failing step (it needs retries with backoff) or too many steps end the speculation.
+fn run_inline(position: usize, name: &str, fn_oid: pg_sys::Oid, args: Value) -> Result<JsonB> {
+    let too_many = CONTEXT.with(|ctx| {
+        ctx.borrow_mut().as_mut().is_none_or(|c| {
+            c.inline_steps += 1;
+            c.inline_steps > STEPS_PER_JOB
+        })
+    });
+    if too_many {
+        return Err(suspend(Pending::Abandon));
+    }
+    let job = jobs::Job {
+        job_id: 0,
+        fn_oid,
+        args,
+        enqueued_by: current_role(),
+    };
+    let Ok(output) = jobs::run_returning(&job, &mut jobs::Calls::default()) else {
+        return Err(suspend(Pending::Abandon));
+    };
+    CONTEXT.with(|ctx| {
+        if let Some(ctx) = ctx.borrow_mut().as_mut() {
+            let record = StepRecord {
+                name: name.to_string(),
+                kind: "step".into(),
+                output: Some(output.clone()),
+                error: None,
+                attempts: 1,
+            };
+            ctx.records.push(record.clone());
+            ctx.new_values.push((position, record));
+        }
+    });
+    Ok(JsonB(output))
 }
 
 /// Inside a body: a durable sleep (survives restarts; no backend is held while waiting).
@@ -281,7 +347,11 @@ fn await_workflow(workflow_id: Option<&str>) -> Option<JsonB> {
 }
 
 fn now_epoch() -> Result<f64> {
-    Ok(Spi::get_one::<f64>("SELECT extract(epoch FROM clock_timestamp())::float8")?.unwrap_or(0.0))
+    Ok(crate::spi_plans::kept_value::<f64>(
+        "SELECT extract(epoch FROM clock_timestamp())::float8",
+        &[],
+    )?
+    .unwrap_or(0.0))
 }
 
 /// A value recorded on first use and returned on every replay.
@@ -398,7 +468,7 @@ fn set_status(
     error: Option<&str>,
 ) -> Result<()> {
     let parent = as_extension_owner(|| {
-        crate::spi_plans::optional_value::<String>(
+        crate::spi_plans::kept_value::<String>(
             "UPDATE eventic.workflow_runs SET status = $2, output = coalesce($3, output), error = $4,
                     updated_at = clock_timestamp() WHERE workflow_id = $1
              RETURNING parent_id",
@@ -427,7 +497,7 @@ fn insert_workflow(
     parent: Option<&str>,
 ) -> Result<()> {
     let inserted = as_extension_owner(|| {
-        crate::spi_plans::optional_value::<String>(
+        crate::spi_plans::kept_value::<String>(
             "INSERT INTO eventic.workflow_runs (workflow_id, fn, input, queue_name, started_by, deadline, parent_id)
              VALUES ($1, $2, $3, $4, $5, clock_timestamp() + $6, $7)
              ON CONFLICT (workflow_id) DO NOTHING RETURNING workflow_id",
@@ -453,12 +523,16 @@ fn take_message(workflow_id: &str, topic: &str) -> Result<Option<Option<Value>>>
     as_extension_owner(|| {
         Spi::connect_mut(|client| {
             let mut rows = client.update(
-                "DELETE FROM eventic.workflow_messages m
+                &*crate::spi_plans::kept(
+                    client,
+                    "DELETE FROM eventic.workflow_messages m
                   WHERE (m.workflow_id, m.message_id) = (
                         SELECT workflow_id, message_id FROM eventic.workflow_messages
                          WHERE workflow_id = $1 AND topic = $2
                          ORDER BY message_id LIMIT 1 FOR UPDATE SKIP LOCKED)
                  RETURNING m.message",
+                    &[workflow_id.into(), topic.into()],
+                )?,
                 Some(1),
                 &[workflow_id.into(), topic.into()],
             )?;
@@ -478,7 +552,7 @@ fn send(workflow_id: Option<&str>, topic: Option<&str>, message: default!(Option
         let topic = required(topic, "topic")?;
         let Some(workflow) = load_state(id)? else { return Err(unknown_workflow(id)) };
         as_extension_owner(|| {
-            Spi::run_with_args(
+            crate::spi_plans::kept_run(
                 "INSERT INTO eventic.workflow_messages (workflow_id, topic, message) VALUES ($1, $2, $3)",
                 &[id.into(), topic.into(), message.into()],
             )?;
@@ -513,7 +587,7 @@ fn get_event(
         let found = wait_for(interval_seconds(timeout), || {
             Spi::connect_mut(|client| {
                 let mut rows = client.update(
-                    "SELECT value FROM eventic.workflow_events WHERE workflow_id = $1 AND key = $2",
+                    &*crate::spi_plans::kept(client, "SELECT value FROM eventic.workflow_events WHERE workflow_id = $1 AND key = $2", &[id.into(), key.into()])?,
                     Some(1),
                     &[id.into(), key.into()],
                 )?;
@@ -570,7 +644,7 @@ struct State {
 fn load_state(id: &str) -> Result<Option<State>> {
     Spi::connect_mut(|client| {
         let mut rows = client.update(
-            "SELECT status, queue_name, started_by FROM eventic.workflow_runs WHERE workflow_id = $1",
+            &*crate::spi_plans::kept(client, "SELECT status, queue_name, started_by FROM eventic.workflow_runs WHERE workflow_id = $1", &[id.into()])?,
             Some(1),
             &[id.into()],
         )?;
@@ -610,11 +684,11 @@ fn resume_workflow(workflow_id: Option<&str>) {
             return Ok(());
         }
         as_extension_owner(|| {
-            Spi::run_with_args(
+            crate::spi_plans::kept_run(
                 "DELETE FROM eventic.workflow_records WHERE workflow_id = $1 AND error IS NOT NULL",
                 &[id.into()],
             )?;
-            Spi::run_with_args(
+            crate::spi_plans::kept_run(
                 "UPDATE eventic.workflow_runs SET status = 'ENQUEUED', error = NULL, deadline = NULL,
                         updated_at = clock_timestamp() WHERE workflow_id = $1",
                 &[id.into()],
@@ -643,12 +717,12 @@ fn fork_workflow(workflow_id: Option<&str>, from_step: Option<i32>) -> String {
         require_starter(id, workflow.started_by, "fork")?;
         let fork = crate::records::store::new_uuid_v7().to_string();
         as_extension_owner(|| {
-            Spi::run_with_args(
+            crate::spi_plans::kept_run(
                 "INSERT INTO eventic.workflow_runs (workflow_id, fn, input, queue_name, started_by)
                  SELECT $2, fn, input, queue_name, started_by FROM eventic.workflow_runs WHERE workflow_id = $1",
                 &[id.into(), fork.as_str().into()],
             )?;
-            Spi::run_with_args(
+            crate::spi_plans::kept_run(
                 "INSERT INTO eventic.workflow_records (workflow_id, position, name, kind, output, error, attempts)
                  SELECT $2, position, name, kind, output, error, attempts FROM eventic.workflow_records
                   WHERE workflow_id = $1 AND position < $3 AND attempts > 0",
@@ -710,13 +784,13 @@ fn start_workflow(
         let fn_oid = required(fn_oid, "fn")?;
         let input = required(input, "input")?.0;
         let queue_name = queue_name.unwrap_or(DEFAULT_QUEUE);
-        let takes_jsonb = Spi::get_one_with_args::<bool>(
-            "SELECT pronargs = 1 AND proargtypes[0] = 'jsonb'::regtype AND prorettype = 'jsonb'::regtype
-                    AND prokind = 'f' AND NOT proretset AND has_function_privilege(oid, 'EXECUTE')
-               FROM pg_proc WHERE oid = $1",
-            &[fn_oid.into()],
-        )?;
-        if takes_jsonb != Some(true) {
+        // Signature::of fails (42704) for a missing function; a procedure is not a body
+        let is_body = jobs::Signature::of(fn_oid).is_ok_and(|sig| sig.is_workflow_body())
+            // SAFETY: a catalog lookup of a function that exists (Signature::of found it).
+            && unsafe {
+                pg_sys::pg_proc_aclcheck(fn_oid, current_role(), pg_sys::ACL_EXECUTE as pg_sys::AclMode)
+            } == pg_sys::AclResult::ACLCHECK_OK;
+        if !is_body {
             let name = Spi::get_one_with_args::<String>("SELECT $1::regprocedure::text", &[fn_oid.into()])?
                 .unwrap_or_else(|| fn_oid.to_u32().to_string());
             return Err(EventicError::invalid(
@@ -733,15 +807,19 @@ fn start_workflow(
         if queue_name == DEFAULT_QUEUE {
             // created on first use, owned by the extension owner, drained by two workers
             // (workflow jobs are long: parallel beats batching); alter_queue changes that
-            as_extension_owner(|| {
-                Spi::run_with_args("SELECT eventic._create_queue($1, NULL)", &[DEFAULT_QUEUE.into()])?;
-                Spi::run_with_args(
-                    "UPDATE eventic.queues SET concurrency = 2, owner = current_user
-                      WHERE queue_name = $1 AND owner IS NULL",
-                    &[DEFAULT_QUEUE.into()],
-                )?;
-                Ok(())
-            })?;
+            // (only when it is missing: an UPDATE of eventic.queues, even of no row, empties
+            // every backend's queue cache)
+            if queues::lookup(DEFAULT_QUEUE).is_err() {
+                as_extension_owner(|| {
+                    Spi::run_with_args("SELECT eventic._create_queue($1, NULL)", &[DEFAULT_QUEUE.into()])?;
+                    crate::spi_plans::kept_run(
+                        "UPDATE eventic.queues SET concurrency = 2, owner = current_user
+                          WHERE queue_name = $1 AND owner IS NULL",
+                        &[DEFAULT_QUEUE.into()],
+                    )?;
+                    Ok(())
+                })?;
+            }
         }
         queues::queue_table(queue_name)?;
         let id = match workflow_id {
@@ -780,10 +858,14 @@ fn load(workflow_id: &str) -> Result<Option<WorkflowRow>> {
     as_extension_owner(|| {
         Spi::connect_mut(|client| {
             let mut rows = client.update(
-                "SELECT fn::oid, input, status, queue_name, started_by,
+                &*crate::spi_plans::kept(
+                    client,
+                    "SELECT fn::oid, input, status, queue_name, started_by,
                         coalesce(deadline < clock_timestamp(), false),
                         extract(epoch FROM deadline - clock_timestamp())::float8
                    FROM eventic.workflow_runs WHERE workflow_id = $1 FOR UPDATE",
+                    &[workflow_id.into()],
+                )?,
                 Some(1),
                 &[workflow_id.into()],
             )?;
@@ -804,10 +886,14 @@ fn load(workflow_id: &str) -> Result<Option<WorkflowRow>> {
 }
 
 fn load_steps(workflow_id: &str) -> Result<Vec<StepRecord>> {
-    Spi::connect(|client| {
-        let rows = client.select(
-            "SELECT name, kind, output, error, attempts FROM eventic.workflow_records
+    Spi::connect_mut(|client| {
+        let rows = client.update(
+            &*crate::spi_plans::kept(
+                client,
+                "SELECT name, kind, output, error, attempts FROM eventic.workflow_records
               WHERE workflow_id = $1 ORDER BY position",
+                &[workflow_id.into()],
+            )?,
             None,
             &[workflow_id.into()],
         )?;
@@ -896,6 +982,7 @@ fn run_workflow_steps(workflow_id: &str) -> Result<()> {
         let mut calls = jobs::Calls::default();
         let body = jobs::Signature::of(workflow.fn_oid)?;
         let (body_sql, body_args) = body.call_returning_json(&workflow.input)?;
+        let mut speculate = may_speculate(workflow.fn_oid);
         for _ in 0..STEPS_PER_JOB {
             CONTEXT.with(|ctx| {
                 *ctx.borrow_mut() = Some(Context {
@@ -904,6 +991,8 @@ fn run_workflow_steps(workflow_id: &str) -> Result<()> {
                     position: 0,
                     new_values: Vec::new(),
                     pending: None,
+                    speculative: speculate,
+                    inline_steps: 0,
                 })
             });
             // a body that caught the suspension (EXCEPTION WHEN OTHERS around a step) still
@@ -917,6 +1006,21 @@ fn run_workflow_steps(workflow_id: &str) -> Result<()> {
             });
             let ctx = CONTEXT.with(|ctx| ctx.borrow_mut().take());
             let Some(ctx) = ctx else { break };
+            if ctx.speculative {
+                if let (Ok(Ok(output)), None) = (&outcome, &ctx.pending) {
+                    // the body returned: its inline steps and their records commit together
+                    for (position, record) in &ctx.new_values {
+                        write_step(workflow_id, *position, record)?;
+                    }
+                    return set_status(workflow_id, "SUCCESS", Some(output.clone()), None);
+                }
+                // it did not finish in one go (it sleeps, waits, or a step failed): all it did,
+                // inline steps included, went with its subtransaction; replay it step by step,
+                // as this backend will do for this function from now on
+                never_speculate(workflow.fn_oid);
+                speculate = false;
+                continue;
+            }
             for (position, record) in &ctx.new_values {
                 write_step(workflow_id, *position, record)?;
             }
@@ -1003,7 +1107,7 @@ fn run_workflow_steps(workflow_id: &str) -> Result<()> {
                 }
                 (_, Some((position, Pending::SetEvent { key, value }))) => {
                     as_extension_owner(|| {
-                        Spi::run_with_args(
+                        crate::spi_plans::kept_run(
                             "INSERT INTO eventic.workflow_events (workflow_id, key, value) VALUES ($1, $2, $3)
                              ON CONFLICT (workflow_id, key) DO UPDATE SET value = EXCLUDED.value, set_at = clock_timestamp()",
                             &[workflow_id.into(), key.as_str().into(), JsonB(value.clone()).into()],
@@ -1125,6 +1229,8 @@ fn run_workflow_steps(workflow_id: &str) -> Result<()> {
                         );
                     }
                 }
+                // only a speculative run abandons (handled above); replay again
+                (_, Some((_, Pending::Abandon))) => {}
             }
         }
         // a long workflow continues in a fresh job (and a fresh transaction)
@@ -1137,7 +1243,7 @@ fn run_workflow_steps(workflow_id: &str) -> Result<()> {
 fn workflow_status(workflow_id: Option<&str>) -> String {
     (|| {
         let id = required(workflow_id, "workflow_id")?;
-        crate::spi_plans::optional_value::<String>(
+        crate::spi_plans::kept_value::<String>(
             "SELECT status FROM eventic.workflow_runs WHERE workflow_id = $1",
             &[id.into()],
         )?
@@ -1150,7 +1256,11 @@ fn workflow_status(workflow_id: Option<&str>) -> String {
 fn result_of(id: &str) -> Result<Option<(String, Option<JsonB>, Option<String>)>> {
     Spi::connect_mut(|client| {
         let mut rows = client.update(
-            "SELECT status, output, error FROM eventic.workflow_runs WHERE workflow_id = $1",
+            &*crate::spi_plans::kept(
+                client,
+                "SELECT status, output, error FROM eventic.workflow_runs WHERE workflow_id = $1",
+                &[id.into()],
+            )?,
             Some(1),
             &[id.into()],
         )?;
