@@ -61,3 +61,8 @@ COMMENT ON FUNCTION eventic.wait_workflow(text, interval) IS 'Wait for a workflo
 COMMENT ON FUNCTION eventic.workflow_status(text) IS 'A workflow''s status';
 COMMENT ON FUNCTION eventic.cancel_workflow(text) IS 'Cancel a workflow: its later steps never run';
 COMMENT ON FUNCTION eventic.resume_workflow(text) IS 'Run a cancelled or failed workflow again from its last recorded step';
+COMMENT ON FUNCTION eventic._request_workers() IS 'Internal: ask the launcher to start this database''s workers when the transaction commits';
+REVOKE ALL ON FUNCTION eventic._request_workers() FROM PUBLIC;
+
+-- with eventic preloaded, this database gets its workers as soon as CREATE EXTENSION commits
+SELECT eventic._request_workers();

@@ -9,7 +9,7 @@
 
 use std::cell::Cell;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use pgrx::bgworkers::{
@@ -17,7 +17,7 @@ use pgrx::bgworkers::{
     DynamicBackgroundWorker, SignalWakeFlags,
 };
 use pgrx::prelude::*;
-use pgrx::{pg_sys, register_xact_callback, PgXactCallbackEvent};
+use pgrx::{pg_shmem_init, pg_sys, register_xact_callback, PgAtomic, PgXactCallbackEvent};
 
 use crate::settings;
 
@@ -29,6 +29,14 @@ const LAUNCHER_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Set in the postmaster when eventic is preloaded; backends inherit it with fork().
 static PRELOADED: AtomicBool = AtomicBool::new(false);
+
+/// Requests to start database workers now (CREATE EXTENSION, an enqueue that found no
+/// worker): counted in shared memory, so the launcher sees one whenever its latch is set.
+// SAFETY: the only shared memory of that name.
+static START_REQUESTS: PgAtomic<AtomicU64> = unsafe { PgAtomic::new(c"eventic_start_requests") };
+/// The launcher's pid, for setting its latch.
+// SAFETY: the only shared memory of that name.
+static LAUNCHER_PID: PgAtomic<AtomicI32> = unsafe { PgAtomic::new(c"eventic_launcher_pid") };
 
 /// Whether eventic was loaded through shared_preload_libraries (so the worker runs).
 pub fn preloaded() -> bool {
@@ -42,6 +50,8 @@ pub fn init() {
         return;
     }
     PRELOADED.store(true, Ordering::Relaxed);
+    pg_shmem_init!(START_REQUESTS);
+    pg_shmem_init!(LAUNCHER_PID);
     BackgroundWorkerBuilder::new(LAUNCHER_TYPE)
         .set_type(LAUNCHER_TYPE)
         .set_library("eventic")
@@ -81,9 +91,20 @@ pub extern "C-unwind" fn eventic_launcher_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     BackgroundWorker::connect_worker_to_spi(Some(&settings::launcher_database()), None);
     log!("eventic launcher started");
+    // SAFETY: a plain read of this process's pid.
+    LAUNCHER_PID
+        .get()
+        .store(unsafe { pg_sys::MyProcPid }, Ordering::Relaxed);
     let mut workers: HashMap<(u32, i32), StartedWorker> = HashMap::new();
+    let mut requests_seen = START_REQUESTS.get().load(Ordering::Relaxed);
     loop {
         reload_config_if_asked();
+        let requests = START_REQUESTS.get().load(Ordering::Relaxed);
+        if requests != requests_seen {
+            // asked to start workers now: forget when stopped ones were last started
+            requests_seen = requests;
+            workers.retain(|_, worker| !worker.stopped());
+        }
         let databases = BackgroundWorker::transaction(|| {
             Spi::connect(|client| -> Vec<(u32, String)> {
                 let Ok(rows) = client.select(
@@ -260,6 +281,30 @@ fn worker_pids() -> Vec<i32> {
     pids
 }
 
+/// Ask the launcher to start this database's workers when the current transaction commits
+/// (not before: a worker started earlier would not see the extension yet, and stop). Without
+/// the preload there is no launcher, and nothing to do.
+pub fn request_workers_at_commit() {
+    if !preloaded() {
+        return;
+    }
+    register_xact_callback(PgXactCallbackEvent::Commit, || {
+        START_REQUESTS.get().fetch_add(1, Ordering::Relaxed);
+        let launcher = LAUNCHER_PID.get().load(Ordering::Relaxed);
+        if launcher > 0 {
+            // SAFETY: kill(2) with a valid signal number; SIGUSR1 sets the launcher's latch.
+            unsafe { libc::kill(launcher, libc::SIGUSR1) };
+        }
+    });
+}
+
+/// Internal: called at the end of CREATE EXTENSION, so the new database gets its workers
+/// within milliseconds of the commit, not at the launcher's next look (every 10 s).
+#[pg_extern(volatile, parallel_unsafe)]
+fn _request_workers() {
+    request_workers_at_commit();
+}
+
 /// Wake this database's workers when the current transaction commits (once per transaction):
 /// a job enqueued now is run within milliseconds, not at the next poll.
 pub fn wake_worker_at_commit() {
@@ -267,6 +312,9 @@ pub fn wake_worker_at_commit() {
         return;
     }
     let pids = worker_pids();
+    if pids.is_empty() {
+        request_workers_at_commit();
+    }
     register_xact_callback(PgXactCallbackEvent::Commit, move || {
         WAKE_PENDING.with(|pending| pending.set(false));
         for pid in pids {

@@ -79,12 +79,14 @@ def test_non_deterministic_body_fails_with_a_clear_error(cluster, db):
     with cluster.connect(dbname=db) as conn:
         conn.execute(STEP_FUNCTIONS)
         # the body asks for a differently named step on every run (random() is not recorded,
-        # eventic.random() would be): the replay must notice
+        # eventic.random() would be): the replay must notice. (The sleep makes it a body that
+        # is replayed: one that finishes in a single speculative run never is.)
         conn.execute(
             "CREATE FUNCTION fickle(input jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$"
             " BEGIN"
             " PERFORM eventic.step('a' || floor(random() * 1e9), 'add_effect(text,int)', jsonb_build_array('f', 1));"
             " PERFORM eventic.step('b', 'add_effect(text,int)', jsonb_build_array('f', 2));"
+            " PERFORM eventic.sleep('0 seconds');"
             " RETURN '{}'; END $$"
         )
         conn.execute("SELECT eventic.start_workflow('fickle(jsonb)', '{}', 'fickle')")
