@@ -430,6 +430,28 @@ RESET ROLE;
 SELECT count(*) AS handed_out FROM eventic.dequeue('order_q', 10);
 
 ------------------------------------------------------------------------------------------
+-- jobs of one function run as one statement; when one of them fails, the group is rolled
+-- back and its jobs run one by one: every other job's effect exactly once, the failing job's
+-- none, and the failing job waits for its retry
+CREATE FUNCTION qtest.note_unless_bad(what text) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO qtest.log (what, who) VALUES (what, current_user);
+    IF what = 'bad' THEN
+        RAISE EXCEPTION 'bad job';
+    END IF;
+END $$;
+SELECT eventic.create_queue('grouped', worker => false);
+SELECT count(*) AS enqueued FROM eventic.enqueue_batch('grouped', 'qtest.note_unless_bad(text)',
+       ARRAY['["a"]', '["b"]', '["bad"]', '["c"]', '["d"]']::jsonb[]);
+TRUNCATE qtest.log;
+SELECT eventic.run_pending('grouped') AS ran;
+SELECT what, count(*) FROM qtest.log GROUP BY what ORDER BY min(n);
+SELECT args, attempts, last_error FROM eventic.queue_grouped;
+SELECT array_agg(args ORDER BY job_id) AS archived FROM eventic.finished_jobs WHERE queue_name = 'grouped';
+SELECT eventic.drop_queue('grouped');
+TRUNCATE qtest.log;
+
+------------------------------------------------------------------------------------------
 -- each backend caches queues and job signatures: DDL in this very session is seen at once
 SELECT eventic.create_queue('cached', worker => false);
 SELECT eventic.enqueue('cached', 'qtest.note(text)', '["before the drop"]') > 0 AS enqueued;
