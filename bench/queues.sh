@@ -130,11 +130,11 @@ SELECT 1/0 AS queue_jobs_not_all_run;
 SQL
 }
 
-# queues_new QUEUE WORKER: a new empty queue, concurrency BENCH_QUEUE_CONCURRENCY, with the
-# archive emptied first. (A queue created again restarts its job ids at 1: jobs of its
+# queues_new QUEUE WORKER [CONCURRENCY]: a new empty queue, concurrency CONCURRENCY (default
+# BENCH_QUEUE_CONCURRENCY), with the archive emptied first. (A queue created again restarts its job ids at 1: jobs of its
 # previous life still in eventic.finished_jobs would collide with the new ones there.)
 queues_new() {
-    bench_sql -v q="$1" -v worker="$2" -v conc="$QUEUE_CONCURRENCY" <<'SQL'
+    bench_sql -v q="$1" -v worker="$2" -v conc="${3:-$QUEUE_CONCURRENCY}" <<'SQL'
 SELECT eventic.drop_queue(queue_name) FROM eventic.queues WHERE queue_name = :'q' \g /dev/null
 TRUNCATE eventic.finished_batches;
 SELECT eventic.create_queue(:'q', worker => :worker) \g /dev/null
@@ -145,7 +145,7 @@ SQL
 # A fresh queue of N no-op jobs, not run yet (worker => false), vacuumed, the archive empty.
 queues_fill() {
     local queue=$1 jobs=$2
-    queues_new "$queue" false
+    queues_new "$queue" false "${3:-}"
     bench_sql -v q="$queue" -v n="$jobs" <<'SQL'
 SELECT count(*) FROM eventic.enqueue_batch(:'q', 'noop(int)',
        ARRAY(SELECT jsonb_build_array(g) FROM generate_series(1, :n) g)) \g /dev/null
@@ -181,9 +181,10 @@ SQL
 # and enqueues the Nth job (its commit wakes the worker); time from just before that commit
 # to the end of the last job (its finished_at in eventic.finished_jobs).
 queues_drain_worker() {
-    local round=$1
-    queues_fill drain $((QUEUE_JOBS - 1))
-    log "queues/drain_worker: $QUEUE_JOBS jobs, round $round"
+    local round=$1 concurrency=${2:-$QUEUE_CONCURRENCY} bench=drain_worker
+    [ "$concurrency" = "$QUEUE_CONCURRENCY" ] || bench=drain_worker$concurrency
+    queues_fill drain $((QUEUE_JOBS - 1)) "$concurrency"
+    log "queues/$bench: $QUEUE_JOBS jobs, concurrency $concurrency, round $round"
     bench_sql -v n="$QUEUE_JOBS" <<'SQL'
 BEGIN;
 SELECT eventic.alter_queue('drain', worker => true) \g /dev/null
@@ -197,10 +198,15 @@ SQL
     local rate
     rate=$(bench_sql -At -c "
         SELECT round(($QUEUE_JOBS / extract(epoch FROM max(f.finished_at) - t.t))::numeric, 1)
-          FROM eventic.finished_jobs f, bench_t0 t
+          FROM eventic.finished_batches f, bench_t0 t
          WHERE f.queue_name = 'drain' AND t.what = 'drain' GROUP BY t.t")
     bench_sql -c "SELECT eventic.drop_queue('drain')" >/dev/null
-    bench_record queues drain_worker 1 "$round" "$rate" ""
+    bench_record queues "$bench" 1 "$round" "$rate" ""
+}
+
+# the same with concurrency 2: both of the database's workers drain the queue
+queues_drain_worker2() {
+    queues_drain_worker "$1" 2
 }
 
 # in session: the same N jobs drained by one run_pending call (one transaction).
@@ -275,7 +281,7 @@ SQL
         # far; total size of the archive
         row=$(bench_sql -At -F$'\t' -c "
             SELECT round(($QUEUE_JOBS / extract(epoch FROM
-                       (SELECT max(finished_at) FROM eventic.finished_jobs WHERE queue_name = 'growth')
+                       (SELECT max(finished_at) FROM eventic.finished_batches WHERE queue_name = 'growth')
                        - (SELECT t FROM bench_t0 WHERE what = 'growth')))::numeric, 1),
                    pg_total_relation_size('eventic.queue_growth'),
                    pg_relation_size('eventic.queue_growth'),
@@ -342,6 +348,8 @@ queues_run() {
         "$QUEUE_JOBS rows of a plain table (bigserial, jsonb) deleted by $QUEUE_FLOOR_CLIENTS pgbench clients, 100 per DELETE ... FOR UPDATE SKIP LOCKED (floor: runs no job)"
     bench_declare $g drain_worker drain_floor rate:jobs/s \
         "$QUEUE_JOBS no-op SQL jobs run by the background worker: commit that turns it on -> last job finished"
+    bench_declare $g drain_worker2 drain_floor rate:jobs/s \
+        "the same with alter_queue(concurrency => 2): both of the database's workers (workers_per_database = 2) drain it"
     bench_declare $g drain_session drain_floor rate:jobs/s \
         "the same $QUEUE_JOBS jobs run by SELECT eventic.run_pending(queue, $QUEUE_JOBS) in one session (one transaction)"
     bench_declare $g insert_plain insert_plain tps \
@@ -360,10 +368,10 @@ queues_run() {
     fi
 
     # drain: floor, worker, session interleaved, order reversed every other round
-    local drains=(floor worker session) round d c b
+    local drains=(floor worker worker2 session) round d c b
     for round in $(seq 1 "$BENCH_ROUNDS"); do
         local order=("${drains[@]}")
-        [ $((round % 2)) = 0 ] && order=(session worker floor)
+        [ $((round % 2)) = 0 ] && order=(session worker2 worker floor)
         for d in "${order[@]}"; do
             "queues_drain_$d" "$round"
         done

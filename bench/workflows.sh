@@ -47,10 +47,14 @@ workflows_run() {
         "$WF_COUNT workflows of 10 steps started in one transaction, run by the worker: workflows/s vs floor tx/s"
     bench_declare $g wf_step_wall - ms \
         "wall time per workflow step in the throughput run (elapsed / (workflows x 10))"
+    bench_declare $g wf_step_overhead - ms \
+        "wf_step_wall minus the floor's time per step (ten_plain latency / 10): what eventic adds to a step"
     bench_declare $g wf_latency_p50 - ms \
-        "one 10-step workflow at a time: start_workflow commit to wait_workflow returning, p50 of $WF_LATENCY_N"
+        "one 10-step workflow at a time from one connection: start_workflow (its commit) to wait_workflow returning, p50 of $WF_LATENCY_N"
     bench_declare $g wf_latency_mean - ms \
         "the same, mean"
+    bench_declare $g wf_latency_cold_p50 - ms \
+        "the same with a new connection (psql) per workflow: includes connecting and a new server process's empty caches, p50"
     for round in $(seq 1 "$BENCH_ROUNDS"); do
         bench_pgbench $g ten_plain 1 "$round" workflows/ten_plain.sql
         workflows_throughput "$round"
@@ -90,26 +94,43 @@ SQL
                  WHERE w.workflow_id LIKE 'tp-$round-%' AND t.what = 'throughput' GROUP BY t.t) x")"
     bench_record workflows wf_throughput 1 "$round" "$rate" ""
     bench_record workflows wf_step_wall 1 "$round" "" "$step_ms"
+    # the floor's time per step: its latency (one transaction of 10 steps) / 10, same round
+    local floor_ms
+    floor_ms=$(awk '/^latency average = /{print $4; exit}' "$LOGS/workflows.ten_plain.c1.r$round.log")
+    bench_record workflows wf_step_overhead 1 "$round" "" \
+        "$(awk -v w="$step_ms" -v f="$floor_ms" 'BEGIN {printf "%.4f", w - f / 10}')"
 }
 
 workflows_latency() {
     local round=$1 i
-    log "workflows/latency: $WF_LATENCY_N workflows one at a time, round $round"
+    # warm: one connection, pgbench's per-transaction latencies (start_workflow + wait_workflow)
+    log "workflows/latency: $WF_LATENCY_N workflows one at a time from one connection, round $round"
+    local prefix="$BENCH_DIR/wf_latency.r$round"
+    as_root rm -f "$prefix".*
+    pgbench_exec "$LOGS/workflows.latency.r$round.log" 1 workflows/latency.sql \
+        -t "$WF_LATENCY_N" -l --log-prefix="$prefix"
+    local p50 mean
+    # the log's third column is the transaction's latency in µs
+    read -r p50 mean <<<"$(cat "$prefix".* | awk '{print $3 / 1000}' | sort -n |
+        awk '{v[NR] = $1; s += $1} END {printf "%.3f %.3f", (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2), s / NR}')"
+    bench_record workflows wf_latency_p50 1 "$round" "" "$p50"
+    bench_record workflows wf_latency_mean 1 "$round" "" "$mean"
+
+    # cold: a new connection (psql) per workflow, so the server process starts with empty caches
+    log "workflows/latency: $WF_LATENCY_N workflows one at a time, a new connection each, round $round"
     bench_sql -c "CREATE TABLE IF NOT EXISTS wf_latency (round int, ms float8)" >/dev/null
     for i in $(seq 1 "$WF_LATENCY_N"); do
         # start in its own transaction (it must commit to run), then wait: the time between is
         # what a client sees
-        bench_sql -v id="lat-$round-$i" -v r="$round" <<'SQL' >/dev/null
+        bench_sql -v id="cold-$round-$i" -v r="$round" <<'SQL' >/dev/null
 SELECT clock_timestamp() AS t0 \gset
 SELECT eventic.start_workflow('wf_ten(jsonb)', '{}', :'id') \g /dev/null
 SELECT eventic.wait_workflow(:'id', '60 seconds') IS NOT NULL AS done \gset
 INSERT INTO wf_latency VALUES (:r, extract(epoch FROM clock_timestamp() - :'t0'::timestamptz) * 1000);
 SQL
     done
-    local p50 mean
     read -r p50 mean <<<"$(bench_sql -At -F' ' -c "
         SELECT round(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)::numeric, 3), round(avg(ms)::numeric, 3)
           FROM wf_latency WHERE round = $round")"
-    bench_record workflows wf_latency_p50 1 "$round" "" "$p50"
-    bench_record workflows wf_latency_mean 1 "$round" "" "$mean"
+    bench_record workflows wf_latency_cold_p50 1 "$round" "" "$p50"
 }
