@@ -127,3 +127,30 @@ pub fn kept(
 ) -> Result<Rc<OwnedPreparedStatement>> {
     plan(client, sql, &types_of(args), true)
 }
+
+/// Runs `f` with sequential scans, bitmap scans and sorts disabled for the planner, then puts
+/// the settings back (as a function's `SET` clause does; an error's rollback restores them
+/// too). For the claim statements, whose only good plan reads the queue's ready index in
+/// order: planned against a queue that has not been analyzed yet (just made, then filled in
+/// one transaction), they would otherwise sort the whole queue for every claim.
+pub fn in_index_order<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    // SAFETY: plain GUC calls in a transaction; the nest level is closed before returning
+    let level = unsafe { pgrx::pg_sys::NewGUCNestLevel() };
+    for setting in [c"enable_seqscan", c"enable_bitmapscan", c"enable_sort"] {
+        unsafe {
+            pgrx::pg_sys::set_config_option(
+                setting.as_ptr(),
+                c"off".as_ptr(),
+                pgrx::pg_sys::GucContext::PGC_USERSET,
+                pgrx::pg_sys::GucSource::PGC_S_SESSION,
+                pgrx::pg_sys::GucAction::GUC_ACTION_SAVE,
+                true,
+                0,
+                false,
+            );
+        }
+    }
+    let result = f();
+    unsafe { pgrx::pg_sys::AtEOXact_GUC(true, level) };
+    result
+}

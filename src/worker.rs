@@ -206,6 +206,7 @@ pub extern "C-unwind" fn eventic_worker_main(arg: pg_sys::Datum) {
                 break;
             }
         }
+        compact_empty_queues();
         set_activity(
             pg_sys::BackendState::STATE_IDLE,
             "eventic: waiting for jobs",
@@ -214,6 +215,31 @@ pub extern "C-unwind" fn eventic_worker_main(arg: pg_sys::Datum) {
         if !BackgroundWorker::wait_latch(Some(timeout)) {
             break;
         }
+    }
+}
+
+/// With nothing left to run: truncate the large queue tables that are empty (see
+/// [`crate::queues::compaction`]), each in a transaction of its own.
+fn compact_empty_queues() {
+    let candidates = BackgroundWorker::transaction(|| {
+        crate::queues::compaction::candidates().unwrap_or_else(|err| {
+            pgrx::warning!("eventic: could not list the queue tables to truncate: {err}");
+            Vec::new()
+        })
+    });
+    for queue in candidates {
+        if BackgroundWorker::sigterm_received() {
+            return;
+        }
+        set_activity(
+            pg_sys::BackendState::STATE_RUNNING,
+            &format!("eventic: truncating the emptied queue {queue}"),
+        );
+        BackgroundWorker::transaction(|| {
+            if let Err(err) = crate::queues::compaction::truncate_if_empty(&queue) {
+                pgrx::warning!("eventic: could not truncate the table of queue {queue}: {err}");
+            }
+        });
     }
 }
 

@@ -57,6 +57,48 @@ def test_worker_runs_20000_jobs_from_one_transaction_exactly_once(cluster, db):
         assert stats == (0, 0, 0, 0)
 
 
+def test_an_emptied_large_queue_table_is_truncated_and_one_with_a_row_left_is_not(cluster, db):
+    """A burst of 100,000 jobs leaves ~10 MB of dead rows; once the queue is empty the worker
+    truncates its table (autovacuum would take up to a minute). A scheduled job left in
+    another queue keeps that table as it is. Job ids go on after the truncation."""
+    def heap_bytes(conn, queue):
+        return conn.execute(
+            "SELECT pg_relation_size(format('eventic.%%I', 'queue_' || %s::text))", (queue,)
+        ).fetchone()[0]
+
+    with cluster.connect(dbname=db) as conn:
+        conn.execute("CREATE FUNCTION noop(n int) RETURNS void LANGUAGE sql AS 'SELECT'")
+        for queue in ("burst", "kept"):
+            conn.execute("SELECT eventic.create_queue(%s, worker => false)", (queue,))
+            with conn.transaction():
+                conn.execute(
+                    "SELECT count(*) FROM eventic.enqueue_batch(%s, 'noop(int)',"
+                    " ARRAY(SELECT jsonb_build_array(g) FROM generate_series(1, 100000) g))",
+                    (queue,),
+                )
+        conn.execute(
+            "SELECT eventic.enqueue('kept', 'noop(int)', '[0]', run_at => now() + interval '1 hour')"
+        )
+        assert heap_bytes(conn, "burst") > 8 * 1024 * 1024
+        # the truncation must come from the worker, not from a vacuum cutting empty pages
+        conn.execute("ALTER TABLE eventic.queue_burst SET (autovacuum_enabled = false)")
+        conn.execute("ALTER TABLE eventic.queue_kept SET (autovacuum_enabled = false)")
+        last_id = conn.execute("SELECT max(job_id) FROM eventic.queue_burst").fetchone()[0]
+        conn.execute("SELECT eventic.alter_queue('burst', worker => true)")
+        conn.execute("SELECT eventic.alter_queue('kept', worker => true)")
+        assert wait_until(lambda: heap_bytes(conn, "burst") == 0, timeout=120), heap_bytes(conn, "burst")
+        assert conn.execute("SELECT sum(cardinality(job_ids)) FROM eventic.finished_batches"
+                            " WHERE queue_name = 'burst'").fetchone()[0] == 100_000
+        assert wait_until(lambda: conn.execute(
+            "SELECT count(*) FROM eventic.queue_kept").fetchone()[0] == 1, timeout=120)
+        time.sleep(3)  # the worker has looked at 'kept' more than once by now
+        assert heap_bytes(conn, "kept") > 8 * 1024 * 1024
+        new_id = conn.execute("SELECT eventic.enqueue('burst', 'noop(int)', '[1]')").fetchone()[0]
+        assert new_id > last_id
+        assert wait_until(lambda: conn.execute(
+            "SELECT count(*) FROM eventic.queue_burst").fetchone()[0] == 0, timeout=60)
+
+
 def test_jobs_run_as_the_role_that_enqueued_them(cluster, db):
     with cluster.connect(dbname=db) as conn:
         setup_effects(conn)

@@ -4,6 +4,7 @@
 //! Queue tables belong to the extension owner; every write to them goes through these
 //! functions, which check the caller first and then write as the owner.
 
+pub mod compaction;
 pub mod jobs;
 
 use std::cell::{Cell, RefCell};
@@ -476,7 +477,7 @@ const RUNNABLE_ORDER: &str = "ORDER BY priority DESC, run_at, job_id";
 
 /// Lease up to `limit` runnable jobs for `lease` (external consumers).
 fn lease_jobs(table: &str, limit: i64, lease: &str) -> Result<Vec<(Job, i32)>> {
-    as_extension_owner(|| {
+    as_extension_owner(|| crate::spi_plans::in_index_order(|| {
         Spi::connect_mut(|client| {
             let sql = format!(
                 "WITH taken AS (
@@ -504,7 +505,7 @@ fn lease_jobs(table: &str, limit: i64, lease: &str) -> Result<Vec<(Job, i32)>> {
             }
             Ok(jobs)
         })
-    })
+    }))
 }
 
 /// Lock up to `limit` runnable jobs for this transaction ([`Taken::Locked`]), in order.
@@ -526,7 +527,7 @@ fn lock_jobs(
           {RUNNABLE_ORDER} LIMIT {limit} FOR UPDATE SKIP LOCKED"
     );
     let now = clock_timestamp();
-    as_extension_owner(|| {
+    as_extension_owner(|| crate::spi_plans::in_index_order(|| {
         Spi::connect_mut(|client| {
             let rows = if limit > 0 && (limit as u64).is_power_of_two() {
                 let types = [PgOid::BuiltIn(PgBuiltInOids::TIMESTAMPTZOID)];
@@ -543,7 +544,7 @@ fn lock_jobs(
             })
             .collect()
         })
-    })
+    }))
 }
 
 /// Jobs that ran successfully.
@@ -675,7 +676,6 @@ pub fn drain(queue_name: &str, max_jobs: i64, only_role: Option<pg_sys::Oid>) ->
     let mut grouping = true;
     let mut ran = 0;
     while ran < max_jobs {
-        let started = std::time::Instant::now();
         let batch = lock_jobs(
             &table,
             (max_jobs - ran).min(claim_size(queue_name)),
@@ -684,6 +684,8 @@ pub fn drain(queue_name: &str, max_jobs: i64, only_role: Option<pg_sys::Oid>) ->
         if batch.is_empty() {
             break;
         }
+        // the jobs' time only: a slow claim must not shrink the next claims (more claims)
+        let started = std::time::Instant::now();
         let (batch, tids): (Vec<Job>, Vec<pg_sys::ItemPointerData>) = batch.into_iter().unzip();
         let mut succeeded = Vec::with_capacity(batch.len());
         let mut start = 0;
