@@ -252,10 +252,16 @@ pub struct NewJob<'a> {
 /// Insert `job` (as the extension owner); with a `dedup_key` already waiting, that job's id.
 pub fn insert_job(table: &str, job: NewJob<'_>) -> Result<i64> {
     as_extension_owner(|| {
+        // ON CONFLICT only with a dedup_key: it makes every insert speculative (an index
+        // pre-check and a second pass over the heap tuple), a fifth of an enqueue's time
+        let on_conflict = if job.dedup_key.is_some() {
+            "ON CONFLICT (dedup_key) WHERE dedup_key IS NOT NULL AND dead_at IS NULL DO NOTHING"
+        } else {
+            ""
+        };
         let sql = format!(
             "INSERT INTO {table} (fn, args, run_at, priority, dedup_key, max_attempts, enqueued_by)
-             VALUES ($1, $2, coalesce($3, now()), $4, $5, $6, $7)
-             ON CONFLICT (dedup_key) WHERE dedup_key IS NOT NULL AND dead_at IS NULL DO NOTHING
+             VALUES ($1, $2, coalesce($3, now()), $4, $5, $6, $7) {on_conflict}
              RETURNING job_id"
         );
         let oid = PgOid::BuiltIn(PgBuiltInOids::OIDOID);
