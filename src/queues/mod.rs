@@ -253,7 +253,7 @@ pub struct NewJob<'a> {
 pub fn insert_job(table: &str, job: NewJob<'_>) -> Result<i64> {
     as_extension_owner(|| {
         // ON CONFLICT only with a dedup_key: it makes every insert speculative (an index
-        // pre-check and a second pass over the heap tuple), a fifth of an enqueue's time
+        // pre-check, a speculative token, a second pass over the heap tuple)
         let on_conflict = if job.dedup_key.is_some() {
             "ON CONFLICT (dedup_key) WHERE dedup_key IS NOT NULL AND dead_at IS NULL DO NOTHING"
         } else {
