@@ -104,6 +104,12 @@ pub struct Generational<K, V> {
     entries: HashMap<K, V>,
 }
 
+impl<K: Hash + Eq, V: Clone> Default for Generational<K, V> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl<K: Hash + Eq, V: Clone> Generational<K, V> {
     pub fn new() -> Self {
         Generational {

@@ -9,6 +9,17 @@ use pgrx::{PgLogLevel, PgSqlErrorCode};
 
 pub type Result<T> = std::result::Result<T, EventicError>;
 
+/// Where a document breaks its class's JSON Schema (the details of a 23514).
+#[derive(Debug)]
+pub struct SchemaViolation {
+    pub id: String,
+    pub class: String,
+    pub pointer: String,
+    pub rule: String,
+    pub message: String,
+    pub schema_path: String,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum EventicError {
     /// P0002: no version row has this id.
@@ -56,15 +67,9 @@ pub enum EventicError {
     RecordExists { id: String },
 
     /// 23514: a new version does not match its class's JSON Schema.
-    #[error("record {id} does not match the JSON Schema of class {class} at {pointer}")]
-    SchemaViolation {
-        id: String,
-        class: String,
-        pointer: String,
-        rule: String,
-        message: String,
-        schema_path: String,
-    },
+    /// (boxed: the largest variant would make every `Result` of the crate this large)
+    #[error("record {} does not match the JSON Schema of class {} at {}", .0.id, .0.class, .0.pointer)]
+    SchemaViolation(Box<SchemaViolation>),
 
     /// 42704: no class / queue of that name.
     #[error("{what} {name:?} does not exist")]
@@ -134,7 +139,7 @@ impl EventicError {
             | WorkflowNotFound { .. } => PgSqlErrorCode::ERRCODE_NO_DATA_FOUND,
             StaleVersion { .. } => PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
             RecordExists { .. } => PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION,
-            SchemaViolation { .. } => PgSqlErrorCode::ERRCODE_CHECK_VIOLATION,
+            SchemaViolation(_) => PgSqlErrorCode::ERRCODE_CHECK_VIOLATION,
             UnknownObject { .. } => PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
             InvalidArgument { .. } => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             NotAllowed { .. } => PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
@@ -157,8 +162,9 @@ impl EventicError {
                 "Version {version} is a tombstone; earlier versions and the history remain readable."
             )),
             NotYetCreated { created_at, .. } => Some(format!("It was created at {created_at}.")),
-            SchemaViolation { pointer, rule, message, schema_path, .. } => Some(format!(
-                "At {pointer}: {message} (rule \"{rule}\", schema path {schema_path}). Nothing was written."
+            SchemaViolation(v) => Some(format!(
+                "At {}: {} (rule \"{}\", schema path {}). Nothing was written.",
+                v.pointer, v.message, v.rule, v.schema_path
             )),
             StaleVersion { expected, actual, .. } if expected < actual => Some(format!(
                 "Version {actual} was written after version {expected}; nothing was written."
@@ -200,9 +206,10 @@ impl EventicError {
             NotYetCreated { .. } => {
                 Some("created_at is the clock time of each write; see eventic.history(id).".into())
             }
-            SchemaViolation { class, .. } => Some(format!(
+            SchemaViolation(v) => Some(format!(
                 "Fix the document, or evolve the schema with eventic.register_class('{class}', new_schema); \
-                 see SELECT json_schema FROM eventic.classes WHERE class_name = '{class}'."
+                 see SELECT json_schema FROM eventic.classes WHERE class_name = '{class}'.",
+                class = v.class
             )),
             InvalidArgument { hint, .. } | NotAllowed { hint, .. } | UnknownObject { hint, .. }
                 if !hint.is_empty() =>

@@ -45,14 +45,16 @@ pub fn violation(
 ) -> Option<EventicError> {
     let err = validator.iter_errors(doc).next()?;
     let found = most_specific(&err);
-    Some(EventicError::SchemaViolation {
-        id: id.to_string(),
-        class: class_name.to_string(),
-        pointer: found.pointer,
-        rule: found.rule,
-        message: found.message,
-        schema_path: found.schema_path,
-    })
+    Some(EventicError::SchemaViolation(Box::new(
+        crate::errors::SchemaViolation {
+            id: id.to_string(),
+            class: class_name.to_string(),
+            pointer: found.pointer,
+            rule: found.rule,
+            message: found.message,
+            schema_path: found.schema_path,
+        },
+    )))
 }
 
 struct Found {
@@ -297,9 +299,9 @@ mod unit_tests {
         )
         .unwrap();
         match err {
-            EventicError::SchemaViolation { pointer, rule, .. } => {
-                assert_eq!(pointer, "/author/name");
-                assert_eq!(rule, "type");
+            EventicError::SchemaViolation(v) => {
+                assert_eq!(v.pointer, "/author/name");
+                assert_eq!(v.rule, "type");
             }
             other => panic!("unexpected {other:?}"),
         }
@@ -317,16 +319,14 @@ mod unit_tests {
         )
         .unwrap()
         {
-            EventicError::SchemaViolation { pointer, rule, .. } => {
-                assert_eq!(pointer, "/author/name");
-                assert_eq!(rule, "type");
+            EventicError::SchemaViolation(v) => {
+                assert_eq!(v.pointer, "/author/name");
+                assert_eq!(v.rule, "type");
             }
             other => panic!("unexpected {other:?}"),
         }
         let missing = violation(&validator, "Story", "x", &json!({})).unwrap();
-        assert!(
-            matches!(missing, EventicError::SchemaViolation { ref rule, .. } if rule == "required")
-        );
+        assert!(matches!(missing, EventicError::SchemaViolation(ref v) if v.rule == "required"));
         let bad_date = violation(
             &validator,
             "Story",

@@ -54,7 +54,11 @@ pub fn candidates() -> Result<Vec<String>> {
         let tried = tried.borrow();
         large
             .into_iter()
-            .filter(|queue| tried.get(queue).is_none_or(|at| now.duration_since(*at) >= RETRY_AFTER))
+            .filter(|queue| {
+                tried
+                    .get(queue)
+                    .is_none_or(|at| now.duration_since(*at) >= RETRY_AFTER)
+            })
             .collect()
     }))
 }
@@ -63,12 +67,18 @@ pub fn candidates() -> Result<Vec<String>> {
 /// whether it did. Run in a transaction of its own, which should commit at once (it holds the
 /// table's ACCESS EXCLUSIVE lock until then).
 pub fn truncate_if_empty(queue_name: &str) -> Result<bool> {
-    LAST_TRIED.with(|tried| tried.borrow_mut().insert(queue_name.to_string(), Instant::now()));
+    LAST_TRIED.with(|tried| {
+        tried
+            .borrow_mut()
+            .insert(queue_name.to_string(), Instant::now())
+    });
     let table = super::queue_table(queue_name)?;
     as_extension_owner(|| {
         // NOWAIT's error (55P03) rolls back only this subtransaction
         let locked = crate::subxact::in_subtransaction(|| {
-            Spi::run(&format!("LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE NOWAIT"))
+            Spi::run(&format!(
+                "LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE NOWAIT"
+            ))
         });
         if !matches!(locked, Ok(Ok(()))) {
             return Ok(false);

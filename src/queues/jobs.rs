@@ -60,28 +60,28 @@ impl Signature {
     }
 
     fn look_up(fn_oid: pg_sys::Oid) -> Result<Signature> {
-        let row = Spi::connect(
-            |client| -> Result<Option<(String, Vec<Option<String>>, i16, String, String, bool)>> {
-                let stmt = crate::spi_plans::plan(
-                    client,
-                    SELECT_SIGNATURE,
-                    &[PgOid::BuiltIn(PgBuiltInOids::OIDOID)],
-                    false,
-                )?;
-                let mut table = client.select(&*stmt, Some(1), &[fn_oid.into()])?;
-                let Some(row) = table.next() else {
-                    return Ok(None);
-                };
-                Ok(Some((
-                    row.get::<String>(1)?.unwrap_or_default(),
-                    row.get::<Vec<Option<String>>>(2)?.unwrap_or_default(),
-                    row.get::<i16>(3)?.unwrap_or(0),
-                    row.get::<String>(4)?.unwrap_or_default(),
-                    row.get::<String>(5)?.unwrap_or_default(),
-                    row.get::<bool>(6)?.unwrap_or(false),
-                )))
-            },
-        )?;
+        /// name, argument types, defaults, kind, return type, returns a set
+        type ProcRow = (String, Vec<Option<String>>, i16, String, String, bool);
+        let row = Spi::connect(|client| -> Result<Option<ProcRow>> {
+            let stmt = crate::spi_plans::plan(
+                client,
+                SELECT_SIGNATURE,
+                &[PgOid::BuiltIn(PgBuiltInOids::OIDOID)],
+                false,
+            )?;
+            let mut table = client.select(&*stmt, Some(1), &[fn_oid.into()])?;
+            let Some(row) = table.next() else {
+                return Ok(None);
+            };
+            Ok(Some((
+                row.get::<String>(1)?.unwrap_or_default(),
+                row.get::<Vec<Option<String>>>(2)?.unwrap_or_default(),
+                row.get::<i16>(3)?.unwrap_or(0),
+                row.get::<String>(4)?.unwrap_or_default(),
+                row.get::<String>(5)?.unwrap_or_default(),
+                row.get::<bool>(6)?.unwrap_or(false),
+            )))
+        })?;
         let Some((name, types, defaults, kind, returns, returns_set)) = row else {
             return Err(EventicError::UnknownObject {
                 what: "function",

@@ -483,9 +483,10 @@ const RUNNABLE_ORDER: &str = "ORDER BY priority DESC, run_at, job_id";
 
 /// Lease up to `limit` runnable jobs for `lease` (external consumers).
 fn lease_jobs(table: &str, limit: i64, lease: &str) -> Result<Vec<(Job, i32)>> {
-    as_extension_owner(|| crate::spi_plans::in_index_order(|| {
-        Spi::connect_mut(|client| {
-            let sql = format!(
+    as_extension_owner(|| {
+        crate::spi_plans::in_index_order(|| {
+            Spi::connect_mut(|client| {
+                let sql = format!(
                 "WITH taken AS (
                    UPDATE {table} q SET lease_until = clock_timestamp() + {lease}, attempts = q.attempts + 1
                     -- = ANY (ARRAY(...)): the ids are taken first, whatever plan the outer
@@ -498,20 +499,22 @@ fn lease_jobs(table: &str, limit: i64, lease: &str) -> Result<Vec<(Job, i32)>> {
                              q.priority, q.run_at)
                  SELECT job_id, fn, args, enqueued_by, attempts FROM taken {RUNNABLE_ORDER}"
             );
-            let types = [
-                PgOid::BuiltIn(PgBuiltInOids::TIMESTAMPTZOID),
-                PgOid::BuiltIn(PgBuiltInOids::INT8OID),
-            ];
-            let stmt = crate::spi_plans::dynamic_plan(client, &sql, &types)?;
-            let rows = client.update(&*stmt, None, &[clock_timestamp().into(), limit.into()])?;
-            let mut jobs = Vec::new();
-            for row in rows {
-                let job = jobs::job_from(&row)?;
-                jobs.push((job, row.get::<i32>(5)?.unwrap_or(1)));
-            }
-            Ok(jobs)
+                let types = [
+                    PgOid::BuiltIn(PgBuiltInOids::TIMESTAMPTZOID),
+                    PgOid::BuiltIn(PgBuiltInOids::INT8OID),
+                ];
+                let stmt = crate::spi_plans::dynamic_plan(client, &sql, &types)?;
+                let rows =
+                    client.update(&*stmt, None, &[clock_timestamp().into(), limit.into()])?;
+                let mut jobs = Vec::new();
+                for row in rows {
+                    let job = jobs::job_from(&row)?;
+                    jobs.push((job, row.get::<i32>(5)?.unwrap_or(1)));
+                }
+                Ok(jobs)
+            })
         })
-    }))
+    })
 }
 
 /// Lock up to `limit` runnable jobs for this transaction ([`Taken::Locked`]), in order.
@@ -533,24 +536,26 @@ fn lock_jobs(
           {RUNNABLE_ORDER} LIMIT {limit} FOR UPDATE SKIP LOCKED"
     );
     let now = clock_timestamp();
-    as_extension_owner(|| crate::spi_plans::in_index_order(|| {
-        Spi::connect_mut(|client| {
-            let rows = if limit > 0 && (limit as u64).is_power_of_two() {
-                let types = [PgOid::BuiltIn(PgBuiltInOids::TIMESTAMPTZOID)];
-                let stmt = crate::spi_plans::dynamic_plan(client, &sql, &types)?;
-                client.update(&*stmt, None, &[now.into()])?
-            } else {
-                client.update(&sql, None, &[now.into()])?
-            };
-            rows.map(|row| {
-                let tid = row
-                    .get::<pg_sys::ItemPointerData>(5)?
-                    .ok_or_else(|| EventicError::Internal("a claimed job without ctid".into()))?;
-                Ok((jobs::job_from(&row)?, tid))
+    as_extension_owner(|| {
+        crate::spi_plans::in_index_order(|| {
+            Spi::connect_mut(|client| {
+                let rows = if limit > 0 && (limit as u64).is_power_of_two() {
+                    let types = [PgOid::BuiltIn(PgBuiltInOids::TIMESTAMPTZOID)];
+                    let stmt = crate::spi_plans::dynamic_plan(client, &sql, &types)?;
+                    client.update(&*stmt, None, &[now.into()])?
+                } else {
+                    client.update(&sql, None, &[now.into()])?
+                };
+                rows.map(|row| {
+                    let tid = row.get::<pg_sys::ItemPointerData>(5)?.ok_or_else(|| {
+                        EventicError::Internal("a claimed job without ctid".into())
+                    })?;
+                    Ok((jobs::job_from(&row)?, tid))
+                })
+                .collect()
             })
-            .collect()
         })
-    }))
+    })
 }
 
 /// Jobs that ran successfully.

@@ -186,6 +186,7 @@ fn hydrate_as_of(id: Option<Uuid>, at: Option<TimestampWithTimeZone>) -> JsonB {
 }
 
 /// Every version of the record, oldest first, with the fields each one changed.
+#[allow(clippy::type_complexity)] // pgrx's named output columns
 #[pg_extern(stable, parallel_safe)]
 fn history(
     id: Option<Uuid>,

@@ -388,11 +388,11 @@ fn now() -> TimestampWithTimeZone {
             ))
         })?;
         let text = value.as_str().unwrap_or_default().to_string();
-        Ok(Spi::get_one_with_args::<TimestampWithTimeZone>(
+        Spi::get_one_with_args::<TimestampWithTimeZone>(
             "SELECT $1::timestamptz",
             &[text.as_str().into()],
         )?
-        .ok_or_else(|| EventicError::Internal("recorded time missing".into()))?)
+        .ok_or_else(|| EventicError::Internal("recorded time missing".into()))
     })()
     .or_report()
 }
@@ -1252,8 +1252,11 @@ fn workflow_status(workflow_id: Option<&str>) -> String {
     .or_report()
 }
 
+/// A workflow's status, output and error.
+type RunResult = (String, Option<JsonB>, Option<String>);
+
 /// A workflow's status, output and error as committed now, or None when it does not exist.
-fn result_of(id: &str) -> Result<Option<(String, Option<JsonB>, Option<String>)>> {
+fn result_of(id: &str) -> Result<Option<RunResult>> {
     Spi::connect_mut(|client| {
         let mut rows = client.update(
             &*crate::spi_plans::kept(
