@@ -25,6 +25,10 @@ const WORKER_TYPE: &str = "eventic worker";
 const LAUNCHER_TYPE: &str = "eventic launcher";
 /// Jobs per transaction of a worker: their effects and completions commit together.
 const JOBS_PER_TRANSACTION: i64 = 1024;
+/// A worker's transaction claims no new batch after this long, so that slow jobs (and
+/// workflow runs) become visible, and release their row locks, every ~100 ms rather than
+/// after 1024 of them.
+const TRANSACTION_TIME: Duration = Duration::from_millis(100);
 const LAUNCHER_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Set in the postmaster when eventic is preloaded; backends inherit it with fork().
@@ -259,9 +263,18 @@ fn drain_database(budget: i64) -> i64 {
             })
             .unwrap_or_default()
     });
+    // start each transaction at the next queue: a busy queue early in the list must not
+    // take every transaction's budget from the queues after it
+    let mut queues = queues;
+    if !queues.is_empty() {
+        let first = NEXT_QUEUE.with(|next| next.replace(next.get().wrapping_add(1)));
+        let len = queues.len();
+        queues.rotate_left(first % len);
+    }
+    let deadline = Instant::now() + TRANSACTION_TIME;
     let mut ran = 0;
     for (queue, concurrency) in queues {
-        if ran >= budget {
+        if ran >= budget || Instant::now() >= deadline {
             break;
         }
         // a queue is drained by at most `concurrency` workers at once: each holds one of its
@@ -271,7 +284,7 @@ fn drain_database(budget: i64) -> i64 {
         if !has_slot {
             continue;
         }
-        match crate::queues::drain(&queue, budget - ran, None) {
+        match crate::queues::drain(&queue, budget - ran, None, Some(deadline)) {
             Ok(n) => ran += n,
             Err(err) => err.report(),
         }
@@ -280,6 +293,8 @@ fn drain_database(budget: i64) -> i64 {
 }
 
 thread_local! {
+    /// Where the worker's next transaction starts in its list of queues.
+    static NEXT_QUEUE: Cell<usize> = const { Cell::new(0) };
     static WAKE_PENDING: Cell<bool> = const { Cell::new(false) };
     /// The pids of this database's workers, looked up at most every few seconds.
     static WORKER_PIDS: std::cell::RefCell<Option<(Vec<i32>, Instant)>> = const { std::cell::RefCell::new(None) };

@@ -680,13 +680,19 @@ fn prune_archive() -> Result<()> {
 }
 
 /// Run up to `max_jobs` ready jobs of one queue in this session: each as its enqueuer, in a
-/// subtransaction; its effects commit with its completion. Returns how many ran.
-pub fn drain(queue_name: &str, max_jobs: i64, only_role: Option<pg_sys::Oid>) -> Result<i64> {
+/// subtransaction; its effects commit with its completion. With a `deadline`, no new batch is
+/// claimed after it. Returns how many ran.
+pub fn drain(
+    queue_name: &str,
+    max_jobs: i64,
+    only_role: Option<pg_sys::Oid>,
+    deadline: Option<std::time::Instant>,
+) -> Result<i64> {
     let table = queue_table(queue_name)?;
     let mut calls = jobs::Calls::default();
     let mut grouping = true;
     let mut ran = 0;
-    while ran < max_jobs {
+    while ran < max_jobs && deadline.is_none_or(|at| std::time::Instant::now() < at) {
         let batch = lock_jobs(
             &table,
             (max_jobs - ran).min(claim_size(queue_name)),
@@ -766,7 +772,7 @@ fn run_pending(
         };
         let mut ran = 0;
         for name in queues {
-            ran += drain(&name, max_jobs - ran, only_role)?;
+            ran += drain(&name, max_jobs - ran, only_role, None)?;
         }
         Ok(ran)
     })()
