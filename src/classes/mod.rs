@@ -52,7 +52,7 @@ pub fn on_new_version(new: NewVersion<'_>, data: impl FnOnce() -> Result<Value>)
                 &table,
                 crate::queues::NewJob {
                     fn_oid: *handler,
-                    args: event.clone(),
+                    args: crate::queues::JobArgs::Json(event.clone()),
                     run_at: None,
                     priority: 0,
                     dedup_key: None,

@@ -110,7 +110,7 @@ impl Signature {
     }
 
     /// A function with a single jsonb parameter gets `args` whole.
-    fn takes_whole_jsonb(&self) -> bool {
+    pub fn takes_whole_jsonb(&self) -> bool {
         self.types.len() == 1 && self.types[0] == "jsonb"
     }
 

@@ -450,7 +450,7 @@ fn enqueue_run(
         &table,
         NewJob {
             fn_oid,
-            args: Value::Array(vec![Value::String(workflow_id.to_string())]),
+            args: queues::JobArgs::Json(Value::Array(vec![Value::String(workflow_id.to_string())])),
             run_at,
             priority: 0,
             dedup_key: None,
