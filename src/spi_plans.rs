@@ -132,7 +132,8 @@ pub fn kept(
 /// the settings back (as a function's `SET` clause does; an error's rollback restores them
 /// too). For the claim statements, whose only good plan reads the queue's ready index in
 /// order: planned against a queue that has not been analyzed yet (just made, then filled in
-/// one transaction), they would otherwise sort the whole queue for every claim.
+/// one transaction), they would otherwise sort the whole queue for every claim. Also for a
+/// workflow's step records, read by the worker with a plan it keeps while the table grows.
 pub fn in_index_order<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
     // SAFETY: plain GUC calls in a transaction; the nest level is closed before returning
     let level = unsafe { pgrx::pg_sys::NewGUCNestLevel() };
