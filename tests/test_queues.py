@@ -332,3 +332,32 @@ def test_without_preload_everything_works_and_run_pending_drains():
             assert effect_counts(conn) == (2, 2)
     finally:
         plain.run("stop", plain.directory)
+
+
+def test_finished_jobs_older_than_archive_retention_are_removed(cluster, db):
+    """eventic.archive_retention (SIGHUP) bounds the archive: a drain removes batches that
+    finished longer ago than it (at most every 5 s per process)."""
+    with cluster.connect() as admin:
+        admin.execute("ALTER SYSTEM SET eventic.archive_retention = '1s'")
+        admin.execute("SELECT pg_reload_conf()")
+    try:
+        with cluster.connect(dbname=db) as conn:
+            assert wait_until(lambda: conn.execute("SHOW eventic.archive_retention").fetchone()[0] == "1s")
+            setup_effects(conn)
+            conn.execute("SELECT eventic.create_queue('kept_briefly', worker => false)")
+            enqueue_many(conn, "kept_briefly", 3)
+            assert conn.execute("SELECT eventic.run_pending('kept_briefly')").fetchone()[0] == 3
+            finished = "SELECT count(*) FROM eventic.finished_jobs WHERE queue_name = 'kept_briefly'"
+            assert conn.execute(finished).fetchone()[0] == 3
+            time.sleep(5.5)  # past the retention and the 5 s between prunes of this session
+            conn.execute("SELECT eventic.enqueue('kept_briefly', 'effect(int)', '[4]')")
+            assert conn.execute("SELECT eventic.run_pending('kept_briefly')").fetchone()[0] == 1
+            # the three old jobs are gone, the one that just finished is kept
+            assert conn.execute(
+                "SELECT array_agg(args ORDER BY job_id) FROM eventic.finished_jobs WHERE queue_name = 'kept_briefly'"
+            ).fetchone()[0] == [[4]]
+            assert effect_counts(conn) == (4, 4)
+    finally:
+        with cluster.connect() as admin:
+            admin.execute("ALTER SYSTEM RESET eventic.archive_retention")
+            admin.execute("SELECT pg_reload_conf()")

@@ -677,16 +677,20 @@ fn prune_archive() -> Result<()> {
     if !due {
         return Ok(());
     }
+    // in index order: a kept plan made while the archive was small would otherwise scan the
+    // whole archive (a day of batches by default) every 5 s to find the few that expired
     as_extension_owner(|| {
-        Spi::connect_mut(|client| {
-            let types = [
-                PgOid::BuiltIn(PgBuiltInOids::TIMESTAMPTZOID),
-                PgOid::BuiltIn(PgBuiltInOids::INT4OID),
-            ];
-            let stmt = crate::spi_plans::plan(client, PRUNE_ARCHIVE, &types, true)?;
-            let retention = crate::settings::archive_retention_seconds();
-            client.update(&*stmt, None, &[clock_timestamp().into(), retention.into()])?;
-            Ok(())
+        crate::spi_plans::in_index_order(|| {
+            Spi::connect_mut(|client| {
+                let types = [
+                    PgOid::BuiltIn(PgBuiltInOids::TIMESTAMPTZOID),
+                    PgOid::BuiltIn(PgBuiltInOids::INT4OID),
+                ];
+                let stmt = crate::spi_plans::plan(client, PRUNE_ARCHIVE, &types, true)?;
+                let retention = crate::settings::archive_retention_seconds();
+                client.update(&*stmt, None, &[clock_timestamp().into(), retention.into()])?;
+                Ok(())
+            })
         })
     })
 }
