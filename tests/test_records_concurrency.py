@@ -160,3 +160,35 @@ def test_repeatable_read_writer_with_a_stale_snapshot_gets_40001(cluster, db):
             (story,),
         ).fetchall()
     assert rows == [(0, "t", False), (1, "from other", False)]
+
+
+def test_one_transaction_writes_50000_records_and_a_tracked_table_of_30000_rows(cluster, db):
+    """Writers lock a record's latest version row, not an entry of the shared lock table, so
+    a bulk write is not bounded by max_locks_per_transaction (64 here: the lock table holds
+    about 64 x 230 entries, and a lock per record ran out at 10,000-20,000 records)."""
+    with cluster.connect(dbname=db) as conn:
+        assert conn.execute("SHOW max_locks_per_transaction").fetchone()[0] == "64"
+        conn.execute(
+            "SELECT count(eventic.create('Story', jsonb_build_object('title', g::text)))"
+            " FROM generate_series(1, 50000) g"
+        )
+        conn.execute("CREATE TABLE items (sku text PRIMARY KEY, qty int NOT NULL)")
+        conn.execute("SELECT eventic.track('items', id_column => 'sku')")
+        conn.execute("INSERT INTO items SELECT 's' || g, 0 FROM generate_series(1, 30000) g")
+        with conn.transaction():
+            (written,) = conn.execute(
+                "SELECT count(eventic.set_field(id, 'title', '\"bulk\"'))"
+                " FROM eventic.records WHERE class_type = 'Story' AND version = 0"
+            ).fetchone()
+            conn.execute("UPDATE items SET qty = qty + 1")
+            (locks,) = conn.execute("SELECT count(*) FROM pg_locks WHERE pid = pg_backend_pid()").fetchone()
+        assert written == 50000
+        assert locks < 100
+        assert conn.execute(
+            "SELECT count(*) FILTER (WHERE version = 1 AND data->>'title' = 'bulk') FROM eventic.records"
+            " WHERE class_type = 'Story'"
+        ).fetchone()[0] == 50000
+        assert conn.execute(
+            "SELECT count(*) FROM eventic.records r JOIN items i ON r.id = eventic.tracked_id('items', i.sku)"
+            " WHERE r.version = 1 AND (r.data->>'qty')::int = 1"
+        ).fetchone()[0] == 30000

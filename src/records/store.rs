@@ -1,10 +1,14 @@
 //! The write path every change goes through: lock the record, build the next version from
 //! the latest one, append it. Also the two reads everything else is built on.
 //!
-//! Writers of one record are serialised by a transaction-scoped advisory lock on its id (no
-//! row is locked or rewritten: version rows stay untouched). After the lock is granted the
-//! latest version is read with a fresh snapshot, so under READ COMMITTED each writer builds on
-//! the version the previous writer committed; versions stay contiguous and no update is lost.
+//! Writers of one record are serialised by a row lock (FOR NO KEY UPDATE) on its latest
+//! version row: the lock lives in the row's header, so a transaction can write any number of
+//! records (a lock per record in the shared lock table ran out at 10,000-20,000 records per
+//! transaction). A version's data is never changed. A writer appends only on top of the
+//! version it locked, read again with a fresh snapshot; when another writer appended while it
+//! waited, it locks the new latest version and tries again. Under READ COMMITTED each writer
+//! so builds on the version the previous writer committed; versions stay contiguous and no
+//! update is lost.
 //! Under REPEATABLE READ a writer whose snapshot is stale gets a serialization failure from
 //! the primary key (`ON CONFLICT` on an invisible row), which is the standard 40001.
 
@@ -21,20 +25,8 @@ use crate::raw_jsonb::RawJsonb;
 use crate::records::fields::Patch;
 use crate::spi_plans::plan;
 
-/// `locktag_field4` of eventic's record locks: neither 1 nor 2, so they never collide with
-/// `pg_advisory_lock(bigint)` or `pg_advisory_lock(int, int)` keys. Visible in `pg_locks`
-/// as `locktype = 'advisory'`, `objsubid = 17782`.
-const RECORD_LOCK_SPACE: u16 = 0x4576;
-
 pub fn new_uuid_v7() -> Uuid {
     Uuid::from_bytes(*uuid::Uuid::now_v7().as_bytes())
-}
-
-/// Block until this transaction holds the write lock of record `id`.
-pub fn lock_record(id: Uuid) {
-    let bytes = id.as_bytes();
-    let word = |i: usize| u32::from_be_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
-    lock_key(RECORD_LOCK_SPACE, word(0) ^ word(8), word(4) ^ word(12));
 }
 
 /// `locktag_field4` of the lock that serialises registering one class.
@@ -293,20 +285,26 @@ pub fn insert_first(id: Uuid, class_name: &str, data: Map<String, Value>) -> Res
     }
 }
 
-/// The fast path of every write: one INSERT that reads the latest version and appends the
-/// next one when there is something to append, returning its number. No row back means
-/// "nothing appended"; [`append`] then reads the latest version to say why.
+/// Every write: one INSERT that locks the latest version row (FOR NO KEY UPDATE), reads it
+/// and appends the next version when there is something to append, returning its number.
+/// No row back means "nothing appended": nothing to append, or (READ COMMITTED) another
+/// writer appended while this one waited for the lock, so its version is taken and this
+/// statement's snapshot does not see it: `ON CONFLICT DO NOTHING` then. [`append`] tells the
+/// two apart. Under REPEATABLE READ or SERIALIZABLE that conflict is on a row the snapshot
+/// cannot see, and Postgres raises the standard 40001.
 /// Parameters: $1 id, $2 fields to set (object), $3 fields to remove, $4 properties to set,
 /// $5 properties to remove, $6 tombstone, $7 new version_id, $8 expected version (NULL: any),
 /// $9 revive a deleted record, $10/$11 one field name and value to set (instead of $2).
-macro_rules! append_next_sql {
-    ($on_conflict:literal) => {
-        concat!(
-            "INSERT INTO eventic.records
+const APPEND_NEXT: &str = "WITH locked AS (
+        SELECT version FROM eventic.records WHERE id = $1
+         ORDER BY version DESC LIMIT 1 FOR NO KEY UPDATE)
+INSERT INTO eventic.records
        (version_id, id, version, class_type, data, created_at, created_by, deleted)
 SELECT $7, $1, cur.version + 1, cur.class_type, nxt.data, clock_timestamp(), current_user, $6
-  FROM (SELECT version, class_type, data, deleted
+  FROM locked
+  JOIN (SELECT version, class_type, data, deleted
           FROM eventic.records WHERE id = $1 ORDER BY version DESC LIMIT 1) cur
+       ON cur.version = locked.version
  CROSS JOIN LATERAL (
         SELECT CASE WHEN $10::text IS NULL THEN $2
                     ELSE jsonb_build_object($10::text, $11::jsonb) END AS fields) f
@@ -321,24 +319,9 @@ SELECT $7, $1, cur.version + 1, cur.class_type, nxt.data, clock_timestamp(), cur
                END AS data) nxt
  WHERE (NOT cur.deleted OR $9)
    AND ($8::int4 IS NULL OR cur.version = $8)
-   AND ($6 OR cur.deleted OR nxt.data <> cur.data) ",
-            $on_conflict,
-            " RETURNING version"
-        )
-    };
-}
-
-/// READ COMMITTED: the record lock plus a fresh snapshot make a conflict impossible, so a
-/// plain INSERT (no speculative insertion).
-const APPEND_NEXT: &str = append_next_sql!("");
-/// REPEATABLE READ / SERIALIZABLE: the snapshot can predate a committed version; ON CONFLICT
-/// on that invisible row makes Postgres raise the standard 40001 instead of a 23505.
-const APPEND_NEXT_SNAPSHOT: &str = append_next_sql!("ON CONFLICT (id, version) DO NOTHING");
-
-fn uses_transaction_snapshot() -> bool {
-    // SAFETY: a plain read of the current transaction's isolation level.
-    unsafe { pg_sys::XactIsoLevel >= pg_sys::XACT_REPEATABLE_READ as i32 }
-}
+   AND ($6 OR cur.deleted OR nxt.data <> cur.data)
+    ON CONFLICT (id, version) DO NOTHING
+RETURNING version";
 
 /// The fields a write sets.
 pub enum FieldValues {
@@ -368,61 +351,52 @@ pub struct Change {
     pub revive: bool,
 }
 
-/// Apply `change` to the latest version of `id` and return the resulting version number.
-/// A change that alters nothing writes nothing and returns the current version.
-pub fn append(id: Uuid, change: Change, expected_version: Option<i32>) -> Result<i32> {
-    lock_record(id);
-    let _own = OwnWrite::begin();
-    let revive = change.revive;
-    let appended = Spi::connect_mut(|client| -> Result<Option<i32>> {
-        let sql = if uses_transaction_snapshot() {
-            APPEND_NEXT_SNAPSHOT
-        } else {
-            APPEND_NEXT
-        };
-        let stmt = plan(
-            client,
-            sql,
-            &[
-                UUID, JSONB, TEXT_ARRAY, JSONB, TEXT_ARRAY, BOOL, UUID, INT4, BOOL, TEXT, JSONB,
-            ],
-            true,
-        )?;
-        let (set, one_name, one_value): (DatumWithOid, Option<String>, Option<RawJsonb>) =
-            match change.set {
-                FieldValues::Raw(raw) => (raw.into(), None, None),
-                FieldValues::Built(map) => (JsonB(Value::Object(map)).into(), None, None),
-                FieldValues::One(name, value) => {
-                    (DatumWithOid::null::<JsonB>(), Some(name), Some(value))
-                }
-            };
-        let args = [
-            id.into(),
-            set,
-            change.removed.into(),
-            JsonB(Value::Object(change.properties.set)).into(),
-            change.properties.removed.into(),
-            change.tombstone.into(),
-            new_uuid_v7().into(),
-            expected_version.into(),
-            revive.into(),
-            one_name.into(),
-            one_value.into(),
-        ];
-        let mut table = client.update(&*stmt, None, &args)?;
-        Ok(match table.next() {
+const LOCK_LATEST: &str = "SELECT version FROM eventic.records WHERE id = $1 \
+       ORDER BY version DESC LIMIT 1 FOR NO KEY UPDATE";
+
+/// Lock the latest version row of `id` for this transaction (waiting for its writer, if
+/// any) and return its version; `None` when the record has no version. After a wait the
+/// locked row may no longer be the latest: the caller checks with a fresh snapshot.
+fn lock_latest(id: Uuid) -> Result<Option<i32>> {
+    Spi::connect_mut(|client| {
+        let stmt = plan(client, LOCK_LATEST, &[UUID], true)?;
+        let mut rows = client.update(&*stmt, None, &[id.into()])?;
+        Ok(match rows.next() {
             Some(row) => row.get::<i32>(1)?,
             None => None,
         })
-    })?;
-    if let Some(version) = appended {
+    })
+}
+
+/// Lock the latest version of `id`, however many writers append while this one waits;
+/// returns its version (`None`: no record).
+fn lock_current(id: Uuid) -> Result<Option<i32>> {
+    loop {
+        let locked = lock_latest(id)?;
+        if latest(id)?.map(|row| row.version) == locked {
+            return Ok(locked);
+        }
+    }
+}
+
+/// Apply `change` to the latest version of `id` and return the resulting version number.
+/// A change that alters nothing writes nothing and returns the current version.
+pub fn append(id: Uuid, change: Change, expected_version: Option<i32>) -> Result<i32> {
+    let _own = OwnWrite::begin();
+    if let Some(version) = append_on(id, &change, expected_version)? {
         return Ok(version);
     }
-    // Nothing appended: say why. We still hold the record's lock, so this is the same state.
+    // Nothing appended. Maybe another writer appended while this one waited for the lock:
+    // lock the latest version as a fresh snapshot sees it, and try once more; with that lock
+    // held no one can append in between, so a second "nothing" is the record's state.
+    lock_current(id)?;
+    if let Some(version) = append_on(id, &change, expected_version)? {
+        return Ok(version);
+    }
     let id_text = || id.to_string();
     match latest(id)? {
         None => Err(EventicError::RecordNotFound { id: id_text() }),
-        Some(row) if row.deleted && !revive => Err(EventicError::RecordDeleted {
+        Some(row) if row.deleted && !change.revive => Err(EventicError::RecordDeleted {
             id: id_text(),
             version: row.version,
         }),
@@ -436,6 +410,47 @@ pub fn append(id: Uuid, change: Change, expected_version: Option<i32>) -> Result
         // the change would not alter the document: nothing to write
         Some(row) => Ok(row.version),
     }
+}
+
+/// Run [`APPEND_NEXT`]: the new version, or `None` when nothing was appended.
+fn append_on(id: Uuid, change: &Change, expected_version: Option<i32>) -> Result<Option<i32>> {
+    let revive = change.revive;
+    Spi::connect_mut(|client| -> Result<Option<i32>> {
+        let stmt = plan(
+            client,
+            APPEND_NEXT,
+            &[
+                UUID, JSONB, TEXT_ARRAY, JSONB, TEXT_ARRAY, BOOL, UUID, INT4, BOOL, TEXT, JSONB,
+            ],
+            true,
+        )?;
+        let (set, one_name, one_value): (DatumWithOid, Option<&str>, Option<RawJsonb>) =
+            match &change.set {
+                FieldValues::Raw(raw) => ((*raw).into(), None, None),
+                FieldValues::Built(map) => (JsonB(Value::Object(map.clone())).into(), None, None),
+                FieldValues::One(name, value) => {
+                    (DatumWithOid::null::<JsonB>(), Some(name.as_str()), Some(*value))
+                }
+            };
+        let args = [
+            id.into(),
+            set,
+            change.removed.clone().into(),
+            JsonB(Value::Object(change.properties.set.clone())).into(),
+            change.properties.removed.clone().into(),
+            change.tombstone.into(),
+            new_uuid_v7().into(),
+            expected_version.into(),
+            revive.into(),
+            one_name.into(),
+            one_value.into(),
+        ];
+        let mut table = client.update(&*stmt, None, &args)?;
+        Ok(match table.next() {
+            Some(row) => row.get::<i32>(1)?,
+            None => None,
+        })
+    })
 }
 
 /// Append a tombstone version (eventic.delete); returns its version.
@@ -454,7 +469,8 @@ const DELETE_ALL: &str = "DELETE FROM eventic.records WHERE id = $1";
 
 /// Remove every version of `id`; the number removed.
 pub fn delete_all(id: Uuid) -> Result<i64> {
-    lock_record(id);
+    // with the latest version locked no writer can append one this DELETE would not see
+    lock_current(id)?;
     let _own = OwnWrite::begin();
     Spi::connect_mut(|client| -> Result<i64> {
         let stmt = plan(client, DELETE_ALL, &[UUID], true)?;
