@@ -286,25 +286,21 @@ pub fn insert_first(id: Uuid, class_name: &str, data: Map<String, Value>) -> Res
 }
 
 /// Every write: one INSERT that locks the latest version row (FOR NO KEY UPDATE), reads it
-/// and appends the next version when there is something to append, returning its number.
-/// No row back means "nothing appended": nothing to append, or (READ COMMITTED) another
-/// writer appended while this one waited for the lock, so its version is taken and this
-/// statement's snapshot does not see it: `ON CONFLICT DO NOTHING` then. [`append`] tells the
+/// in the same scan and appends the next version when there is something to append,
+/// returning its number. No row back means "nothing appended": nothing to append, or (READ
+/// COMMITTED) another writer appended while this one waited for the lock, so the locked row
+/// is no longer the latest and its next version number is taken: `ON CONFLICT DO NOTHING`. [`append`] tells the
 /// two apart. Under REPEATABLE READ or SERIALIZABLE that conflict is on a row the snapshot
 /// cannot see, and Postgres raises the standard 40001.
 /// Parameters: $1 id, $2 fields to set (object), $3 fields to remove, $4 properties to set,
 /// $5 properties to remove, $6 tombstone, $7 new version_id, $8 expected version (NULL: any),
 /// $9 revive a deleted record, $10/$11 one field name and value to set (instead of $2).
-const APPEND_NEXT: &str = "WITH locked AS (
-        SELECT version FROM eventic.records WHERE id = $1
-         ORDER BY version DESC LIMIT 1 FOR NO KEY UPDATE)
-INSERT INTO eventic.records
+const APPEND_NEXT: &str = "INSERT INTO eventic.records
        (version_id, id, version, class_type, data, created_at, created_by, deleted)
 SELECT $7, $1, cur.version + 1, cur.class_type, nxt.data, clock_timestamp(), current_user, $6
-  FROM locked
-  JOIN (SELECT version, class_type, data, deleted
-          FROM eventic.records WHERE id = $1 ORDER BY version DESC LIMIT 1) cur
-       ON cur.version = locked.version
+  FROM (SELECT version, class_type, data, deleted
+          FROM eventic.records WHERE id = $1
+         ORDER BY version DESC LIMIT 1 FOR NO KEY UPDATE) cur
  CROSS JOIN LATERAL (
         SELECT CASE WHEN $10::text IS NULL THEN $2
                     ELSE jsonb_build_object($10::text, $11::jsonb) END AS fields) f
