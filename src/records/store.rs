@@ -4,11 +4,11 @@
 //! Writers of one record are serialised by a row lock (FOR NO KEY UPDATE) on its latest
 //! version row: the lock lives in the row's header, so a transaction can write any number of
 //! records (a lock per record in the shared lock table ran out at 10,000-20,000 records per
-//! transaction). A version's data is never changed. A writer appends only on top of the
-//! version it locked, read again with a fresh snapshot; when another writer appended while it
-//! waited, it locks the new latest version and tries again. Under READ COMMITTED each writer
-//! so builds on the version the previous writer committed; versions stay contiguous and no
-//! update is lost.
+//! transaction). A version's data is never changed. A writer locks the latest version in the
+//! scan that reads it and appends on top of it; when another writer appended while it waited,
+//! that version number is taken (the insert conflicts), so it locks the new latest version,
+//! seen with a fresh snapshot, and tries again. Under READ COMMITTED each writer so builds on
+//! the version the previous writer committed; versions stay contiguous and no update is lost.
 //! Under REPEATABLE READ a writer whose snapshot is stale gets a serialization failure from
 //! the primary key (`ON CONFLICT` on an invisible row), which is the standard 40001.
 
@@ -289,9 +289,9 @@ pub fn insert_first(id: Uuid, class_name: &str, data: Map<String, Value>) -> Res
 /// in the same scan and appends the next version when there is something to append,
 /// returning its number. No row back means "nothing appended": nothing to append, or (READ
 /// COMMITTED) another writer appended while this one waited for the lock, so the locked row
-/// is no longer the latest and its next version number is taken: `ON CONFLICT DO NOTHING`. [`append`] tells the
-/// two apart. Under REPEATABLE READ or SERIALIZABLE that conflict is on a row the snapshot
-/// cannot see, and Postgres raises the standard 40001.
+/// is no longer the latest and its next version number is taken: `ON CONFLICT DO NOTHING`.
+/// [`append`] tells the two apart. Under REPEATABLE READ or SERIALIZABLE that conflict is on
+/// a row the snapshot cannot see, and Postgres raises the standard 40001.
 /// Parameters: $1 id, $2 fields to set (object), $3 fields to remove, $4 properties to set,
 /// $5 properties to remove, $6 tombstone, $7 new version_id, $8 expected version (NULL: any),
 /// $9 revive a deleted record, $10/$11 one field name and value to set (instead of $2).
@@ -379,20 +379,42 @@ fn lock_current(id: Uuid) -> Result<Option<i32>> {
 /// A change that alters nothing writes nothing and returns the current version.
 pub fn append(id: Uuid, change: Change, expected_version: Option<i32>) -> Result<i32> {
     let _own = OwnWrite::begin();
-    if let Some(version) = append_on(id, &change, expected_version)? {
+    let revive = change.revive;
+    // the statement's arguments, converted once for both attempts below
+    let (set, one_name, one_value): (DatumWithOid, Option<String>, Option<RawJsonb>) = match change
+        .set
+    {
+        FieldValues::Raw(raw) => (raw.into(), None, None),
+        FieldValues::Built(map) => (JsonB(Value::Object(map)).into(), None, None),
+        FieldValues::One(name, value) => (DatumWithOid::null::<JsonB>(), Some(name), Some(value)),
+    };
+    let args = [
+        id.into(),
+        set,
+        change.removed.into(),
+        JsonB(Value::Object(change.properties.set)).into(),
+        change.properties.removed.into(),
+        change.tombstone.into(),
+        new_uuid_v7().into(),
+        expected_version.into(),
+        revive.into(),
+        one_name.into(),
+        one_value.into(),
+    ];
+    if let Some(version) = append_next(&args)? {
         return Ok(version);
     }
     // Nothing appended. Maybe another writer appended while this one waited for the lock:
     // lock the latest version as a fresh snapshot sees it, and try once more; with that lock
     // held no one can append in between, so a second "nothing" is the record's state.
     lock_current(id)?;
-    if let Some(version) = append_on(id, &change, expected_version)? {
+    if let Some(version) = append_next(&args)? {
         return Ok(version);
     }
     let id_text = || id.to_string();
     match latest(id)? {
         None => Err(EventicError::RecordNotFound { id: id_text() }),
-        Some(row) if row.deleted && !change.revive => Err(EventicError::RecordDeleted {
+        Some(row) if row.deleted && !revive => Err(EventicError::RecordDeleted {
             id: id_text(),
             version: row.version,
         }),
@@ -408,9 +430,8 @@ pub fn append(id: Uuid, change: Change, expected_version: Option<i32>) -> Result
     }
 }
 
-/// Run [`APPEND_NEXT`]: the new version, or `None` when nothing was appended.
-fn append_on(id: Uuid, change: &Change, expected_version: Option<i32>) -> Result<Option<i32>> {
-    let revive = change.revive;
+/// Run [`APPEND_NEXT`] with `args`: the new version, or `None` when nothing was appended.
+fn append_next(args: &[DatumWithOid]) -> Result<Option<i32>> {
     Spi::connect_mut(|client| -> Result<Option<i32>> {
         let stmt = plan(
             client,
@@ -420,28 +441,7 @@ fn append_on(id: Uuid, change: &Change, expected_version: Option<i32>) -> Result
             ],
             true,
         )?;
-        let (set, one_name, one_value): (DatumWithOid, Option<&str>, Option<RawJsonb>) =
-            match &change.set {
-                FieldValues::Raw(raw) => ((*raw).into(), None, None),
-                FieldValues::Built(map) => (JsonB(Value::Object(map.clone())).into(), None, None),
-                FieldValues::One(name, value) => {
-                    (DatumWithOid::null::<JsonB>(), Some(name.as_str()), Some(*value))
-                }
-            };
-        let args = [
-            id.into(),
-            set,
-            change.removed.clone().into(),
-            JsonB(Value::Object(change.properties.set.clone())).into(),
-            change.properties.removed.clone().into(),
-            change.tombstone.into(),
-            new_uuid_v7().into(),
-            expected_version.into(),
-            revive.into(),
-            one_name.into(),
-            one_value.into(),
-        ];
-        let mut table = client.update(&*stmt, None, &args)?;
+        let mut table = client.update(&*stmt, None, args)?;
         Ok(match table.next() {
             Some(row) => row.get::<i32>(1)?,
             None => None,
