@@ -6,14 +6,16 @@ CREATE TABLE eventic.classes (
     json_schema  jsonb,
     view_schema  name,
     view_name    name,
-    owner        name        NOT NULL DEFAULT current_user,
+    owner        regrole     NOT NULL,
     subscribers  oid[]       NOT NULL DEFAULT '{}',  -- handler(event jsonb) functions (eventic.subscribe)
+    subscriber_roles oid[]   NOT NULL DEFAULT '{}',  -- who subscribed each handler (it runs as that role)
+    tracked_table regclass,                          -- the table of a class made by eventic.track
     created_at   timestamptz NOT NULL DEFAULT now(),
     updated_at   timestamptz NOT NULL DEFAULT now()
 );
 COMMENT ON TABLE eventic.classes IS
   'Registered record classes: queue, optional JSON Schema (validated on every new version), optional typed view';
-COMMENT ON COLUMN eventic.classes.owner IS 'The role that registered the class; it (or a superuser) may change or drop it';
+COMMENT ON COLUMN eventic.classes.owner IS 'The role that registered the class (an oid): it owns the class''s records and may change or drop it';
 SELECT pg_catalog.pg_extension_config_dump('eventic.classes', '');
 GRANT SELECT ON eventic.classes TO PUBLIC;
 
@@ -26,7 +28,7 @@ CREATE TRIGGER queues_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON ev
 
 -- INSTEAD OF trigger of every class view: TG_ARGV[0] is the class, the rest its field columns.
 -- INSERT → eventic.create, UPDATE → one version with the changed columns, DELETE → tombstone.
-CREATE FUNCTION eventic._class_view_write() RETURNS trigger
+CREATE FUNCTION eventic.class_view_write() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
     class_name text := TG_ARGV[0];
@@ -56,7 +58,7 @@ BEGIN
         SELECT coalesce(jsonb_object_agg(key, value), '{}') INTO old_doc
           FROM jsonb_each(to_jsonb(OLD))
          WHERE key = ANY (fields) OR key = 'properties';
-        PERFORM eventic._apply_update(OLD.id, old_doc, new_doc);
+        PERFORM eventic.apply_change(OLD.id, old_doc, new_doc);
         record_id := OLD.id;
     END IF;
     EXECUTE format('SELECT * FROM %I.%I WHERE id = $1', TG_TABLE_SCHEMA, TG_TABLE_NAME)
@@ -64,34 +66,13 @@ BEGIN
     RETURN NEW;
 END
 $$;
-COMMENT ON FUNCTION eventic._class_view_write() IS
+COMMENT ON FUNCTION eventic.class_view_write() IS
   'INSTEAD OF trigger of class views: INSERT/UPDATE/DELETE become create/versions/tombstone';
 
--- Tracked tables: AFTER trigger; TG_ARGV[0] is the id column, TG_ARGV[1] the class.
-CREATE FUNCTION eventic._tracked_write() RETURNS trigger
-LANGUAGE plpgsql AS $$
-DECLARE
-    new_row jsonb;
-BEGIN
-    IF TG_OP = 'DELETE' THEN
-        PERFORM eventic._track_change(TG_ARGV[1], to_jsonb(OLD) -> TG_ARGV[0], NULL, NULL);
-        RETURN NULL;
-    END IF;
-    new_row := to_jsonb(NEW);
-    PERFORM eventic._track_change(TG_ARGV[1],
-                                  CASE WHEN TG_OP = 'UPDATE' THEN to_jsonb(OLD) -> TG_ARGV[0] END,
-                                  new_row -> TG_ARGV[0],
-                                  new_row - TG_ARGV[0]);
-    RETURN NULL;
-END
-$$;
-COMMENT ON FUNCTION eventic._tracked_write() IS
-  'AFTER trigger of tracked tables: each row change appends a version (see eventic.track)';
-
 CREATE FUNCTION eventic.subscribe(class_name text, handler regprocedure) RETURNS void
-LANGUAGE sql VOLATILE AS $$ SELECT eventic._subscribe(class_name, handler::oid, true) $$;
+LANGUAGE c VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'subscribe_wrapper';
 COMMENT ON FUNCTION eventic.subscribe(text, regprocedure) IS
-  'Transactional outbox: every new version of the class enqueues handler(event jsonb) on the class queue, in the same transaction';
+  'Transactional outbox: every new version of the class enqueues handler(event jsonb) on the class queue, in the same transaction; it runs as the role that subscribed';
 CREATE FUNCTION eventic.unsubscribe(class_name text, handler regprocedure) RETURNS void
-LANGUAGE sql VOLATILE AS $$ SELECT eventic._subscribe(class_name, handler::oid, false) $$;
+LANGUAGE c VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'unsubscribe_wrapper';
 COMMENT ON FUNCTION eventic.unsubscribe(text, regprocedure) IS 'Stop enqueueing handler for new versions of the class';

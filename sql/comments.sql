@@ -14,7 +14,9 @@ COMMENT ON FUNCTION eventic.list_properties(uuid) IS 'The property bag of the la
 COMMENT ON FUNCTION eventic.delete(uuid) IS 'Append a tombstone; history stays readable';
 COMMENT ON FUNCTION eventic.purge(uuid) IS 'Remove every version of a record (owner or superuser only)';
 COMMENT ON FUNCTION eventic.prune(text, integer, interval) IS 'Remove old versions of a class''s records, keeping version 0 and the latest (owner or superuser only)';
-COMMENT ON FUNCTION eventic._apply_update(uuid, jsonb, jsonb) IS 'Internal: the change from old to new data appended as one version (eventic.latest)';
+COMMENT ON FUNCTION eventic.apply_change(uuid, jsonb, jsonb) IS 'Append one version with the fields that differ between old_data and new_data (set, added, removed), built on the latest version (what UPDATE of eventic.latest and of class views does)';
+COMMENT ON FUNCTION eventic.may_read_class(text) IS 'Whether the current role may read the records of a class (its owner, SELECT on its view or tracked table, superusers)';
+COMMENT ON FUNCTION eventic.may_write_class(text) IS 'Whether the current role may write records of a class (its owner, INSERT/UPDATE/DELETE on its view or tracked table, superusers)';
 COMMENT ON FUNCTION eventic.records_guard_insert() IS 'Trigger: only eventic appends versions; validates them and enqueues outbox events';
 COMMENT ON FUNCTION eventic.records_redirect_update() IS 'Trigger: UPDATE of eventic.records appends one version, changes no row';
 COMMENT ON FUNCTION eventic.records_guard_delete() IS 'Trigger: DELETE/TRUNCATE of eventic.records are refused';
@@ -25,8 +27,9 @@ COMMENT ON FUNCTION eventic.drop_class(text) IS 'Drop a class''s view, queue and
 COMMENT ON FUNCTION eventic.track(regclass, text) IS 'Version an ordinary table: every row change appends a version';
 COMMENT ON FUNCTION eventic.untrack(regclass) IS 'Stop versioning a table; history stays';
 COMMENT ON FUNCTION eventic.tracked_id(regclass, text) IS 'The record id of a tracked row, from its key';
-COMMENT ON FUNCTION eventic._track_change(text, jsonb, jsonb, jsonb) IS 'Internal: called by the trigger of tracked tables';
-COMMENT ON FUNCTION eventic._subscribe(text, oid, boolean) IS 'Internal: eventic.subscribe / eventic.unsubscribe';
+COMMENT ON FUNCTION eventic.tracked_write() IS 'Trigger of tracked tables: each row change appends a version (see eventic.track)';
+COMMENT ON FUNCTION eventic._subscribe(text, oid) IS 'Internal: eventic.subscribe';
+COMMENT ON FUNCTION eventic._unsubscribe(text, oid) IS 'Internal: eventic.unsubscribe';
 COMMENT ON FUNCTION eventic.catalog_changed() IS 'Trigger: a change of eventic.classes or eventic.queues empties every backend''s cache of them';
 
 -- queues
@@ -40,7 +43,7 @@ COMMENT ON FUNCTION eventic.ack(text, bigint) IS 'External consumers: a dequeued
 COMMENT ON FUNCTION eventic.nack(text, bigint, text) IS 'External consumers: a dequeued job failed; retried with backoff';
 COMMENT ON FUNCTION eventic.extend_lease(text, bigint, interval) IS 'External consumers: keep a dequeued job longer';
 COMMENT ON FUNCTION eventic.retry_job(text, bigint) IS 'Revive a dead job';
-COMMENT ON FUNCTION eventic._queue_counts(text) IS 'Internal: the counts of eventic.queue_stats for one queue';
+COMMENT ON FUNCTION eventic.queue_counts(text) IS 'The counts of eventic.queue_stats for one queue, of the jobs the caller may see';
 
 -- workflows
 COMMENT ON FUNCTION eventic._start_workflow(oid, jsonb, text, text, interval) IS 'Internal: eventic.start_workflow';
@@ -62,7 +65,20 @@ COMMENT ON FUNCTION eventic.workflow_status(text) IS 'A workflow''s status';
 COMMENT ON FUNCTION eventic.cancel_workflow(text) IS 'Cancel a workflow: its later steps never run';
 COMMENT ON FUNCTION eventic.resume_workflow(text) IS 'Run a cancelled or failed workflow again from its last recorded step';
 COMMENT ON FUNCTION eventic._request_workers() IS 'Internal: ask the launcher to start this database''s workers when the transaction commits';
-REVOKE ALL ON FUNCTION eventic._request_workers() FROM PUBLIC;
+
+-- Internal functions (_ names) are eventic's own: ordinary roles call the public ones, which
+-- check them first (DESIGN.md §6).
+DO $$
+DECLARE
+    f regprocedure;
+BEGIN
+    FOR f IN SELECT p.oid FROM pg_catalog.pg_proc p
+              WHERE p.pronamespace = 'eventic'::regnamespace AND p.proname LIKE '\_%'
+    LOOP
+        EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f);
+    END LOOP;
+END
+$$;
 
 -- with eventic preloaded, this database gets its workers as soon as CREATE EXTENSION commits
 SELECT eventic._request_workers();

@@ -10,17 +10,38 @@ CREATE TABLE eventic.queues (
     concurrency  integer     NOT NULL DEFAULT 1 CHECK (concurrency > 0),
     paused       boolean     NOT NULL DEFAULT false,
     worker       boolean     NOT NULL DEFAULT true,
-    owner        name,       -- who created it (NULL: the extension owner); a class queue: the class owner
+    owner        regrole,    -- who created it (NULL: the extension owner); a class queue: the class owner
     created_at   timestamptz NOT NULL DEFAULT now()
 );
 COMMENT ON TABLE eventic.queues IS 'Every eventic queue: its table, concurrency and state';
 SELECT pg_catalog.pg_extension_config_dump('eventic.queues', '');
 
+-- Records that `owner` owns eventic objects kept in `tbl` (a queue, a class, workflows) the
+-- way Postgres records owners of its own objects: as a dependency in pg_shdepend (here a
+-- grant of SELECT), so DROP ROLE is refused while the role owns any ("privileges for table
+-- eventic.queue_story"); DROP OWNED BY removes it, after which the old rows keep the dropped
+-- role's oid, which no new role ever gets. Runs as the extension owner.
+CREATE FUNCTION eventic._note_owner(tbl regclass, owner regrole) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) a
+                    WHERE c.oid = tbl AND a.grantee = owner) THEN
+        EXECUTE format('GRANT SELECT ON %s TO %s', tbl, owner);
+    END IF;
+END
+$$;
+REVOKE ALL ON FUNCTION eventic._note_owner(regclass, regrole) FROM PUBLIC;
+COMMENT ON FUNCTION eventic._note_owner(regclass, regrole) IS
+  'Internal: a dependency of the role on the table (DROP ROLE is refused while it owns eventic objects)';
+
 -- Creates the table of queue `queue_name` (idempotent). Runs as the extension owner. Queue
 -- tables are not members of the extension: pg_dump dumps them (and their jobs) like any
 -- table, and DROP EXTENSION leaves them (with the schema eventic); a later CREATE EXTENSION
 -- adopts them again when their class or queue is registered.
-CREATE FUNCTION eventic._create_queue(queue_name text, class_name text DEFAULT NULL)
+CREATE FUNCTION eventic._create_queue(queue_name text, class_name text DEFAULT NULL,
+                                      queue_owner regrole DEFAULT NULL)
 RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -31,8 +52,8 @@ BEGIN
     IF EXISTS (SELECT 1 FROM eventic.queues q WHERE q.queue_name = _create_queue.queue_name) THEN
         RETURN;
     END IF;
-    INSERT INTO eventic.queues (queue_name, table_name, class_name)
-    VALUES (_create_queue.queue_name, tbl, _create_queue.class_name);
+    INSERT INTO eventic.queues (queue_name, table_name, class_name, owner)
+    VALUES (_create_queue.queue_name, tbl, _create_queue.class_name, _create_queue.queue_owner);
     -- a queue of that name may have existed: its archived jobs would collide with the new ids
     DELETE FROM eventic.finished_batches f WHERE f.queue_name = _create_queue.queue_name;
     EXECUTE format($ddl$
@@ -53,21 +74,33 @@ BEGIN
         );
         CREATE INDEX IF NOT EXISTS %2$I ON eventic.%1$I (priority DESC, run_at, job_id)
             WHERE dead_at IS NULL;
-        CREATE UNIQUE INDEX IF NOT EXISTS %3$I ON eventic.%1$I (dedup_key)
+        -- dedup keys are per enqueuing role: one role's key never finds another role's job
+        CREATE UNIQUE INDEX IF NOT EXISTS %3$I ON eventic.%1$I (enqueued_by, dedup_key)
             WHERE dedup_key IS NOT NULL AND dead_at IS NULL;
         COMMENT ON TABLE eventic.%1$I IS %4$L;
         -- a drained queue is mostly dead rows: vacuum it early so it keeps its size and speed
         ALTER TABLE eventic.%1$I SET (autovacuum_vacuum_scale_factor = 0.01,
                                       autovacuum_vacuum_threshold = 1000,
                                       autovacuum_vacuum_insert_scale_factor = 0.05);
+        -- every role reads the jobs it enqueued; the queue's owner reads them all
         GRANT SELECT ON eventic.%1$I TO PUBLIC;
+        ALTER TABLE eventic.%1$I ENABLE ROW LEVEL SECURITY;
+        CREATE POLICY jobs_visible ON eventic.%1$I FOR SELECT
+            USING (pg_catalog.pg_has_role(enqueued_by, 'USAGE')
+                   OR EXISTS (SELECT FROM eventic.queues q
+                               WHERE q.queue_name = %5$L AND q.owner IS NOT NULL
+                                 AND pg_catalog.pg_has_role(q.owner, 'USAGE')));
     $ddl$, tbl, tbl || '_ready', tbl || '_dedup',
-        'Jobs of eventic queue ' || queue_name || '; use eventic.enqueue, never write directly');
+        'Jobs of eventic queue ' || queue_name || '; use eventic.enqueue, never write directly',
+        queue_name);
+    IF queue_owner IS NOT NULL THEN
+        PERFORM eventic._note_owner(format('eventic.%I', tbl)::regclass, queue_owner);
+    END IF;
 END
 $$;
-COMMENT ON FUNCTION eventic._create_queue(text, text) IS
+COMMENT ON FUNCTION eventic._create_queue(text, text, regrole) IS
   'Internal: create the table of a queue (idempotent); called by register_class as the extension owner';
-REVOKE ALL ON FUNCTION eventic._create_queue(text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION eventic._create_queue(text, text, regrole) FROM PUBLIC;
 
 GRANT SELECT ON eventic.queues TO PUBLIC;
 
@@ -100,20 +133,24 @@ END
 $$;
 COMMENT ON TABLE eventic.finished_batches IS
   'Jobs that ran successfully, one row per finished batch, kept for eventic.archive_retention; read eventic.finished_jobs';
-GRANT SELECT ON eventic.finished_batches TO PUBLIC;
-
-CREATE VIEW eventic.finished_jobs AS
+-- read through eventic.finished_jobs, which shows each role its own jobs (and the jobs of
+-- the queues it owns)
+CREATE VIEW eventic.finished_jobs WITH (security_barrier) AS
 SELECT b.queue_name, j.job_id, j.fn, j.args, j.enqueued_by, j.enqueued_at, b.finished_at, j.attempts
-  FROM eventic.finished_batches b,
+  FROM eventic.finished_batches b
+  LEFT JOIN eventic.queues q ON q.queue_name = b.queue_name,
        unnest(b.job_ids, b.fns, b.args, b.enqueued_by, b.enqueued_at, b.attempts)
-           AS j(job_id, fn, args, enqueued_by, enqueued_at, attempts);
+           AS j(job_id, fn, args, enqueued_by, enqueued_at, attempts)
+ WHERE pg_catalog.pg_has_role(j.enqueued_by, 'USAGE')
+    OR (q.owner IS NOT NULL AND pg_catalog.pg_has_role(q.owner, 'USAGE'));
 COMMENT ON VIEW eventic.finished_jobs IS
   'Jobs that ran successfully (one row per job), kept for eventic.archive_retention';
 GRANT SELECT ON eventic.finished_jobs TO PUBLIC;
 
 -- Per queue: waiting (ready now / scheduled later), taken, dead, finished in the last minute,
 -- age of the oldest ready job. Reads every queue table: meant for humans and monitoring.
-CREATE FUNCTION eventic._queue_counts(queue_name text,
+-- Counts the jobs the caller may see (its own; all of the queues it owns).
+CREATE FUNCTION eventic.queue_counts(queue_name text,
     OUT ready bigint, OUT scheduled bigint, OUT running bigint, OUT dead bigint,
     OUT oldest_ready_age interval)
 LANGUAGE plpgsql STABLE AS $$
@@ -137,18 +174,19 @@ SELECT q.queue_name, c.ready, c.scheduled, c.running, c.dead,
          WHERE f.queue_name = q.queue_name AND f.finished_at > now() - interval '1 minute')
            AS done_last_minute,
        c.oldest_ready_age, q.paused, q.concurrency, q.worker
-  FROM eventic.queues q, LATERAL eventic._queue_counts(q.queue_name) c;
+  FROM eventic.queues q, LATERAL eventic.queue_counts(q.queue_name) c;
 COMMENT ON VIEW eventic.queue_stats IS
   'Per queue: ready, scheduled, running, dead, done in the last minute, oldest ready age';
 GRANT SELECT ON eventic.queue_stats TO PUBLIC;
 
 -- The SQL faces of enqueue/dequeue: they take and return the job's function as regprocedure.
+-- (C functions of their own, not SQL wrappers of the internal _ functions, which ordinary
+-- roles may not call; regprocedure and regrole are oids on the way in)
 CREATE FUNCTION eventic.enqueue(queue text, fn regprocedure, args jsonb DEFAULT '[]',
                                 run_at timestamptz DEFAULT NULL, priority integer DEFAULT 0,
                                 dedup_key text DEFAULT NULL, max_attempts integer DEFAULT 5,
                                 run_as regrole DEFAULT NULL)
-RETURNS bigint LANGUAGE sql VOLATILE AS
-$$ SELECT eventic._enqueue(queue, fn::oid, args, run_at, priority, dedup_key, max_attempts, run_as::oid) $$;
+RETURNS bigint LANGUAGE c VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'enqueue_job_wrapper';
 COMMENT ON FUNCTION eventic.enqueue(text, regprocedure, jsonb, timestamptz, integer, text, integer, regrole) IS
   'Enqueue fn(args) on a queue; the job runs as the calling role (run_as: superusers only). Returns the job id.';
 
@@ -156,14 +194,13 @@ CREATE FUNCTION eventic.enqueue_batch(queue text, fn regprocedure, args_list jso
                                       run_at timestamptz DEFAULT NULL, priority integer DEFAULT 0,
                                       max_attempts integer DEFAULT 5)
 RETURNS SETOF bigint LANGUAGE sql VOLATILE AS
-$$ SELECT eventic._enqueue(queue, fn::oid, a, run_at, priority, NULL, max_attempts, NULL)
+$$ SELECT eventic.enqueue(queue, fn, a, run_at, priority, NULL, max_attempts, NULL)
      FROM unnest(args_list) WITH ORDINALITY AS t(a, i) ORDER BY i $$;
 COMMENT ON FUNCTION eventic.enqueue_batch(text, regprocedure, jsonb[], timestamptz, integer, integer) IS
   'Enqueue one job per element of args_list; returns their ids in order.';
 
 CREATE FUNCTION eventic.dequeue(queue text, batch integer DEFAULT 1, lease interval DEFAULT '30 seconds')
 RETURNS TABLE (job_id bigint, fn regprocedure, args jsonb, attempt integer)
-LANGUAGE sql VOLATILE AS
-$$ SELECT d.job_id, d.fn_oid::regprocedure, d.args, d.attempt FROM eventic._dequeue(queue, batch, lease) d $$;
+LANGUAGE c VOLATILE PARALLEL UNSAFE ROWS 1000 AS 'MODULE_PATHNAME', 'dequeue_wrapper';
 COMMENT ON FUNCTION eventic.dequeue(text, integer, interval) IS
   'External consumers: take up to batch ready jobs, invisible to others for lease; then ack or nack each';

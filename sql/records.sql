@@ -44,7 +44,7 @@ CREATE TRIGGER records_guard_truncate BEFORE TRUNCATE ON eventic.records
 
 -- The latest, live version of each record: the root (version 0) row gives id and
 -- class_type, one backward probe gives the head.
-CREATE VIEW eventic.latest AS
+CREATE VIEW eventic.latest WITH (security_barrier) AS
 SELECT root.id,
        root.class_type,
        head.version,
@@ -61,12 +61,14 @@ SELECT root.id,
          ORDER BY r.version DESC
          LIMIT 1) head
  WHERE root.version = 0
-   AND NOT head.deleted;
+   AND NOT head.deleted
+   -- the view reads as its owner: each role sees the records it may read (see the policies)
+   AND eventic.may_read_class(root.class_type);
 
 COMMENT ON VIEW eventic.latest IS
   'One row per live record (its latest version). INSERT creates, UPDATE of data appends a version, DELETE appends a tombstone.';
 
-CREATE FUNCTION eventic._latest_write() RETURNS trigger
+CREATE FUNCTION eventic.latest_write() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'INSERT' THEN
@@ -77,7 +79,7 @@ BEGIN
                 USING ERRCODE = '22023',
                       HINT = 'Create a new record with INSERT INTO eventic.latest.';
         END IF;
-        PERFORM eventic._apply_update(OLD.id, OLD.data, NEW.data);
+        PERFORM eventic.apply_change(OLD.id, OLD.data, NEW.data);
     ELSE
         PERFORM eventic.delete(OLD.id);
         RETURN OLD;
@@ -86,14 +88,28 @@ BEGIN
     RETURN NEW;
 END
 $$;
-COMMENT ON FUNCTION eventic._latest_write() IS
+COMMENT ON FUNCTION eventic.latest_write() IS
   'INSTEAD OF trigger of eventic.latest: INSERT/UPDATE/DELETE become create/versions/tombstone';
 
 CREATE TRIGGER latest_write INSTEAD OF INSERT OR UPDATE OR DELETE ON eventic.latest
-    FOR EACH ROW EXECUTE FUNCTION eventic._latest_write();
+    FOR EACH ROW EXECUTE FUNCTION eventic.latest_write();
 
--- Reading is open to every role; writing goes through the functions and triggers above,
--- which run as the calling role (so created_by is who wrote the version).
+-- Access (DESIGN.md §6): the records of a class belong to its owner; other roles read them
+-- with SELECT on the class's view (or on the tracked table), and write them with INSERT,
+-- UPDATE or DELETE there. Row-level security applies that to every path: eventic's
+-- functions run as the calling role, and so do direct SELECT/UPDATE of eventic.records.
+-- Superusers and the table's owner (the extension owner) bypass it.
+ALTER TABLE eventic.records ENABLE ROW LEVEL SECURITY;
+CREATE POLICY records_read ON eventic.records FOR SELECT
+    USING (eventic.may_read_class(class_type));
+CREATE POLICY records_append ON eventic.records FOR INSERT
+    WITH CHECK (eventic.may_write_class(class_type));
+-- UPDATE (and the FOR NO KEY UPDATE lock the append takes on the latest version)
+CREATE POLICY records_write ON eventic.records FOR UPDATE
+    USING (eventic.may_write_class(class_type));
+
+-- Writing goes through the functions and triggers above, which run as the calling role (so
+-- created_by is who wrote the version).
 GRANT USAGE ON SCHEMA eventic TO PUBLIC;
 -- DELETE and TRUNCATE are granted so that the guard triggers, not the privilege check,
 -- answer: their message names eventic.delete / eventic.purge.

@@ -39,17 +39,21 @@ SELECT pg_catalog.pg_extension_config_dump('eventic.workflow_records', '');
 
 
 -- The views users read: every workflow with its function's name, and every recorded step.
-CREATE VIEW eventic.workflows AS
+CREATE VIEW eventic.workflows WITH (security_barrier) AS
 SELECT w.workflow_id, w.fn::regproc::text AS name, w.status, w.input, w.output, w.error,
        w.queue_name, w.started_by::regrole AS started_by, w.parent_id, w.deadline,
        w.created_at, w.updated_at
-  FROM eventic.workflow_runs w;
+  FROM eventic.workflow_runs w
+ -- the view reads as its owner: each role sees the workflows it started
+ WHERE pg_catalog.pg_has_role(w.started_by, 'USAGE');
 COMMENT ON VIEW eventic.workflows IS
   'Durable workflows: status (ENQUEUED, RUNNING, SLEEPING, WAITING, SUCCESS, ERROR, CANCELLED), input, output, error';
-CREATE VIEW eventic.workflow_steps AS
+CREATE VIEW eventic.workflow_steps WITH (security_barrier) AS
 SELECT r.workflow_id, r.position, r.name, r.kind, r.output, r.error, r.attempts,
        r.attempts = 0 AS waiting, r.created_at
-  FROM eventic.workflow_records r;
+  FROM eventic.workflow_records r
+ WHERE EXISTS (SELECT FROM eventic.workflow_runs w
+                WHERE w.workflow_id = r.workflow_id AND pg_catalog.pg_has_role(w.started_by, 'USAGE'));
 COMMENT ON VIEW eventic.workflow_steps IS
   'The recorded steps of each workflow in order (waiting: a recv that has not received yet)';
 GRANT SELECT ON eventic.workflow_runs, eventic.workflow_records, eventic.workflows,
@@ -58,14 +62,12 @@ GRANT SELECT ON eventic.workflow_runs, eventic.workflow_records, eventic.workflo
 CREATE FUNCTION eventic.start_workflow(fn regprocedure, input jsonb DEFAULT '{}',
                                        workflow_id text DEFAULT NULL, queue text DEFAULT NULL,
                                        timeout interval DEFAULT NULL)
-RETURNS text LANGUAGE sql VOLATILE AS
-$$ SELECT eventic._start_workflow(fn::oid, input, workflow_id, queue, timeout) $$;
+RETURNS text LANGUAGE c VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'start_workflow_wrapper';
 COMMENT ON FUNCTION eventic.start_workflow(regprocedure, jsonb, text, text, interval) IS
   'Start fn(input jsonb) as a durable workflow (idempotent by workflow_id); returns its id';
 
 CREATE FUNCTION eventic.step(name text, fn regprocedure, args jsonb DEFAULT '[]')
-RETURNS jsonb LANGUAGE sql VOLATILE AS
-$$ SELECT eventic._step(name, fn::oid, args) $$;
+RETURNS jsonb LANGUAGE c VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'step_wrapper';
 COMMENT ON FUNCTION eventic.step(text, regprocedure, jsonb) IS
   'Inside a workflow body: run fn(args) once, record its result, return the record on replay';
 
@@ -93,12 +95,28 @@ COMMENT ON TABLE eventic.workflow_events IS 'Key/value events published by workf
 SELECT pg_catalog.pg_extension_config_dump('eventic.workflow_events', '');
 GRANT SELECT ON eventic.workflow_messages, eventic.workflow_events TO PUBLIC;
 
+-- A workflow's run, steps, messages and events are visible to the role that started it (and
+-- roles that have its privileges) and to superusers; eventic writes them as the extension
+-- owner after checking the caller.
+ALTER TABLE eventic.workflow_runs ENABLE ROW LEVEL SECURITY;
+CREATE POLICY started_by_me ON eventic.workflow_runs FOR SELECT
+    USING (pg_catalog.pg_has_role(started_by, 'USAGE'));
+ALTER TABLE eventic.workflow_records ENABLE ROW LEVEL SECURITY;
+CREATE POLICY of_my_workflows ON eventic.workflow_records FOR SELECT
+    USING (EXISTS (SELECT FROM eventic.workflow_runs w WHERE w.workflow_id = workflow_records.workflow_id));
+ALTER TABLE eventic.workflow_messages ENABLE ROW LEVEL SECURITY;
+CREATE POLICY of_my_workflows ON eventic.workflow_messages FOR SELECT
+    USING (EXISTS (SELECT FROM eventic.workflow_runs w WHERE w.workflow_id = workflow_messages.workflow_id));
+ALTER TABLE eventic.workflow_events ENABLE ROW LEVEL SECURITY;
+CREATE POLICY of_my_workflows ON eventic.workflow_events FOR SELECT
+    USING (EXISTS (SELECT FROM eventic.workflow_runs w WHERE w.workflow_id = workflow_events.workflow_id));
+
 CREATE FUNCTION eventic.start_child(fn regprocedure, input jsonb DEFAULT '{}') RETURNS text
-LANGUAGE sql VOLATILE AS $$ SELECT eventic._start_child(fn::oid, input) $$;
+LANGUAGE c VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'start_child_wrapper';
 COMMENT ON FUNCTION eventic.start_child(regprocedure, jsonb) IS
   'Inside a workflow body: start a child workflow (once); returns its id';
 
 CREATE FUNCTION eventic.fork_workflow(workflow_id text, from_step integer) RETURNS text
-LANGUAGE sql VOLATILE AS $$ SELECT eventic._fork_workflow(workflow_id, from_step) $$;
+LANGUAGE c VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'fork_workflow_wrapper';
 COMMENT ON FUNCTION eventic.fork_workflow(text, integer) IS
   'A new workflow that reuses the records of the steps before from_step and runs the rest again';

@@ -21,6 +21,7 @@ use crate::errors::EventicError;
 thread_local! {
     static CATALOG_GENERATION: Cell<u64> = const { Cell::new(0) };
     static FUNCTION_GENERATION: Cell<u64> = const { Cell::new(0) };
+    static ACL_GENERATION: Cell<u64> = const { Cell::new(0) };
     /// The oids of eventic.classes and eventic.queues, once a lookup has seen them.
     static WATCHED: RefCell<Vec<pg_sys::Oid>> = const { RefCell::new(Vec::new()) };
 }
@@ -33,6 +34,12 @@ pub fn catalog_generation() -> u64 {
 /// Changes when any function, type or schema changes.
 pub fn function_generation() -> u64 {
     FUNCTION_GENERATION.with(Cell::get)
+}
+
+/// Changes when any relation's cache entry (a GRANT on a view or table), a role or a role
+/// membership changes: what access checks of classes depend on.
+pub fn acl_generation() -> u64 {
+    ACL_GENERATION.with(Cell::get)
 }
 
 /// Invalidations of `table` (eventic.classes or eventic.queues) bump the catalog generation.
@@ -48,6 +55,7 @@ pub fn watch(table: pg_sys::Oid) {
 /// Called by Postgres when a relation's cache entry is invalidated (must not raise).
 #[pg_guard]
 unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    ACL_GENERATION.with(|g| g.set(g.get() + 1));
     let ours = relid == pg_sys::InvalidOid // a full reset
         || WATCHED.with(|watched| watched.borrow().contains(&relid));
     if ours {
@@ -65,9 +73,19 @@ unsafe extern "C-unwind" fn on_syscache_invalidation(
     FUNCTION_GENERATION.with(|g| g.set(g.get() + 1));
 }
 
+/// Called by Postgres when a role or role membership changes (must not raise).
+#[pg_guard]
+unsafe extern "C-unwind" fn on_role_invalidation(
+    _arg: pg_sys::Datum,
+    _cache: std::ffi::c_int,
+    _hash: u32,
+) {
+    ACL_GENERATION.with(|g| g.set(g.get() + 1));
+}
+
 /// Registers the callbacks (from `_PG_init`).
 pub fn init() {
-    use pg_sys::SysCacheIdentifier::{NAMESPACEOID, PROCOID, TYPEOID};
+    use pg_sys::SysCacheIdentifier::{AUTHMEMROLEMEM, AUTHOID, NAMESPACEOID, PROCOID, TYPEOID};
     // SAFETY: registering callbacks from _PG_init; the functions live as long as the library.
     unsafe {
         pg_sys::CacheRegisterRelcacheCallback(
@@ -78,6 +96,13 @@ pub fn init() {
             pg_sys::CacheRegisterSyscacheCallback(
                 cache as std::ffi::c_int,
                 Some(on_syscache_invalidation),
+                pg_sys::Datum::from(0usize),
+            );
+        }
+        for cache in [AUTHOID, AUTHMEMROLEMEM] {
+            pg_sys::CacheRegisterSyscacheCallback(
+                cache as std::ffi::c_int,
+                Some(on_role_invalidation),
                 pg_sys::Datum::from(0usize),
             );
         }

@@ -79,6 +79,14 @@ pub enum EventicError {
         hint: String,
     },
 
+    /// 42710: a queue (or other object) of that name exists already.
+    #[error("{what} {name:?} already exists")]
+    AlreadyExists {
+        what: &'static str,
+        name: String,
+        hint: String,
+    },
+
     /// 22023: a bad argument; `hint` says what would be accepted.
     #[error("{message}")]
     InvalidArgument { message: String, hint: String },
@@ -141,6 +149,7 @@ impl EventicError {
             RecordExists { .. } => PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION,
             SchemaViolation(_) => PgSqlErrorCode::ERRCODE_CHECK_VIOLATION,
             UnknownObject { .. } => PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+            AlreadyExists { .. } => PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT,
             InvalidArgument { .. } => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             NotAllowed { .. } => PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
             Internal(_) => PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
@@ -211,7 +220,10 @@ impl EventicError {
                  see SELECT json_schema FROM eventic.classes WHERE class_name = '{class}'.",
                 class = v.class
             )),
-            InvalidArgument { hint, .. } | NotAllowed { hint, .. } | UnknownObject { hint, .. }
+            InvalidArgument { hint, .. }
+            | NotAllowed { hint, .. }
+            | UnknownObject { hint, .. }
+            | AlreadyExists { hint, .. }
                 if !hint.is_empty() =>
             {
                 Some(hint.clone())

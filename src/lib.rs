@@ -36,22 +36,35 @@ extension_sql_file!(
         records::triggers::records_guard_insert,
         records::triggers::records_redirect_update,
         records::triggers::records_guard_delete,
+        classes::access::may_read_class,
+        classes::access::may_write_class,
     ]
 );
 extension_sql_file!(
     "../sql/queues.sql",
     name = "queues_schema",
-    requires = ["records_schema"]
+    requires = ["records_schema", queues::enqueue_job, queues::dequeue]
 );
 extension_sql_file!(
     "../sql/workflows.sql",
     name = "workflows_schema",
-    requires = ["queues_schema", workflows::start_workflow, workflows::step]
+    requires = [
+        "queues_schema",
+        workflows::start_workflow,
+        workflows::step,
+        workflows::start_child,
+        workflows::fork_workflow
+    ]
 );
 extension_sql_file!(
     "../sql/classes.sql",
     name = "classes_schema",
-    requires = ["queues_schema", catalog_cache::catalog_changed]
+    requires = [
+        "queues_schema",
+        catalog_cache::catalog_changed,
+        classes::subscribe,
+        classes::unsubscribe
+    ]
 );
 extension_sql_file!("../sql/comments.sql", name = "comments", finalize);
 

@@ -9,14 +9,55 @@ use std::cell::Cell;
 use crate::catalog_cache::{catalog_generation, watch};
 use crate::errors::{EventicError, Result};
 
-/// Runs `f` with `role` as the current user, then switches back (also when an ERROR unwinds).
-/// SET ROLE is not allowed inside (SECURITY_LOCAL_USERID_CHANGE).
+/// The search_path of everything eventic runs with privileges other than the caller's (its
+/// bookkeeping as the extension owner, the workers' own statements): the caller's (or the
+/// database's) path never decides which function or operator such code calls.
+pub const PINNED_SEARCH_PATH: &std::ffi::CStr = c"pg_catalog, pg_temp";
+
+/// The search_path jobs, workflow bodies and outbox handlers run with in a worker: the
+/// server's default, with pg_catalog searched first (implicitly), never the database owner's
+/// `ALTER DATABASE ... SET search_path`.
+pub const JOB_SEARCH_PATH: &std::ffi::CStr = c"\"$user\", public";
+
+/// Sets search_path in the current GUC nest level (undone when that level closes).
+fn set_search_path(path: &std::ffi::CStr) {
+    // SAFETY: a plain setting change inside a transaction, saved for the nest level.
+    unsafe {
+        pg_sys::set_config_option(
+            c"search_path".as_ptr(),
+            path.as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            0,
+            false,
+        );
+    }
+}
+
+/// Sets search_path in a new GUC nest level; returns the level, which the caller closes
+/// (AtEOXact_GUC), as a function's SET clause does.
+fn begin_search_path(path: &std::ffi::CStr) -> i32 {
+    // SAFETY: opens a GUC nest level inside a transaction.
+    let level = unsafe { pg_sys::NewGUCNestLevel() };
+    set_search_path(path);
+    level
+}
+
+/// Runs `f` with `role` as the current user and search_path `pg_catalog, pg_temp`, then
+/// switches both back (also when an ERROR unwinds), as a SECURITY DEFINER function with
+/// `SET search_path` does. SET ROLE is not allowed inside (SECURITY_LOCAL_USERID_CHANGE).
 pub fn run_as<T>(role: pg_sys::Oid, f: impl FnOnce() -> T) -> T {
-    struct Restore(pg_sys::Oid, i32);
+    struct Restore(pg_sys::Oid, i32, i32);
     impl Drop for Restore {
         fn drop(&mut self) {
-            // SAFETY: restores the user id and security context saved below.
-            unsafe { pg_sys::SetUserIdAndSecContext(self.0, self.1) };
+            // SAFETY: closes the search_path nest level, restores the user id and security
+            // context saved below.
+            unsafe {
+                pg_sys::AtEOXact_GUC(false, self.2);
+                pg_sys::SetUserIdAndSecContext(self.0, self.1);
+            }
         }
     }
     let mut saved_user = pg_sys::InvalidOid;
@@ -29,13 +70,30 @@ pub fn run_as<T>(role: pg_sys::Oid, f: impl FnOnce() -> T) -> T {
             saved_context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
         );
     }
-    let _restore = Restore(saved_user, saved_context);
+    let level = begin_search_path(PINNED_SEARCH_PATH);
+    let _restore = Restore(saved_user, saved_context, level);
     f()
+}
+
+/// For a background worker, once connected: its own statements run with the pinned
+/// search_path whatever `ALTER DATABASE/ROLE ... SET search_path` says (session level, so a
+/// job's own `SET` and functions' `SET search_path` clauses still apply inside the job).
+pub fn pin_worker_search_path() {
+    // SAFETY: a plain setting change in a connected background worker.
+    unsafe {
+        pg_sys::SetConfigOption(
+            c"search_path".as_ptr(),
+            PINNED_SEARCH_PATH.as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+        );
+    }
 }
 
 /// Runs a job's code as `role` the way VACUUM runs index functions: a security-restricted
 /// operation (no SET ROLE, no temporary objects) whose setting changes (set_config, SET) are
-/// undone afterwards, so nothing a job does outlives it in the session that ran it.
+/// undone afterwards, so nothing a job does outlives it in the session that ran it. The job
+/// runs with [`JOB_SEARCH_PATH`], in a worker and in `run_pending` alike.
 pub fn run_job_as<T>(role: pg_sys::Oid, f: impl FnOnce() -> T) -> T {
     struct Restore(pg_sys::Oid, i32, i32);
     impl Drop for Restore {
@@ -62,6 +120,7 @@ pub fn run_job_as<T>(role: pg_sys::Oid, f: impl FnOnce() -> T) -> T {
         pg_sys::NewGUCNestLevel()
     };
     let _restore = Restore(saved_user, saved_context, nest_level);
+    set_search_path(JOB_SEARCH_PATH);
     f()
 }
 

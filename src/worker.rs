@@ -94,6 +94,7 @@ impl StartedWorker {
 pub extern "C-unwind" fn eventic_launcher_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     BackgroundWorker::connect_worker_to_spi(Some(&settings::launcher_database()), None);
+    crate::roles::pin_worker_search_path();
     log!("eventic launcher started");
     // SAFETY: a plain read of this process's pid.
     LAUNCHER_PID
@@ -182,6 +183,9 @@ pub extern "C-unwind" fn eventic_worker_main(arg: pg_sys::Datum) {
     let database = pg_sys::Oid::from(arg.value() as u32);
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(database), None);
+    // the database owner's ALTER DATABASE ... SET search_path must not decide what the
+    // worker's own statements call (it runs as the bootstrap superuser)
+    crate::roles::pin_worker_search_path();
     loop {
         reload_config_if_asked();
         let installed = BackgroundWorker::transaction(|| {

@@ -30,7 +30,7 @@ SELECT $$ {
 -- register: the class, its queue (snake_case) and, with view_schema, its view
 SELECT eventic.register_class('Story', :'story_schema', 'app');
 SELECT class_name, queue_name, json_schema IS NOT NULL AS has_schema, view_schema, view_name,
-       owner = current_user AS owned_by_me
+       owner = current_user::regrole AS owned_by_me
   FROM eventic.classes;
 SELECT queue_name, table_name, class_name FROM eventic.queues;
 SELECT to_regclass('eventic.queue_story') IS NOT NULL AS queue_table_exists;

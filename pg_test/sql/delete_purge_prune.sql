@@ -41,8 +41,10 @@ SELECT count(*) AS in_latest FROM eventic.latest WHERE id = '00000000-0000-7000-
 -- an unknown id: P0002
 SELECT code, message FROM pg_temp.try($$SELECT eventic.delete('00000000-0000-7000-8000-000000000099')$$);
 
--- any role may delete (it only appends); created_by says who
+-- a role granted DELETE on the class's view may delete (it only appends); created_by says who
 SELECT eventic.create('Story', '{}', '00000000-0000-7000-8000-000000000002');
+SELECT eventic.register_class('Story', NULL, 'public');
+GRANT SELECT, DELETE ON public.story TO eventic_regress_user;
 SET ROLE eventic_regress_user;
 SELECT eventic.delete('00000000-0000-7000-8000-000000000002');
 RESET ROLE;
@@ -123,4 +125,5 @@ SELECT code, message FROM pg_temp.try($$SELECT eventic.prune('Chapter', older_th
 SELECT code, message FROM pg_temp.try($$SELECT eventic.prune('no such;class', keep_last => 1)$$);
 SELECT count(*) AS version_rows FROM eventic.records;
 
+DROP OWNED BY eventic_regress_user;
 DROP ROLE eventic_regress_user;

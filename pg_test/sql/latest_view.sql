@@ -109,6 +109,9 @@ SET client_min_messages = warning;
 DROP ROLE IF EXISTS eventic_regress_orm;
 RESET client_min_messages;
 CREATE ROLE eventic_regress_orm;
+-- granted on the class's view, it may write the class's records through eventic.latest too
+SELECT eventic.register_class('Note', NULL, 'public');
+GRANT SELECT, INSERT, UPDATE, DELETE ON public.note TO eventic_regress_orm;
 SET ROLE eventic_regress_orm;
 INSERT INTO eventic.latest (id, class_type, data)
 VALUES ('00000000-0000-7000-8000-000000000003', 'Note', '{"by": "orm"}') RETURNING version;
@@ -120,4 +123,5 @@ DELETE FROM eventic.latest WHERE id = '00000000-0000-7000-8000-000000000003';
 RESET ROLE;
 SELECT version, deleted, created_by FROM eventic.records
  WHERE id = '00000000-0000-7000-8000-000000000003' ORDER BY version;
+DROP OWNED BY eventic_regress_orm;
 DROP ROLE eventic_regress_orm;

@@ -50,7 +50,7 @@ CREATE PROCEDURE qtest.proc() LANGUAGE sql AS $$ SELECT 1 $$;
 -- create_queue: a row in eventic.queues and the table eventic.queue_<name>
 SELECT eventic.create_queue('jobs', worker => false);
 SELECT queue_name, table_name, class_name, concurrency, paused, worker,
-       owner = current_user AS owned_by_me
+       owner = current_user::regrole AS owned_by_me
   FROM eventic.queues;
 SELECT to_regclass('eventic.queue_jobs') IS NOT NULL AS queue_table_exists;
 -- idempotent

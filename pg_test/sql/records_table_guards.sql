@@ -7,6 +7,9 @@ SET client_min_messages = warning;
 DROP ROLE IF EXISTS eventic_regress_client;
 RESET client_min_messages;
 CREATE ROLE eventic_regress_client;
+-- the client may read and write the records of Story (granted on its view)
+SELECT eventic.register_class('Story', NULL, 'public');
+GRANT SELECT, INSERT, UPDATE, DELETE ON public.story TO eventic_regress_client;
 
 SELECT eventic.create('Story', '{"title": "a", "words": 1}', '00000000-0000-7000-8000-000000000001');
 SELECT eventic.set_field('00000000-0000-7000-8000-000000000001', 'title', '"b"');
@@ -113,4 +116,5 @@ SELECT count(*) AS forged FROM eventic.records
  WHERE version_id::text LIKE '00000000-0000-7000-8000-0000000000f_' OR data ? 'forged';
 SELECT id, array_agg(version ORDER BY version) AS versions FROM eventic.records GROUP BY id ORDER BY id;
 
+DROP OWNED BY eventic_regress_client;
 DROP ROLE eventic_regress_client;

@@ -19,8 +19,14 @@ use crate::spi_plans::plan;
 pub struct ClassInfo {
     pub validator: Option<Validator>,
     pub queue_name: String,
-    /// Handlers (eventic.subscribe) that get an event job for each new version.
-    pub subscribers: Vec<pg_sys::Oid>,
+    /// Handlers (eventic.subscribe) that get an event job for each new version, and the
+    /// role each runs as (the one that subscribed it).
+    pub subscribers: Vec<(pg_sys::Oid, pg_sys::Oid)>,
+    /// The role that owns the class (and its records).
+    pub owner: pg_sys::Oid,
+    /// The relations whose privileges grant access to its records: its view, its tracked
+    /// table (either may be gone since; access checks look them up).
+    pub grant_targets: Vec<pg_sys::Oid>,
 }
 
 thread_local! {
@@ -32,7 +38,11 @@ thread_local! {
 /// The table's oid comes back even when the class is not registered: the invalidation
 /// callback needs it to recognise the registration that will follow.
 const SELECT_CLASS: &str = "SELECT c.class_name IS NOT NULL, c.json_schema, \
-            'eventic.classes'::regclass::oid, c.queue_name, c.subscribers \
+            'eventic.classes'::regclass::oid, c.queue_name, c.subscribers, c.subscriber_roles, \
+            c.owner::oid, \
+            array_remove(ARRAY[CASE WHEN c.view_name IS NOT NULL \
+                         THEN to_regclass(format('%I.%I', c.view_schema, c.view_name))::oid END, \
+                               c.tracked_table::oid], NULL) \
        FROM (SELECT 1) one LEFT JOIN eventic.classes c ON c.class_name = $1";
 
 /// The registered class `name`, or `None` when it is not registered.
@@ -43,7 +53,7 @@ pub fn lookup(name: &str) -> Result<Option<Rc<ClassInfo>>> {
         return Ok(found);
     }
     // No borrow is held while SPI runs: invalidations may arrive meanwhile.
-    let (registered, json_schema, classes_oid, queue_name, subscribers) =
+    let (registered, json_schema, classes_oid, queue_name, subscribers, owner, grant_targets) =
         Spi::connect_mut(|client| -> Result<_> {
             let stmt = plan(client, SELECT_CLASS, &[crate::records::store::TEXT], true)?;
             let mut table = client.update(&*stmt, Some(1), &[name.into()])?;
@@ -55,7 +65,13 @@ pub fn lookup(name: &str) -> Result<Option<Rc<ClassInfo>>> {
                 row.get::<JsonB>(2)?,
                 row.get::<pg_sys::Oid>(3)?.unwrap_or(pg_sys::InvalidOid),
                 row.get::<String>(4)?.unwrap_or_default(),
-                row.get::<Vec<pg_sys::Oid>>(5)?.unwrap_or_default(),
+                {
+                    let handlers = row.get::<Vec<pg_sys::Oid>>(5)?.unwrap_or_default();
+                    let roles = row.get::<Vec<pg_sys::Oid>>(6)?.unwrap_or_default();
+                    handlers.into_iter().zip(roles).collect::<Vec<_>>()
+                },
+                row.get::<pg_sys::Oid>(7)?.unwrap_or(pg_sys::InvalidOid),
+                row.get::<Vec<pg_sys::Oid>>(8)?.unwrap_or_default(),
             ))
         })?;
     watch(classes_oid);
@@ -70,6 +86,8 @@ pub fn lookup(name: &str) -> Result<Option<Rc<ClassInfo>>> {
                 validator,
                 queue_name,
                 subscribers,
+                owner,
+                grant_targets,
             }))
         }
     };

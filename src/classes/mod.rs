@@ -1,6 +1,7 @@
 //! Classes (DESIGN.md §2): registration, JSON Schema validation of every new version, typed
 //! updatable views, and tracked ordinary tables.
 
+pub mod access;
 pub mod cache;
 pub mod naming;
 pub mod schema;
@@ -13,7 +14,7 @@ use serde_json::Value;
 use crate::errors::{required, EventicError, OrReport, Result};
 use crate::records::fields::check_class_name;
 use crate::records::store;
-use crate::roles::as_extension_owner;
+use crate::roles::{as_extension_owner, current_role};
 use crate::settings::strict_field_names;
 
 /// A new version of a record, as the insert trigger of eventic.records sees it.
@@ -47,17 +48,18 @@ pub fn on_new_version(new: NewVersion<'_>, data: impl FnOnce() -> Result<Value>)
             "id": new.id, "version": new.version, "class_type": new.class_type,
             "deleted": new.deleted, "data": data,
         });
-        for handler in &class.subscribers {
+        // each handler runs as the role that subscribed it, never as the writer
+        for &(handler, subscriber) in &class.subscribers {
             crate::queues::insert_job(
                 &table,
                 crate::queues::NewJob {
-                    fn_oid: *handler,
+                    fn_oid: handler,
                     args: crate::queues::JobArgs::Json(event.clone()),
                     run_at: None,
                     priority: 0,
                     dedup_key: None,
                     max_attempts: 5,
-                    enqueued_by: crate::roles::current_role(),
+                    enqueued_by: subscriber,
                 },
             )?;
         }
@@ -66,58 +68,90 @@ pub fn on_new_version(new: NewVersion<'_>, data: impl FnOnce() -> Result<Value>)
     Ok(())
 }
 
-/// Add or remove an outbox subscriber of a class (the SQL faces are eventic.subscribe /
-/// eventic.unsubscribe, which take the handler as regprocedure).
-#[pg_extern(volatile, parallel_unsafe, name = "_subscribe")]
-fn subscribe(class_name: Option<&str>, handler: Option<pg_sys::Oid>, on: Option<bool>) {
-    (|| {
-        let class_name = required(class_name, "class_name")?;
-        let handler = required(handler, "handler")?;
-        let on = required(on, "on")?;
-        let Some(existing) = registered(class_name)? else {
-            return Err(unknown_class(class_name));
-        };
-        if !may_manage(&existing.owner)? {
-            return Err(EventicError::not_allowed(
-                format!("permission denied to change the subscribers of class {class_name}"),
-                format!("Only its owner ({}) or a superuser may.", existing.owner),
-            ));
-        }
+/// Add or remove an outbox subscriber of a class. The class's owner may; the handler runs
+/// as the role that subscribed it, which needs EXECUTE on it (checked now and when it runs).
+fn change_subscription(class_name: Option<&str>, handler: Option<pg_sys::Oid>, on: bool) -> Result<()> {
+    let class_name = required(class_name, "class_name")?;
+    let handler = required(handler, "handler")?;
+    let Some(existing) = registered(class_name)? else {
+        return Err(unknown_class(class_name));
+    };
+    if !may_manage(existing.owner) {
+        return Err(EventicError::not_allowed(
+            format!("permission denied to change the subscribers of class {class_name}"),
+            "Only its owner (or a member of that role) or a superuser may.",
+        ));
+    }
+    if on {
         let takes_jsonb = Spi::get_one_with_args::<bool>(
             "SELECT pronargs = 1 AND proargtypes[0] = 'jsonb'::regtype AND prokind = 'f'
-               FROM pg_proc WHERE oid = $1",
+               FROM pg_catalog.pg_proc WHERE oid = $1",
             &[handler.into()],
         );
-        if on && !matches!(takes_jsonb, Ok(Some(true))) {
+        if !matches!(takes_jsonb, Ok(Some(true))) {
             return Err(EventicError::invalid(
                 format!("handler {} must be a function taking one jsonb (the event)", handler.to_u32()),
                 "Declare it as handler(event jsonb); the event has id, version, class_type, deleted, data.",
             ));
         }
-        as_extension_owner(|| {
+        // SAFETY: a catalog lookup of a function that exists (found just above).
+        let may_execute = unsafe {
+            pg_sys::pg_proc_aclcheck(handler, current_role(), pg_sys::ACL_EXECUTE as pg_sys::AclMode)
+        } == pg_sys::AclResult::ACLCHECK_OK;
+        if !may_execute {
+            return Err(EventicError::not_allowed(
+                format!("permission denied to subscribe function {} (no EXECUTE)", handler.to_u32()),
+                "A handler runs as the role that subscribed it: it needs EXECUTE on the function.",
+            ));
+        }
+    }
+    let subscriber = current_role();
+    as_extension_owner(|| {
+        if on {
             Spi::run_with_args(
-                "UPDATE eventic.classes SET subscribers = CASE WHEN $3
-                        THEN CASE WHEN $2 = ANY (subscribers) THEN subscribers ELSE subscribers || $2 END
-                        ELSE array_remove(subscribers, $2) END
-                  WHERE class_name = $1",
-                &[class_name.into(), handler.into(), on.into()],
+                "UPDATE eventic.classes SET subscribers = subscribers || $2,
+                        subscriber_roles = subscriber_roles || $3
+                  WHERE class_name = $1 AND NOT $2 = ANY (subscribers)",
+                &[class_name.into(), handler.into(), subscriber.into()],
             )?;
-            Ok(())
-        })
-    })()
-    .or_report()
+        } else {
+            Spi::run_with_args(
+                "UPDATE eventic.classes c
+                    SET subscribers = c.subscribers[:p.i - 1] || c.subscribers[p.i + 1:],
+                        subscriber_roles = c.subscriber_roles[:p.i - 1] || c.subscriber_roles[p.i + 1:]
+                   FROM (SELECT array_position(subscribers, $2) AS i FROM eventic.classes
+                          WHERE class_name = $1) p
+                  WHERE c.class_name = $1 AND p.i IS NOT NULL",
+                &[class_name.into(), handler.into()],
+            )?;
+        }
+        Ok(())
+    })
+}
+
+/// Internal: eventic.subscribe (which takes the handler as regprocedure).
+#[pg_extern(volatile, parallel_unsafe, name = "_subscribe")]
+fn subscribe(class_name: Option<&str>, handler: Option<pg_sys::Oid>) {
+    change_subscription(class_name, handler, true).or_report()
+}
+
+/// Internal: eventic.unsubscribe.
+#[pg_extern(volatile, parallel_unsafe, name = "_unsubscribe")]
+fn unsubscribe(class_name: Option<&str>, handler: Option<pg_sys::Oid>) {
+    change_subscription(class_name, handler, false).or_report()
 }
 
 /// Register `class_name` with no schema and no view if it was never registered (first use).
 pub fn ensure_registered(class_name: &str) -> Result<()> {
     if cache::lookup(class_name)?.is_none() {
-        register(class_name, None, None)?;
+        register(class_name, None, None, None)?;
     }
     Ok(())
 }
 
 struct Registered {
-    owner: String,
+    owner: pg_sys::Oid,
+    queue_name: String,
     json_schema: Option<Value>,
     view_schema: Option<String>,
     view_name: Option<String>,
@@ -126,7 +160,7 @@ struct Registered {
 fn registered(class_name: &str) -> Result<Option<Registered>> {
     Spi::connect_mut(|client| {
         let mut table = client.update(
-            "SELECT owner::text, json_schema, view_schema::text, view_name::text \
+            "SELECT owner::oid, json_schema, view_schema::text, view_name::text, queue_name \
                FROM eventic.classes WHERE class_name = $1",
             Some(1),
             &[class_name.into()],
@@ -135,26 +169,65 @@ fn registered(class_name: &str) -> Result<Option<Registered>> {
             return Ok(None);
         };
         Ok(Some(Registered {
-            owner: row.get::<String>(1)?.unwrap_or_default(),
+            owner: row.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid),
             json_schema: row.get::<JsonB>(2)?.map(|j| j.0),
             view_schema: row.get::<String>(3)?,
             view_name: row.get::<String>(4)?,
+            queue_name: row.get::<String>(5)?.unwrap_or_default(),
         }))
     })
 }
 
-fn may_manage(owner: &str) -> Result<bool> {
-    Ok(Spi::get_one_with_args::<bool>(
-        "SELECT pg_has_role(current_user, $1::name, 'USAGE')",
-        &[owner.into()],
-    )?
-    .unwrap_or(false))
+/// The owner of a class (or queue) and roles that have its privileges may change it; so may
+/// superusers.
+pub fn may_manage(owner: pg_sys::Oid) -> bool {
+    crate::roles::is_superuser() || access::has_privs_of(current_role(), owner)
 }
 
+/// Record that class `class_name` is the class of tracked table `table`.
+pub fn mark_tracked(class_name: &str, table: pg_sys::Oid) -> Result<()> {
+    as_extension_owner(|| {
+        Spi::run_with_args(
+            "UPDATE eventic.classes SET tracked_table = $2::oid::regclass
+              WHERE class_name = $1 AND tracked_table IS DISTINCT FROM $2::oid::regclass",
+            &[class_name.into(), table.into()],
+        )?;
+        Ok(())
+    })
+}
+
+/// A class named `schema.name` lives in that schema, as a table would: registering it needs
+/// CREATE there (so nobody claims the class of a table they could not create, before
+/// `eventic.track` of that table).
+fn check_class_schema(class_name: &str) -> Result<()> {
+    let Some((schema_name, _)) = class_name.split_once('.') else {
+        return Ok(());
+    };
+    let may_create = Spi::get_one_with_args::<bool>(
+        "SELECT pg_catalog.has_schema_privilege(n.oid, 'CREATE')
+           FROM pg_catalog.pg_namespace n WHERE n.nspname = $1",
+        &[schema_name.into()],
+    )?;
+    match may_create {
+        Some(true) => Ok(()),
+        Some(false) => Err(EventicError::not_allowed(
+            format!("permission denied to register class {class_name}: no CREATE on schema {schema_name}"),
+            "A schema-qualified class lives in that schema; its owner grants CREATE, or use an unqualified name.",
+        )),
+        None => Err(EventicError::invalid(
+            format!("schema {schema_name:?} of class {class_name} does not exist"),
+            "Create the schema first, or use an unqualified class name.",
+        )),
+    }
+}
+
+/// Register `class_name` (or change its schema or view). `tracked`: the table of a class
+/// made by eventic.track.
 pub fn register(
     class_name: &str,
     json_schema: Option<Value>,
     view_schema: Option<&str>,
+    tracked: Option<pg_sys::Oid>,
 ) -> Result<()> {
     check_class_name(class_name)?;
     let queue = naming::queue_name_for(class_name)?;
@@ -169,18 +242,17 @@ pub fn register(
             .as_ref()
             .is_some_and(|s| Some(s) != existing.json_schema.as_ref())
             || view_schema.is_some_and(|v| Some(v) != existing.view_schema.as_deref());
-        if changes && !may_manage(&existing.owner)? {
+        if changes && !may_manage(existing.owner) {
             return Err(EventicError::not_allowed(
                 format!("permission denied to change class {class_name}"),
-                format!(
-                    "Only its owner ({}) or a superuser may change its schema or view.",
-                    existing.owner
-                ),
+                "Only its owner (or a member of that role) or a superuser may change its schema or view.",
             ));
         }
         if !changes {
             return Ok(()); // idempotent
         }
+    } else {
+        claimable(class_name, &queue, tracked.is_some())?;
     }
     if let Some(target) = view_schema {
         let may_create = Spi::get_one_with_args::<bool>(
@@ -195,22 +267,25 @@ pub fn register(
         }
     }
     let schema_arg = json_schema.clone().map(JsonB);
-    let caller = Spi::get_one::<String>("SELECT current_user::text")?.unwrap_or_default();
+    let caller = current_role();
+    let queue = existing.as_ref().map_or(queue, |e| e.queue_name.clone());
     as_extension_owner(|| {
         Spi::run_with_args(
-            "SELECT eventic._create_queue($1, $2)",
-            &[queue.as_str().into(), class_name.into()],
+            "SELECT eventic._create_queue($1, $2, $3::oid::regrole)",
+            &[queue.as_str().into(), class_name.into(), caller.into()],
         )?;
         Spi::run_with_args(
-            "INSERT INTO eventic.classes AS c (class_name, queue_name, json_schema, owner)
-             VALUES ($1, $2, $3, $4::name)
+            "INSERT INTO eventic.classes AS c (class_name, queue_name, json_schema, owner, tracked_table)
+             VALUES ($1, $2, $3, $4::oid::regrole, $5::oid::regclass)
              ON CONFLICT (class_name) DO UPDATE
                 SET json_schema = coalesce(EXCLUDED.json_schema, c.json_schema), updated_at = now()",
-            &[class_name.into(), queue.as_str().into(), schema_arg.into(), caller.as_str().into()],
-        )?;
-        Spi::run_with_args(
-            "UPDATE eventic.queues SET owner = coalesce(owner, $2::name) WHERE queue_name = $1",
-            &[queue.as_str().into(), caller.as_str().into()],
+            &[
+                class_name.into(),
+                queue.as_str().into(),
+                schema_arg.into(),
+                caller.into(),
+                tracked.into(),
+            ],
         )?;
         Ok(())
     })?;
@@ -234,7 +309,8 @@ pub fn register(
     Ok(())
 }
 
-/// (Re)create the typed view `<view_schema>.<snake_case>` of a class, owned by the caller.
+/// (Re)create the typed view `<view_schema>.<snake_case>` of a class, owned by the caller. No
+/// other role may use it until granted: privileges on the view are the class's access list.
 fn build_view(
     class_name: &str,
     view_name: &str,
@@ -280,9 +356,8 @@ fn build_view(
     ddl.push_str(&format!(
         "CREATE VIEW {qualified} AS SELECT {} FROM eventic.latest l WHERE l.class_type = {};\n\
          CREATE TRIGGER eventic_write INSTEAD OF INSERT OR UPDATE OR DELETE ON {qualified} \
-           FOR EACH ROW EXECUTE FUNCTION eventic._class_view_write({});\n\
-         COMMENT ON VIEW {qualified} IS {};\n\
-         GRANT SELECT, INSERT, UPDATE, DELETE ON {qualified} TO PUBLIC;",
+           FOR EACH ROW EXECUTE FUNCTION eventic.class_view_write({});\n\
+         COMMENT ON VIEW {qualified} IS {};",
         select.join(", "),
         schema::quote_literal(class_name),
         trigger_args.join(", "),
@@ -313,6 +388,7 @@ fn register_class(
             required(class_name, "class_name")?,
             json_schema.map(|j| j.0),
             view_schema,
+            None,
         )
     })()
     .or_report()
@@ -327,10 +403,10 @@ fn drop_class(class_name: Option<&str>) {
         let Some(existing) = registered(class_name)? else {
             return Err(unknown_class(class_name));
         };
-        if !may_manage(&existing.owner)? {
+        if !may_manage(existing.owner) {
             return Err(EventicError::not_allowed(
                 format!("permission denied to drop class {class_name}"),
-                format!("Only its owner ({}) or a superuser may drop it.", existing.owner),
+                "Only its owner (or a member of that role) or a superuser may drop it.",
             ));
         }
         if let (Some(schema_name), Some(view)) = (&existing.view_schema, &existing.view_name) {
@@ -348,15 +424,53 @@ fn drop_class(class_name: Option<&str>) {
                  DELETE FROM eventic.queues q USING gone WHERE q.queue_name = gone.queue_name",
                 &[class_name.into()],
             )?;
-            let queue = naming::queue_name_for(class_name)?;
+            // the class's own queue, as registered (never another queue of the same name)
             Spi::run(&format!(
                 "DROP TABLE IF EXISTS eventic.{}",
-                pgrx::spi::quote_identifier(format!("queue_{queue}"))
+                pgrx::spi::quote_identifier(format!("queue_{}", existing.queue_name))
             ))?;
             Ok(())
         })
     })()
     .or_report()
+}
+
+/// A class that was never registered may be claimed by the caller: not when its queue's name
+/// is another queue's (42710), nor when records of that name are left from a dropped class
+/// (only a superuser may adopt those, 42501), nor in a schema where the caller may not
+/// create (see [`check_class_schema`]; tracked tables are checked by eventic.track).
+fn claimable(class_name: &str, queue: &str, tracked: bool) -> Result<()> {
+    if !tracked {
+        check_class_schema(class_name)?;
+    }
+    let (queue_taken, orphans) = as_extension_owner(|| {
+        let queue_taken = Spi::get_one_with_args::<bool>(
+            "SELECT EXISTS (SELECT FROM eventic.queues WHERE queue_name = $1)",
+            &[queue.into()],
+        )?;
+        let orphans = Spi::get_one_with_args::<bool>(
+            "SELECT EXISTS (SELECT FROM eventic.records WHERE class_type = $1 AND version = 0)",
+            &[class_name.into()],
+        )?;
+        Ok((queue_taken.unwrap_or(false), orphans.unwrap_or(false)))
+    })?;
+    if queue_taken {
+        return Err(EventicError::AlreadyExists {
+            what: "queue",
+            name: queue.to_string(),
+            hint: format!(
+                "Class {class_name} would get queue {queue}, which another queue already uses; \
+                 choose another class name (or drop that queue)."
+            ),
+        });
+    }
+    if orphans && !crate::roles::is_superuser() {
+        return Err(EventicError::not_allowed(
+            format!("permission denied to register class {class_name}: records of a dropped class of that name exist"),
+            "Only a superuser may register it again (its records would belong to the new owner).",
+        ));
+    }
+    Ok(())
 }
 
 pub fn unknown_class(class_name: &str) -> EventicError {

@@ -2,13 +2,15 @@
 //! record of class `schema.table`; an AFTER trigger appends a version for every INSERT,
 //! UPDATE and DELETE, so `history`, `hydrate(id, version)`, `hydrate_as_of` and `diff` work.
 
+use pgrx::pg_sys::{PgBuiltInOids, PgOid};
 use pgrx::prelude::*;
-use pgrx::{JsonB, PgRelation, Uuid};
+use pgrx::{pg_sys, AllocatedByPostgres, JsonB, PgRelation, Uuid};
 use serde_json::Value;
 
 use crate::classes;
-use crate::errors::{required, EventicError, OrReport, Result};
-use crate::raw_jsonb::RawJsonb;
+use crate::errors::{required, EventicError, OrReport};
+
+type Res<T> = crate::errors::Result<T>;
 use crate::records::fields::{check_field_name, PROPERTIES};
 use crate::records::store::{self, Change, FieldValues};
 use crate::settings::strict_field_names;
@@ -19,7 +21,7 @@ const TRACKED_NAMESPACE: uuid::Uuid =
 
 /// The record id of a tracked row: its key when that is a uuid, else a UUIDv5 of
 /// `class/key` (so `eventic.tracked_id(table, key)` finds it).
-pub fn record_id(class_name: &str, key: &Value) -> Result<Uuid> {
+pub fn record_id(class_name: &str, key: &Value) -> Res<Uuid> {
     let text = match key {
         Value::String(s) => s.clone(),
         Value::Number(n) => n.to_string(),
@@ -63,7 +65,30 @@ fn track(table: Option<PgRelation>, id_column: default!(Option<&str>, "'id'")) -
             ));
         }
         check_columns(&table, &class_name, id_column)?;
-        classes::ensure_registered(&class_name)?;
+        // the table's owner tracks it (as only it may create triggers on it), and never
+        // adopts a class that another role registered under the table's name
+        let owner = Spi::get_one_with_args::<pg_sys::Oid>(
+            "SELECT relowner FROM pg_catalog.pg_class WHERE oid = $1",
+            &[table.oid().into()],
+        )?
+        .unwrap_or(pg_sys::InvalidOid);
+        if !classes::may_manage(owner) {
+            return Err(EventicError::not_allowed(
+                format!("permission denied to track table {class_name}"),
+                "Only the table's owner (or a member of that role) or a superuser may track it.",
+            ));
+        }
+        match classes::cache::lookup(&class_name)? {
+            Some(class) if !classes::may_manage(class.owner) => {
+                return Err(EventicError::not_allowed(
+                    format!("class {class_name} is registered by another role"),
+                    "eventic.track never adopts a class another role owns; that role (or a \
+                     superuser) must eventic.drop_class it first.",
+                ))
+            }
+            Some(_) => classes::mark_tracked(&class_name, table.oid())?,
+            None => classes::register(&class_name, None, None, Some(table.oid()))?,
+        }
         let quoted_table = format!(
             "{}.{}",
             pgrx::spi::quote_identifier(table.namespace()),
@@ -77,25 +102,38 @@ fn track(table: Option<PgRelation>, id_column: default!(Option<&str>, "'id'")) -
         if !already {
             Spi::run(&format!(
                 "CREATE TRIGGER eventic_track AFTER INSERT OR UPDATE OR DELETE ON {quoted_table} \
-                   FOR EACH ROW EXECUTE FUNCTION eventic._tracked_write({}, {})",
+                   FOR EACH ROW EXECUTE FUNCTION eventic.tracked_write({}, {})",
                 classes::schema::quote_literal(id_column),
                 classes::schema::quote_literal(&class_name)
             ))?;
         }
         // rows that exist already get their version 0 now (or a version if they changed while
         // the table was not tracked)
-        Spi::run(&format!(
-            "SELECT eventic._track_change({cls}, NULL, to_jsonb(t) -> {col}, to_jsonb(t) - {col}) FROM {quoted_table} t",
-            cls = classes::schema::quote_literal(&class_name),
-            col = classes::schema::quote_literal(id_column),
-        ))?;
+        let rows: Vec<(Option<JsonB>, Option<JsonB>)> = Spi::connect(|client| -> Res<_> {
+            let rows = client.select(
+                &format!(
+                    "SELECT pg_catalog.to_jsonb(t) OPERATOR(pg_catalog.->) $1, \
+                            pg_catalog.to_jsonb(t) OPERATOR(pg_catalog.-) $1 FROM {quoted_table} t"
+                ),
+                None,
+                &[id_column.into()],
+            )?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.push((row.get::<JsonB>(1)?, row.get::<JsonB>(2)?));
+            }
+            Ok(out)
+        })?;
+        for (key, doc) in rows {
+            track_change(&class_name, None, key, doc)?;
+        }
         Ok(class_name)
     })()
     .or_report()
 }
 
 /// The id column must exist and be unique on its own; the other columns must be field names.
-fn check_columns(table: &PgRelation, class_name: &str, id_column: &str) -> Result<()> {
+fn check_columns(table: &PgRelation, class_name: &str, id_column: &str) -> Res<()> {
     let attnum = Spi::get_one_with_args::<i16>(
         "SELECT (SELECT attnum FROM pg_attribute \
                   WHERE attrelid = $1 AND attname = $2 AND attnum > 0 AND NOT attisdropped)",
@@ -119,7 +157,7 @@ fn check_columns(table: &PgRelation, class_name: &str, id_column: &str) -> Resul
             "A tracked table needs a primary key or unique index on its id column alone.",
         ));
     }
-    let columns: Vec<String> = Spi::connect(|client| -> Result<Vec<String>> {
+    let columns: Vec<String> = Spi::connect(|client| -> Res<Vec<String>> {
         let rows = client.select(
             "SELECT attname::text FROM pg_attribute WHERE attrelid = $1 AND attnum > 0 \
                AND NOT attisdropped AND attname <> $2 ORDER BY attnum",
@@ -176,21 +214,21 @@ fn tracked_id(table: Option<PgRelation>, key: Option<&str>) -> Uuid {
 
 /// Make the record of a tracked row hold `doc`: create it, or append a version (reviving a
 /// tombstoned key that was inserted again).
-fn upsert(class_name: &str, id: Uuid, doc: RawJsonb) -> Result<()> {
+fn upsert(class_name: &str, id: Uuid, doc: Value) -> Res<()> {
     let change = Change {
-        set: FieldValues::Raw(doc),
+        set: FieldValues::Built(doc.as_object().cloned().unwrap_or_default()),
         revive: true,
         ..Change::default()
     };
     match store::append(id, change, None) {
         Err(EventicError::RecordNotFound { .. }) => {
-            crate::records::create_record(class_name, doc.to_value(), Some(id)).map(|_| ())
+            crate::records::create_record(class_name, doc, Some(id)).map(|_| ())
         }
         other => other.map(|_| ()),
     }
 }
 
-fn delete_if_live(id: Uuid) -> Result<()> {
+fn delete_if_live(id: Uuid) -> Res<()> {
     match store::append_tombstone(id) {
         Err(EventicError::RecordNotFound { .. } | EventicError::RecordDeleted { .. }) | Ok(_) => {
             Ok(())
@@ -199,28 +237,90 @@ fn delete_if_live(id: Uuid) -> Result<()> {
     }
 }
 
-/// Called by the AFTER trigger of tracked tables (`eventic._tracked_write`).
-#[pg_extern(volatile, parallel_unsafe, name = "_track_change")]
+/// One row change of a tracked table, as versions of its record(s).
 fn track_change(
-    class_name: Option<&str>,
+    class_name: &str,
     old_key: Option<JsonB>,
     new_key: Option<JsonB>,
-    new_doc: Option<RawJsonb>,
-) {
-    (|| {
-        let class_name = required(class_name, "class_name")?;
-        let old_id = old_key.map(|k| record_id(class_name, &k.0)).transpose()?;
-        let new_id = new_key.map(|k| record_id(class_name, &k.0)).transpose()?;
-        match (old_id, new_id, new_doc) {
-            (Some(old), None, _) => delete_if_live(old),
-            (old, Some(new), Some(doc)) => {
-                if let Some(old) = old.filter(|old| *old != new) {
-                    delete_if_live(old)?; // the key changed: the old record ends
-                }
-                upsert(class_name, new, doc)
+    new_doc: Option<JsonB>,
+) -> Res<()> {
+    let old_id = old_key.map(|k| record_id(class_name, &k.0)).transpose()?;
+    let new_id = new_key.map(|k| record_id(class_name, &k.0)).transpose()?;
+    match (old_id, new_id, new_doc) {
+        (Some(old), None, _) => delete_if_live(old),
+        (old, Some(new), Some(doc)) => {
+            if let Some(old) = old.filter(|old| *old != new) {
+                delete_if_live(old)?; // the key changed: the old record ends
             }
-            _ => Ok(()),
+            upsert(class_name, new, doc.0)
         }
+        _ => Ok(()),
+    }
+}
+
+/// The key (as jsonb) and the other columns (a jsonb object) of a row of a tracked table.
+/// `rowtype` is the table's row type: the statement is planned per table.
+fn row_as_json(
+    row: PgHeapTuple<'_, AllocatedByPostgres>,
+    rowtype: pg_sys::Oid,
+    id_column: &str,
+) -> Res<(Option<JsonB>, Option<JsonB>)> {
+    let sql = format!(
+        "SELECT pg_catalog.to_jsonb($1) OPERATOR(pg_catalog.->) $2, \
+                pg_catalog.to_jsonb($1) OPERATOR(pg_catalog.-) $2 /* {} */",
+        rowtype.to_u32()
+    );
+    Spi::connect_mut(|client| {
+        let stmt = crate::spi_plans::dynamic_plan(
+            client,
+            &sql,
+            &[PgOid::from(rowtype), PgOid::BuiltIn(PgBuiltInOids::TEXTOID)],
+        )?;
+        // SAFETY: the tuple is a row of the table whose row type is `rowtype`.
+        let row_arg = unsafe { pgrx::datum::DatumWithOid::new(row, rowtype) };
+        let mut rows = client.update(&*stmt, Some(1), &[row_arg, id_column.into()])?;
+        match rows.next() {
+            Some(found) => Ok((found.get::<JsonB>(1)?, found.get::<JsonB>(2)?)),
+            None => Ok((None, None)),
+        }
+    })
+}
+
+/// AFTER trigger of tracked tables (TG_ARGV: the id column, the class): each row change
+/// appends versions, as the role that changed the row (the table's privileges have let it).
+/// A trigger function, so no role can call it to write a tracked table's history otherwise.
+#[pg_trigger]
+fn tracked_write<'a>(
+    trigger: &'a PgTrigger<'a>,
+) -> std::result::Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, EventicError> {
+    (|| -> Res<()> {
+        let args = trigger
+            .extra_args()
+            .map_err(|e| EventicError::Internal(e.to_string()))?;
+        let [id_column, class_name] = args.as_slice() else {
+            return Err(EventicError::Internal("eventic.tracked_write needs 2 arguments".into()));
+        };
+        let relation = trigger
+            .relation()
+            .map_err(|e| EventicError::Internal(e.to_string()))?;
+        // SAFETY: the relation the trigger fired on is open, its pg_class row loaded.
+        let rowtype = unsafe { (*relation.rd_rel).reltype };
+        let event = trigger.event();
+        let old_key = match trigger.old() {
+            Some(old) if event.fired_by_update() || event.fired_by_delete() => {
+                row_as_json(old, rowtype, id_column)?.0
+            }
+            _ => None,
+        };
+        if event.fired_by_delete() {
+            return track_change(class_name, old_key, None, None);
+        }
+        let (new_key, new_doc) = match trigger.new() {
+            Some(new) => row_as_json(new, rowtype, id_column)?,
+            None => (None, None),
+        };
+        track_change(class_name, old_key, new_key, new_doc)
     })()
-    .or_report()
+    .or_report();
+    Ok(None)
 }

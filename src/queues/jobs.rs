@@ -104,6 +104,13 @@ impl Signature {
         })
     }
 
+    /// eventic's own job functions (`eventic._run_workflow`): no role may EXECUTE them, so
+    /// they run as the extension owner and switch to the role they act for themselves. No
+    /// other role can create functions in schema eventic.
+    pub fn is_internal(&self) -> bool {
+        self.name.starts_with("eventic._")
+    }
+
     /// Whether it has the shape of a workflow body: `fn(input jsonb) RETURNS jsonb`.
     pub fn is_workflow_body(&self) -> bool {
         self.takes_whole_jsonb() && self.returns == "jsonb" && !self.returns_set
@@ -383,11 +390,21 @@ fn failure_of(err: EventicError) -> Failure {
     }
 }
 
+/// The role a job runs as: its enqueuer, or for eventic's own functions the extension owner.
+fn runner(signature: &Signature, job: &Job) -> Result<pg_sys::Oid> {
+    if signature.is_internal() {
+        crate::roles::extension_owner()
+    } else {
+        Ok(job.enqueued_by)
+    }
+}
+
 /// Run `job` as its enqueuer in a subtransaction. Its database effects are kept only when
 /// it succeeds (and commit with the caller's transaction).
 pub fn run(job: &Job, calls: &mut Calls) -> std::result::Result<(), Failure> {
-    let (sql, texts) = Signature::of(job.fn_oid)
-        .and_then(|sig| sig.call(&job.args))
+    let (sql, texts, role) = Signature::of(job.fn_oid)
+        .and_then(|sig| Ok((sig.call(&job.args)?, runner(&sig, job)?)))
+        .map(|((sql, texts), role)| (sql, texts, role))
         .map_err(failure_of)?;
     if !calls.role_exists(job.enqueued_by).map_err(failure_of)? {
         return Err(Failure {
@@ -398,7 +415,7 @@ pub fn run(job: &Job, calls: &mut Calls) -> std::result::Result<(), Failure> {
             ),
         });
     }
-    in_subtransaction(|| run_job_as(job.enqueued_by, || calls.execute(&sql, &texts)))
+    in_subtransaction(|| run_job_as(role, || calls.execute(&sql, &texts)))
         .and_then(|outcome| outcome.map_err(failure_of))
 }
 
@@ -411,8 +428,9 @@ pub fn run_group(group: &[Job], calls: &mut Calls) -> std::result::Result<(), Fa
         return Ok(());
     };
     let args_list: Vec<&Value> = group.iter().map(|job| &job.args).collect();
-    let (sql, columns) = Signature::of(first.fn_oid)
-        .and_then(|sig| sig.group_call(&args_list))
+    let (sql, columns, role) = Signature::of(first.fn_oid)
+        .and_then(|sig| Ok((sig.group_call(&args_list)?, runner(&sig, first)?)))
+        .map(|((sql, columns), role)| (sql, columns, role))
         .map_err(failure_of)?;
     if !calls.role_exists(first.enqueued_by).map_err(failure_of)? {
         return Err(Failure {
@@ -421,7 +439,7 @@ pub fn run_group(group: &[Job], calls: &mut Calls) -> std::result::Result<(), Fa
         });
     }
     in_subtransaction(|| {
-        run_job_as(first.enqueued_by, || {
+        run_job_as(role, || {
             let types = vec![PgOid::BuiltIn(PgBuiltInOids::TEXTARRAYOID); columns.len()];
             let args: Vec<pgrx::datum::DatumWithOid> =
                 columns.into_iter().map(|column| column.into()).collect();

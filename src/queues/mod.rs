@@ -121,12 +121,18 @@ fn create_queue(queue_name: Option<&str>, worker: default!(Option<bool>, "true")
         let name = required(queue_name, "queue_name")?;
         check_queue_name(name)?;
         let worker = required(worker, "worker")?;
-        let caller = Spi::get_one::<String>("SELECT current_user::text")?.unwrap_or_default();
+        if lookup(name).is_ok() {
+            return Ok(()); // idempotent (whoever created it)
+        }
+        let caller = current_role();
         as_extension_owner(|| {
-            Spi::run_with_args("SELECT eventic._create_queue($1, NULL)", &[name.into()])?;
             Spi::run_with_args(
-                "UPDATE eventic.queues SET worker = $2, owner = $3::name WHERE queue_name = $1 AND owner IS NULL",
-                &[name.into(), worker.into(), caller.as_str().into()],
+                "SELECT eventic._create_queue($1, NULL, $2::oid::regrole)",
+                &[name.into(), caller.into()],
+            )?;
+            Spi::run_with_args(
+                "UPDATE eventic.queues SET worker = $2 WHERE queue_name = $1 AND worker <> $2",
+                &[name.into(), worker.into()],
             )?;
             Ok(())
         })
@@ -135,14 +141,16 @@ fn create_queue(queue_name: Option<&str>, worker: default!(Option<bool>, "true")
 }
 
 fn require_queue_owner(queue_name: &str, what: &str) -> Result<()> {
-    let allowed = Spi::get_one_with_args::<bool>(
-        "SELECT pg_has_role(current_user, coalesce(q.owner, e.extowner::regrole::name), 'USAGE')
-           FROM eventic.queues q, pg_extension e
-          WHERE q.queue_name = $1 AND e.extname = 'eventic'",
+    let owner = Spi::get_one_with_args::<pg_sys::Oid>(
+        "SELECT owner::oid FROM eventic.queues WHERE queue_name = $1",
         &[queue_name.into()],
-    )?
-    .unwrap_or(false);
-    if allowed {
+    )?;
+    // a queue without an owner is the extension owner's
+    let owner = match owner {
+        Some(owner) => owner,
+        None => crate::roles::extension_owner()?,
+    };
+    if crate::classes::may_manage(owner) {
         Ok(())
     } else {
         Err(EventicError::not_allowed(
@@ -262,7 +270,7 @@ pub fn insert_job(table: &str, job: NewJob<'_>) -> Result<i64> {
         // ON CONFLICT only with a dedup_key: it makes every insert speculative (an index
         // pre-check, a speculative token, a second pass over the heap tuple)
         let on_conflict = if job.dedup_key.is_some() {
-            "ON CONFLICT (dedup_key) WHERE dedup_key IS NOT NULL AND dead_at IS NULL DO NOTHING"
+            "ON CONFLICT (enqueued_by, dedup_key) WHERE dedup_key IS NOT NULL AND dead_at IS NULL DO NOTHING"
         } else {
             ""
         };
@@ -300,10 +308,13 @@ pub fn insert_job(table: &str, job: NewJob<'_>) -> Result<i64> {
         );
         match inserted? {
             Some(id) => Ok(id),
-            // the dedup_key is already waiting: that job
+            // the dedup_key is already waiting (the same role's: keys are per role): that job
             None => optional_value::<i64>(
-                &format!("SELECT job_id FROM {table} WHERE dedup_key = $1 AND dead_at IS NULL"),
-                &[job.dedup_key.into()],
+                &format!(
+                    "SELECT job_id FROM {table}
+                      WHERE enqueued_by = $2 AND dedup_key = $1 AND dead_at IS NULL"
+                ),
+                &[job.dedup_key.into(), job.enqueued_by.into()],
             )?
             .ok_or_else(|| EventicError::Internal("dedup job vanished".into())),
         }
@@ -937,7 +948,8 @@ fn retry_job(queue_name: Option<&str>, job_id: Option<i64>) {
         }
         let waiting_twin = Spi::get_one_with_args::<i64>(
             &format!(
-                "SELECT (SELECT w.job_id FROM {table} d JOIN {table} w ON w.dedup_key = d.dedup_key
+                "SELECT (SELECT w.job_id FROM {table} d JOIN {table} w
+                            ON w.dedup_key = d.dedup_key AND w.enqueued_by = d.enqueued_by
                           WHERE d.job_id = $1 AND d.dead_at IS NOT NULL AND w.dead_at IS NULL)"
             ),
             &[job_id.into()],

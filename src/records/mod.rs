@@ -35,6 +35,7 @@ pub fn create_record(class_name: &str, data: Value, id: Option<Uuid>) -> Result<
     doc.entry(PROPERTIES)
         .or_insert_with(|| Value::Object(Map::new()));
     crate::classes::ensure_registered(class_name)?;
+    crate::classes::access::require(class_name, crate::classes::access::Access::Write)?;
     let id = id.unwrap_or_else(store::new_uuid_v7);
     store::insert_first(id, class_name, doc)?;
     Ok(id)
@@ -120,11 +121,11 @@ pub fn apply_document_change(id: Uuid, old: &Value, new: &Value) -> Result<i32> 
     )
 }
 
-/// Used by the INSTEAD OF triggers of `eventic.latest`: turns the old and new `data` of a row
-/// into one appended version built on the latest (so concurrent writers of other fields are
-/// not overwritten).
-#[pg_extern(volatile, parallel_unsafe, name = "_apply_update")]
-fn apply_update(id: Option<Uuid>, old_data: Option<JsonB>, new_data: Option<JsonB>) -> i32 {
+/// Append one version with the fields that differ between `old_data` and `new_data` (set,
+/// added, removed), built on the latest version (so concurrent writers of other fields are
+/// not overwritten): what `UPDATE eventic.latest` and UPDATE of a class view mean.
+#[pg_extern(volatile, parallel_unsafe)]
+fn apply_change(id: Option<Uuid>, old_data: Option<JsonB>, new_data: Option<JsonB>) -> i32 {
     (|| {
         let id = required(id, "id")?;
         let old = old_data.map(|d| d.0).unwrap_or(Value::Null);

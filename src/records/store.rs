@@ -404,7 +404,13 @@ pub fn append(id: Uuid, change: Change, expected_version: Option<i32>) -> Result
     if let Some(version) = append_next(&args)? {
         return Ok(version);
     }
-    // Nothing appended. Maybe another writer appended while this one waited for the lock:
+    // Nothing appended. A role that may read the record but not write it sees it, but the
+    // row-level security of eventic.records kept its append from locking it.
+    match latest(id)? {
+        None => return Err(EventicError::RecordNotFound { id: id.to_string() }),
+        Some(row) => crate::classes::access::require(&row.class_type, crate::classes::access::Access::Write)?,
+    }
+    // Maybe another writer appended while this one waited for the lock:
     // lock the latest version as a fresh snapshot sees it, and try once more; with that lock
     // held no one can append in between, so a second "nothing" is the record's state.
     lock_current(id)?;

@@ -486,7 +486,7 @@ fn set_status(
     Ok(())
 }
 
-/// Insert a workflow and enqueue its first run; nothing when the id exists already.
+/// Insert a workflow and enqueue its first run; nothing (false) when the id exists already.
 fn insert_workflow(
     id: &str,
     fn_oid: pg_sys::Oid,
@@ -495,7 +495,7 @@ fn insert_workflow(
     started_by: pg_sys::Oid,
     timeout: Option<Interval>,
     parent: Option<&str>,
-) -> Result<()> {
+) -> Result<bool> {
     let inserted = as_extension_owner(|| {
         crate::spi_plans::kept_value::<String>(
             "INSERT INTO eventic.workflow_runs (workflow_id, fn, input, queue_name, started_by, deadline, parent_id)
@@ -512,9 +512,34 @@ fn insert_workflow(
             ],
         )
     })?;
-    if inserted.is_some() {
-        enqueue_run(queue_name, id, started_by, 0.0)?;
+    if inserted.is_none() {
+        return Ok(false);
     }
+    note_starter(started_by)?;
+    enqueue_run(queue_name, id, started_by, 0.0)?;
+    Ok(true)
+}
+
+thread_local! {
+    /// Roles this backend has recorded as starters of workflows (see [`note_starter`]).
+    static NOTED_STARTERS: std::cell::RefCell<std::collections::HashSet<u32>> =
+        std::cell::RefCell::new(std::collections::HashSet::new());
+}
+
+/// A role that starts workflows depends on eventic.workflow_runs as an owner does on its
+/// objects: DROP ROLE is refused while it may own workflows (eventic._note_owner).
+fn note_starter(role: pg_sys::Oid) -> Result<()> {
+    if NOTED_STARTERS.with(|noted| noted.borrow().contains(&role.to_u32())) {
+        return Ok(());
+    }
+    as_extension_owner(|| {
+        Spi::run_with_args(
+            "SELECT eventic._note_owner('eventic.workflow_runs'::regclass, $1::oid::regrole)",
+            &[role.into()],
+        )?;
+        Ok(())
+    })?;
+    NOTED_STARTERS.with(|noted| noted.borrow_mut().insert(role.to_u32()));
     Ok(())
 }
 
@@ -551,6 +576,7 @@ fn send(workflow_id: Option<&str>, topic: Option<&str>, message: default!(Option
         let id = required(workflow_id, "workflow_id")?;
         let topic = required(topic, "topic")?;
         let Some(workflow) = load_state(id)? else { return Err(unknown_workflow(id)) };
+        require_starter(id, workflow.started_by, "send a message to")?;
         as_extension_owner(|| {
             crate::spi_plans::kept_run(
                 "INSERT INTO eventic.workflow_messages (workflow_id, topic, message) VALUES ($1, $2, $3)",
@@ -581,9 +607,10 @@ fn get_event(
         if interval_seconds(timeout) < 0.0 {
             return Err(negative("timeout"));
         }
-        if load_state(id)?.is_none() {
+        let Some(workflow) = load_state(id)? else {
             return Err(unknown_workflow(id));
-        }
+        };
+        require_starter(id, workflow.started_by, "read the events of")?;
         let found = wait_for(interval_seconds(timeout), || {
             Spi::connect_mut(|client| {
                 let mut rows = client.update(
@@ -641,8 +668,9 @@ struct State {
     started_by: pg_sys::Oid,
 }
 
+/// A workflow's status, queue and starter, whoever asks (callers check who may act on it).
 fn load_state(id: &str) -> Result<Option<State>> {
-    Spi::connect_mut(|client| {
+    as_extension_owner(|| Spi::connect_mut(|client| {
         let mut rows = client.update(
             &*crate::spi_plans::kept(client, "SELECT status, queue_name, started_by FROM eventic.workflow_runs WHERE workflow_id = $1", &[id.into()])?,
             Some(1),
@@ -656,11 +684,13 @@ fn load_state(id: &str) -> Result<Option<State>> {
             queue_name: row.get::<String>(2)?.unwrap_or_default(),
             started_by: row.get::<pg_sys::Oid>(3)?.unwrap_or(pg_sys::InvalidOid),
         }))
-    })
+    }))
 }
 
+/// A workflow is its starter's: that role (and roles that have its privileges) and
+/// superusers may see it, send to it, wait for it, cancel, resume or fork it.
 fn require_starter(id: &str, started_by: pg_sys::Oid, what: &str) -> Result<()> {
-    if started_by == current_role() || crate::roles::is_superuser() {
+    if crate::classes::may_manage(started_by) {
         Ok(())
     } else {
         Err(EventicError::not_allowed(
@@ -749,6 +779,10 @@ fn wait_workflow(
         if interval_seconds(timeout) < 0.0 {
             return Err(negative("timeout"));
         }
+        let Some(workflow) = load_state(id)? else {
+            return Err(unknown_workflow(id));
+        };
+        require_starter(id, workflow.started_by, "wait for")?;
         let ended = wait_for(interval_seconds(timeout), || {
             let row = result_of(id)?;
             let Some((status, output, error)) = row else {
@@ -811,10 +845,9 @@ fn start_workflow(
             // every backend's queue cache)
             if queues::lookup(DEFAULT_QUEUE).is_err() {
                 as_extension_owner(|| {
-                    Spi::run_with_args("SELECT eventic._create_queue($1, NULL)", &[DEFAULT_QUEUE.into()])?;
+                    Spi::run_with_args("SELECT eventic._create_queue($1, NULL, NULL)", &[DEFAULT_QUEUE.into()])?;
                     crate::spi_plans::kept_run(
-                        "UPDATE eventic.queues SET concurrency = 2, owner = current_user
-                          WHERE queue_name = $1 AND owner IS NULL",
+                        "UPDATE eventic.queues SET concurrency = 2 WHERE queue_name = $1",
                         &[DEFAULT_QUEUE.into()],
                     )?;
                     Ok(())
@@ -826,7 +859,19 @@ fn start_workflow(
             Some(id) => id.to_string(),
             None => crate::records::store::new_uuid_v7().to_string(),
         };
-        insert_workflow(&id, fn_oid, input, queue_name, current_role(), timeout, None)?;
+        if !insert_workflow(&id, fn_oid, input, queue_name, current_role(), timeout, None)? {
+            // the id is taken: the same starter gets its workflow back (idempotency), another
+            // role is refused rather than handed someone else's workflow
+            if let Some(existing) = load_state(&id)? {
+                if !crate::classes::may_manage(existing.started_by) {
+                    return Err(EventicError::not_allowed(
+                        format!("workflow id {id} is taken by a workflow another role started"),
+                        "Workflow ids are shared by all roles of the database: choose another \
+                         (or pass NULL for a UUIDv7).",
+                    ));
+                }
+            }
+        }
         Ok(id)
     })()
     .or_report()
@@ -956,11 +1001,19 @@ fn write_step(workflow_id: &str, position: usize, record: &StepRecord) -> Result
     })
 }
 
-/// The job that runs a workflow (see the module comment). Runs as the role that started it.
+/// The job that runs a workflow (see the module comment). Runs as the extension owner (the
+/// drain runs eventic's own functions so, and no other role may EXECUTE it); the body and
+/// its steps run as the role that started the workflow.
 #[pg_extern(volatile, parallel_unsafe, name = "_run_workflow")]
 fn run_workflow(workflow_id: Option<&str>) {
     (|| {
         let workflow_id = required(workflow_id, "workflow_id")?;
+        if !crate::roles::is_superuser() {
+            return Err(EventicError::not_allowed(
+                "eventic._run_workflow is run by eventic's workers only",
+                "Start workflows with eventic.start_workflow; eventic.run_pending() runs them in a session.",
+            ));
+        }
         // a workflow that cannot run at all (its function dropped, say) ends in ERROR instead
         // of staying ENQUEUED behind a dead job
         match run_workflow_steps(workflow_id) {
@@ -1005,7 +1058,9 @@ fn run_workflow_steps(workflow_id: &str) -> Result<()> {
             // a body that caught the suspension (EXCEPTION WHEN OTHERS around a step) still
             // stops there: its subtransaction is rolled back all the same
             let outcome = in_subtransaction(|| {
-                let result = calls.query_json(&body_sql, &body_args);
+                let result = crate::roles::run_job_as(workflow.started_by, || {
+                    calls.query_json(&body_sql, &body_args)
+                });
                 if suspended() {
                     EventicError::Internal(SUSPEND.into()).report();
                 }
@@ -1141,7 +1196,7 @@ fn run_workflow_steps(workflow_id: &str) -> Result<()> {
                         workflow.started_by,
                         None,
                         Some(workflow_id),
-                    )?;
+                    )?; // a child that exists already (a replay) is the one this step started
                     let record = StepRecord {
                         name: "start_child".into(),
                         kind: "start_child".into(),
@@ -1250,11 +1305,9 @@ fn run_workflow_steps(workflow_id: &str) -> Result<()> {
 fn workflow_status(workflow_id: Option<&str>) -> String {
     (|| {
         let id = required(workflow_id, "workflow_id")?;
-        crate::spi_plans::kept_value::<String>(
-            "SELECT status FROM eventic.workflow_runs WHERE workflow_id = $1",
-            &[id.into()],
-        )?
-        .ok_or_else(|| unknown_workflow(id))
+        let workflow = load_state(id)?.ok_or_else(|| unknown_workflow(id))?;
+        require_starter(id, workflow.started_by, "see")?;
+        Ok(workflow.status)
     })()
     .or_report()
 }
@@ -1297,12 +1350,7 @@ fn cancel_workflow(workflow_id: Option<&str>) {
         let Some(workflow) = load(id)? else {
             return Err(unknown_workflow(id));
         };
-        if workflow.started_by != current_role() && !crate::roles::is_superuser() {
-            return Err(EventicError::not_allowed(
-                format!("permission denied to cancel workflow {id}"),
-                "Only the role that started it or a superuser may.",
-            ));
-        }
+        require_starter(id, workflow.started_by, "cancel")?;
         if !matches!(workflow.status.as_str(), "SUCCESS" | "ERROR") {
             set_status(id, "CANCELLED", None, None)?;
         }
