@@ -390,12 +390,18 @@ fn failure_of(err: EventicError) -> Failure {
     }
 }
 
-/// The role a job runs as: its enqueuer, or for eventic's own functions the extension owner.
-fn runner(signature: &Signature, job: &Job) -> Result<pg_sys::Oid> {
-    if signature.is_internal() {
-        crate::roles::extension_owner()
-    } else {
-        Ok(job.enqueued_by)
+/// Who runs a job: its enqueuer, or (`None`) eventic itself for its own functions.
+fn runner(signature: &Signature, job: &Job) -> Option<pg_sys::Oid> {
+    (!signature.is_internal()).then_some(job.enqueued_by)
+}
+
+/// Run `f` as a job's runner: as its enqueuer ([`run_job_as`]), or for eventic's own
+/// functions as the extension owner with the pinned search_path (they switch to the role
+/// they act for themselves).
+fn run_as_runner<T>(runner: Option<pg_sys::Oid>, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    match runner {
+        Some(role) => run_job_as(role, f),
+        None => crate::roles::as_extension_owner(f),
     }
 }
 
@@ -403,7 +409,7 @@ fn runner(signature: &Signature, job: &Job) -> Result<pg_sys::Oid> {
 /// it succeeds (and commit with the caller's transaction).
 pub fn run(job: &Job, calls: &mut Calls) -> std::result::Result<(), Failure> {
     let (sql, texts, role) = Signature::of(job.fn_oid)
-        .and_then(|sig| Ok((sig.call(&job.args)?, runner(&sig, job)?)))
+        .and_then(|sig| Ok((sig.call(&job.args)?, runner(&sig, job))))
         .map(|((sql, texts), role)| (sql, texts, role))
         .map_err(failure_of)?;
     if !calls.role_exists(job.enqueued_by).map_err(failure_of)? {
@@ -415,7 +421,7 @@ pub fn run(job: &Job, calls: &mut Calls) -> std::result::Result<(), Failure> {
             ),
         });
     }
-    in_subtransaction(|| run_job_as(role, || calls.execute(&sql, &texts)))
+    in_subtransaction(|| run_as_runner(role, || calls.execute(&sql, &texts)))
         .and_then(|outcome| outcome.map_err(failure_of))
 }
 
@@ -429,7 +435,7 @@ pub fn run_group(group: &[Job], calls: &mut Calls) -> std::result::Result<(), Fa
     };
     let args_list: Vec<&Value> = group.iter().map(|job| &job.args).collect();
     let (sql, columns, role) = Signature::of(first.fn_oid)
-        .and_then(|sig| Ok((sig.group_call(&args_list)?, runner(&sig, first)?)))
+        .and_then(|sig| Ok((sig.group_call(&args_list)?, runner(&sig, first))))
         .map(|((sql, columns), role)| (sql, columns, role))
         .map_err(failure_of)?;
     if !calls.role_exists(first.enqueued_by).map_err(failure_of)? {
@@ -439,7 +445,7 @@ pub fn run_group(group: &[Job], calls: &mut Calls) -> std::result::Result<(), Fa
         });
     }
     in_subtransaction(|| {
-        run_job_as(role, || {
+        run_as_runner(role, || {
             let types = vec![PgOid::BuiltIn(PgBuiltInOids::TEXTARRAYOID); columns.len()];
             let args: Vec<pgrx::datum::DatumWithOid> =
                 columns.into_iter().map(|column| column.into()).collect();
