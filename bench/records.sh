@@ -69,6 +69,18 @@ BEGIN
 END
 $$;
 
+-- set_field_role: the same 1000 documents in class AppStory, owned by the ordinary role
+-- bench_app (where the row-level security of eventic.records applies; superusers bypass it)
+DROP ROLE IF EXISTS bench_app;
+CREATE ROLE bench_app LOGIN;
+CREATE TABLE bench_app_ids (n int PRIMARY KEY, id uuid, data jsonb NOT NULL);
+INSERT INTO bench_app_ids
+SELECT i.n, NULL, r.data - 'properties' FROM bench_ids i JOIN eventic.records r ON r.id = i.id AND r.version = 0;
+GRANT SELECT, UPDATE ON bench_app_ids TO bench_app;
+SET ROLE bench_app;
+UPDATE bench_app_ids SET id = eventic.create('AppStory', data);
+RESET ROLE;
+
 -- hydrate: one record with 1 version, one with 100, one with 10,000.
 CREATE TABLE bench_hydrate (versions int PRIMARY KEY, id uuid NOT NULL);
 INSERT INTO bench_hydrate
@@ -101,6 +113,8 @@ records_run() {
         "UPDATE bench_plain SET data = jsonb_set(data, '{title}', ...) WHERE n = random 1..1000 (in place)"
     bench_declare $g set_field update_plain tps \
         "SELECT eventic.set_field(id of random record 1..1000, 'title', ...) (appends a version)"
+    bench_declare $g set_field_role update_plain tps \
+        "set_field as an ordinary role that owns the class (row-level security applies)"
     bench_declare $g insert_append update_plain tps \
         "INSERT INTO bench_append SELECT latest version with the title changed (plain append-only floor)"
     bench_declare $g latest_sql latest_sql latency \
@@ -114,13 +128,17 @@ records_run() {
 
     # writes: the three interleaved, order reversed every other round, so that table growth
     # and machine state weigh on each alike
-    local writes=(update_plain set_field insert_append) c round b
+    local writes=(update_plain set_field set_field_role insert_append) c round b
     for c in $BENCH_CLIENTS; do
         for round in $(seq 1 "$BENCH_ROUNDS"); do
             local order=("${writes[@]}")
-            [ $((round % 2)) = 0 ] && order=(insert_append set_field update_plain)
+            [ $((round % 2)) = 0 ] && order=(insert_append set_field_role set_field update_plain)
             for b in "${order[@]}"; do
-                bench_pgbench $g "$b" "$c" "$round" "records/$b.sql"
+                if [ "$b" = set_field_role ]; then
+                    PGBENCH_USER=bench_app bench_pgbench $g "$b" "$c" "$round" "records/$b.sql"
+                else
+                    bench_pgbench $g "$b" "$c" "$round" "records/$b.sql"
+                fi
             done
         done
     done

@@ -106,7 +106,8 @@ pub fn require(class_name: &str, access: Access) -> Result<()> {
 
 /// Whether the current role may read records of class `class_name` (used by the row-level
 /// security policies of eventic.records).
-#[pg_extern(stable, parallel_safe)]
+// parallel restricted: a parallel worker could not run the class lookup's SPI
+#[pg_extern(stable, parallel_restricted)]
 fn may_read_class(class_name: Option<&str>) -> bool {
     use crate::errors::OrReport;
     match class_name {
@@ -116,7 +117,7 @@ fn may_read_class(class_name: Option<&str>) -> bool {
 }
 
 /// Whether the current role may write records of class `class_name`.
-#[pg_extern(stable, parallel_safe)]
+#[pg_extern(stable, parallel_restricted)]
 fn may_write_class(class_name: Option<&str>) -> bool {
     use crate::errors::OrReport;
     match class_name {

@@ -1188,7 +1188,7 @@ fn run_workflow_steps(workflow_id: &str) -> Result<()> {
                 }
                 (_, Some((position, Pending::StartChild { fn_oid, input }))) => {
                     let child = format!("{workflow_id}/{position}");
-                    insert_workflow(
+                    let started = insert_workflow(
                         &child,
                         fn_oid,
                         input,
@@ -1196,7 +1196,21 @@ fn run_workflow_steps(workflow_id: &str) -> Result<()> {
                         workflow.started_by,
                         None,
                         Some(workflow_id),
-                    )?; // a child that exists already (a replay) is the one this step started
+                    )?;
+                    // a child that exists already is this step's (a replay), unless another
+                    // role took its id first
+                    if !started {
+                        let taken = load_state(&child)?
+                            .is_some_and(|existing| existing.started_by != workflow.started_by);
+                        if taken {
+                            return set_status(
+                                workflow_id,
+                                "ERROR",
+                                None,
+                                Some(&format!("the id {child} of its child is taken by another role's workflow")),
+                            );
+                        }
+                    }
                     let record = StepRecord {
                         name: "start_child".into(),
                         kind: "start_child".into(),
