@@ -19,8 +19,20 @@ pub const PINNED_SEARCH_PATH: &std::ffi::CStr = c"pg_catalog, pg_temp";
 /// `ALTER DATABASE ... SET search_path`.
 pub const JOB_SEARCH_PATH: &std::ffi::CStr = c"\"$user\", public";
 
-/// Sets search_path in the current GUC nest level (undone when that level closes).
+fn search_path_is(path: &std::ffi::CStr) -> bool {
+    // SAFETY: reads the current value of the GUC (a C string owned by guc.c, or NULL).
+    let current = unsafe { pg_sys::namespace_search_path };
+    !current.is_null() && unsafe { std::ffi::CStr::from_ptr(current) } == path
+}
+
+/// Sets search_path in the current GUC nest level (undone when that level closes), unless
+/// it is that already: every change makes the backend recompute its path and check each kept
+/// plan against it again, which the worker (nested owner, job and step calls) would pay many
+/// times per workflow.
 fn set_search_path(path: &std::ffi::CStr) {
+    if search_path_is(path) {
+        return;
+    }
     // SAFETY: a plain setting change inside a transaction, saved for the nest level.
     unsafe {
         pg_sys::set_config_option(
@@ -37,41 +49,125 @@ fn set_search_path(path: &std::ffi::CStr) {
 }
 
 /// Sets search_path in a new GUC nest level; returns the level, which the caller closes
-/// (AtEOXact_GUC), as a function's SET clause does.
-fn begin_search_path(path: &std::ffi::CStr) -> i32 {
+/// (AtEOXact_GUC), as a function's SET clause does. `None` (no level) when the path is that
+/// already: closing a level visits every GUC (PostgreSQL 15), which the worker's nested owner
+/// calls would pay many times per workflow.
+fn begin_search_path(path: &std::ffi::CStr) -> Option<i32> {
+    if search_path_is(path) {
+        return None;
+    }
     // SAFETY: opens a GUC nest level inside a transaction.
     let level = unsafe { pg_sys::NewGUCNestLevel() };
     set_search_path(path);
-    level
+    Some(level)
 }
 
 /// Runs `f` with `role` as the current user and search_path `pg_catalog, pg_temp`, then
 /// switches both back (also when an ERROR unwinds), as a SECURITY DEFINER function with
 /// `SET search_path` does. SET ROLE is not allowed inside (SECURITY_LOCAL_USERID_CHANGE).
+/// For eventic's own fixed statements only: on PostgreSQL 13-16 the path is an override
+/// (no GUC nest level, which PostgreSQL 15 closes by visiting every setting: about 5% of an
+/// enqueue), and an override also hides any `SET search_path` of code run inside.
 pub fn run_as<T>(role: pg_sys::Oid, f: impl FnOnce() -> T) -> T {
-    struct Restore(pg_sys::Oid, i32, i32);
-    impl Drop for Restore {
+    let _restore = SwitchedUser::to(role);
+    let _path = PinnedPath::push();
+    f()
+}
+
+/// The current user switched (with SECURITY_LOCAL_USERID_CHANGE) until dropped.
+struct SwitchedUser(pg_sys::Oid, i32);
+
+impl SwitchedUser {
+    fn to(role: pg_sys::Oid) -> Self {
+        let mut saved_user = pg_sys::InvalidOid;
+        let mut saved_context = 0;
+        // SAFETY: plain reads and a switch of the current user id.
+        unsafe {
+            pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context);
+            pg_sys::SetUserIdAndSecContext(
+                role,
+                saved_context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
+            );
+        }
+        SwitchedUser(saved_user, saved_context)
+    }
+}
+
+impl Drop for SwitchedUser {
+    fn drop(&mut self) {
+        // SAFETY: restores the user id and security context saved by `to`.
+        unsafe { pg_sys::SetUserIdAndSecContext(self.0, self.1) };
+    }
+}
+
+/// [`PINNED_SEARCH_PATH`] in force until dropped.
+#[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15", feature = "pg16"))]
+struct PinnedPath;
+
+#[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15", feature = "pg16"))]
+impl PinnedPath {
+    fn push() -> Self {
+        // SAFETY: an override search path of pg_catalog alone (temporary schemas are never
+        // searched for functions and operators; pg_temp last only adds temporary tables,
+        // which eventic's statements never name unqualified), copied by Postgres.
+        unsafe {
+            let mut path = pg_sys::OverrideSearchPath {
+                schemas: pg_sys::lappend_oid(std::ptr::null_mut(), pg_sys::Oid::from(pg_sys::PG_CATALOG_NAMESPACE)),
+                addCatalog: false,
+                addTemp: false,
+                generation: 0,
+            };
+            pg_sys::PushOverrideSearchPath(&mut path);
+        }
+        PinnedPath
+    }
+}
+
+#[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15", feature = "pg16"))]
+impl Drop for PinnedPath {
+    fn drop(&mut self) {
+        // SAFETY: pops the override pushed by `push`, in the same (sub)transaction.
+        unsafe { pg_sys::PopOverrideSearchPath() };
+    }
+}
+
+/// PostgreSQL 17+ has no override search paths: the setting, in a GUC nest level.
+#[cfg(not(any(feature = "pg13", feature = "pg14", feature = "pg15", feature = "pg16")))]
+struct PinnedPath(Option<i32>);
+
+#[cfg(not(any(feature = "pg13", feature = "pg14", feature = "pg15", feature = "pg16")))]
+impl PinnedPath {
+    fn push() -> Self {
+        PinnedPath(begin_search_path(PINNED_SEARCH_PATH))
+    }
+}
+
+#[cfg(not(any(feature = "pg13", feature = "pg14", feature = "pg15", feature = "pg16")))]
+impl Drop for PinnedPath {
+    fn drop(&mut self) {
+        if let Some(level) = self.0 {
+            // SAFETY: closes the nest level opened by `push`.
+            unsafe { pg_sys::AtEOXact_GUC(false, level) };
+        }
+    }
+}
+
+/// Runs eventic's own job functions (`eventic._run_workflow`) as `role` with the pinned
+/// search_path as a setting (not an override), so that the user code they run in turn
+/// ([`run_job_as`]) gets its own search_path and its `SET`s.
+pub fn run_internal_job_as<T>(role: pg_sys::Oid, f: impl FnOnce() -> T) -> T {
+    let _restore = SwitchedUser::to(role);
+    let level = begin_search_path(PINNED_SEARCH_PATH);
+    struct Close(Option<i32>);
+    impl Drop for Close {
         fn drop(&mut self) {
-            // SAFETY: closes the search_path nest level, restores the user id and security
-            // context saved below.
-            unsafe {
-                pg_sys::AtEOXact_GUC(false, self.2);
-                pg_sys::SetUserIdAndSecContext(self.0, self.1);
+            if let Some(level) = self.0 {
+                // SAFETY: closes the nest level opened above.
+                unsafe { pg_sys::AtEOXact_GUC(false, level) };
             }
         }
     }
-    let mut saved_user = pg_sys::InvalidOid;
-    let mut saved_context = 0;
-    // SAFETY: plain reads and a switch of the current user id.
-    unsafe {
-        pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context);
-        pg_sys::SetUserIdAndSecContext(
-            role,
-            saved_context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
-        );
-    }
-    let level = begin_search_path(PINNED_SEARCH_PATH);
-    let _restore = Restore(saved_user, saved_context, level);
+    let _close = Close(level);
     f()
 }
 

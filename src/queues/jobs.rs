@@ -401,7 +401,7 @@ fn runner(signature: &Signature, job: &Job) -> Option<pg_sys::Oid> {
 fn run_as_runner<T>(runner: Option<pg_sys::Oid>, f: impl FnOnce() -> Result<T>) -> Result<T> {
     match runner {
         Some(role) => run_job_as(role, f),
-        None => crate::roles::as_extension_owner(f),
+        None => crate::roles::run_internal_job_as(crate::roles::extension_owner()?, f),
     }
 }
 

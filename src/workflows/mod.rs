@@ -529,14 +529,26 @@ thread_local! {
 /// A role that starts workflows depends on eventic.workflow_runs as an owner does on its
 /// objects: DROP ROLE is refused while it may own workflows (eventic._note_owner).
 fn note_starter(role: pg_sys::Oid) -> Result<()> {
-    if NOTED_STARTERS.with(|noted| noted.borrow().contains(&role.to_u32())) {
+    // (superusers are not held back by it: nothing of theirs is at stake)
+    // SAFETY: a catalog lookup of a role.
+    if NOTED_STARTERS.with(|noted| noted.borrow().contains(&role.to_u32()))
+        || unsafe { pg_sys::superuser_arg(role) }
+    {
         return Ok(());
     }
     as_extension_owner(|| {
-        Spi::run_with_args(
-            "SELECT eventic._note_owner('eventic.workflow_runs'::regclass, $1::oid::regrole)",
+        let noted = crate::spi_plans::kept_value::<bool>(
+            "SELECT EXISTS (SELECT FROM pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) a
+                             WHERE c.oid = 'eventic.workflow_runs'::pg_catalog.regclass
+                               AND a.grantee = $1)",
             &[role.into()],
         )?;
+        if noted != Some(true) {
+            Spi::run_with_args(
+                "SELECT eventic._note_owner('eventic.workflow_runs'::regclass, $1::oid::regrole)",
+                &[role.into()],
+            )?;
+        }
         Ok(())
     })?;
     NOTED_STARTERS.with(|noted| noted.borrow_mut().insert(role.to_u32()));
