@@ -19,11 +19,20 @@ use crate::roles::{current_role, is_superuser};
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Access {
-    Read,
-    Write,
+    Read = 0,
+    Write = 1,
+}
+
+struct LastAnswer {
+    generation: u64,
+    role: pg_sys::Oid,
+    class: String,
+    allowed: bool,
 }
 
 thread_local! {
+    /// The last answer for reads and for writes.
+    static LAST: RefCell<[Option<LastAnswer>; 2]> = const { RefCell::new([None, None]) };
     /// (role, class, access) → allowed, under one (catalog, acl) generation pair.
     static ANSWERS: RefCell<Generational<(u32, String, Access), bool>> =
         RefCell::new(Generational::new());
@@ -77,6 +86,35 @@ pub fn may(class_name: &str, access: Access) -> Result<bool> {
     let role = current_role();
     // both generations in one number: either moving on empties the answers
     let generation = catalog_generation().wrapping_mul(1 << 32) ^ acl_generation();
+    // the policies ask the same question for every row of a statement: the last answer for
+    // each kind of access is checked first, without building a key
+    let last = LAST.with(|last| {
+        last.borrow()[access as usize]
+            .as_ref()
+            .filter(|l| l.generation == generation && l.role == role && l.class == class_name)
+            .map(|l| l.allowed)
+    });
+    if let Some(allowed) = last {
+        return Ok(allowed);
+    }
+    let allowed = may_uncached(role, generation, class_name, access)?;
+    LAST.with(|last| {
+        last.borrow_mut()[access as usize] = Some(LastAnswer {
+            generation,
+            role,
+            class: class_name.to_string(),
+            allowed,
+        })
+    });
+    Ok(allowed)
+}
+
+fn may_uncached(
+    role: pg_sys::Oid,
+    generation: u64,
+    class_name: &str,
+    access: Access,
+) -> Result<bool> {
     let key = (role.to_u32(), class_name.to_string(), access);
     if let Some(found) = ANSWERS.with(|answers| answers.borrow_mut().get(generation, &key)) {
         return Ok(found);
