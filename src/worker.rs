@@ -177,11 +177,29 @@ fn set_activity(state: pg_sys::BackendState::Type, text: &str) {
     }
 }
 
+unsafe extern "C-unwind" {
+    /// Postgres's SIGTERM handler of backends (postgres.c), itself: pgrx's `pg_sys::die` is a
+    /// Rust wrapper, which a signal handler must not be.
+    #[link_name = "die"]
+    fn postgres_die(signal: std::ffi::c_int);
+}
+
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn eventic_worker_main(arg: pg_sys::Datum) {
     let database = pg_sys::Oid::from(arg.value() as u32);
-    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP);
+    // SIGTERM (a fast or smart shutdown, pg_terminate_backend): Postgres's own handler of
+    // backends, so that the next interrupt check ends the worker, in a running job too (its
+    // transaction rolls back and its jobs run again later). pgrx's handler only set a flag,
+    // which the drain loop consumed: a fast shutdown then waited for the worker forever.
+    // SAFETY: installs a signal handler of the server, as postgres.c does for backends.
+    unsafe {
+        #[cfg(not(feature = "pg18"))]
+        pg_sys::pqsignal(pg_sys::SIGTERM as i32, Some(postgres_die));
+        #[cfg(feature = "pg18")]
+        pg_sys::pqsignal_be(pg_sys::SIGTERM as i32, Some(postgres_die));
+    }
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(database), None);
     // the database owner's ALTER DATABASE ... SET search_path must not decide what the
     // worker's own statements call (it runs as the bootstrap superuser)
@@ -210,7 +228,8 @@ pub extern "C-unwind" fn eventic_worker_main(arg: pg_sys::Datum) {
             // autovacuum never sees the jobs it deleted
             // SAFETY: outside a transaction, as postgres.c does before going idle.
             unsafe { pg_sys::pgstat_report_stat(false) };
-            if ran == 0 || BackgroundWorker::sigterm_received() {
+            pgrx::check_for_interrupts!(); // a SIGTERM ends the worker here
+            if ran == 0 {
                 break;
             }
         }
@@ -223,6 +242,7 @@ pub extern "C-unwind" fn eventic_worker_main(arg: pg_sys::Datum) {
         if !BackgroundWorker::wait_latch(Some(timeout)) {
             break;
         }
+        pgrx::check_for_interrupts!();
     }
 }
 
@@ -236,9 +256,7 @@ fn compact_empty_queues() {
         })
     });
     for queue in candidates {
-        if BackgroundWorker::sigterm_received() {
-            return;
-        }
+        pgrx::check_for_interrupts!();
         set_activity(
             pg_sys::BackendState::STATE_RUNNING,
             &format!("eventic: truncating the emptied queue {queue}"),

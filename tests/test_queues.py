@@ -361,3 +361,42 @@ def test_finished_jobs_older_than_archive_retention_are_removed(cluster, db):
         with cluster.connect() as admin:
             admin.execute("ALTER SYSTEM RESET eventic.archive_retention")
             admin.execute("SELECT pg_reload_conf()")
+
+
+def test_fast_shutdown_ends_a_running_job_and_the_job_runs_again_after_restart():
+    """A separate cluster: `pg_ctl stop -m fast` while the worker runs a 30 s job returns
+    promptly (it waited forever: the worker consumed its SIGTERM flag and slept on its latch);
+    the interrupted job's transaction rolled back, and it runs again after the restart."""
+    stopped = Cluster(os.environ.get("EVENTIC_STOP_DIR", "/tmp/eventic-it-stop"), 5804)
+    stopped.run("start", stopped.directory, str(stopped.port))
+    try:
+        with stopped.connect() as conn:
+            conn.execute("CREATE EXTENSION eventic")
+            conn.execute("CREATE TABLE runs (n int, at timestamptz DEFAULT clock_timestamp())")
+            conn.execute(
+                "CREATE FUNCTION slow(n int) RETURNS void LANGUAGE plpgsql AS $$ BEGIN "
+                "INSERT INTO runs (n) VALUES (n); PERFORM pg_sleep(CASE WHEN n = 1 THEN 30 ELSE 0 END); "
+                "INSERT INTO runs (n) VALUES (-n); END $$"
+            )
+            conn.execute("SELECT eventic.create_queue('slow')")
+            conn.execute("SELECT eventic.enqueue('slow', 'slow(int)', '[1]')")
+            # the job is running: its first INSERT is visible only inside its transaction, so
+            # look at the worker's activity instead
+            assert wait_until(lambda: conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'eventic worker'"
+                " AND wait_event = 'PgSleep'").fetchone()[0] == 1, timeout=30)
+        started = time.monotonic()
+        stopped.run("stop", stopped.directory)  # pg_ctl stop -m fast -w (gives up after 60 s)
+        stop_seconds = time.monotonic() - started
+        assert stop_seconds < 20, f"fast shutdown took {stop_seconds:.1f} s with a 30 s job running"
+        stopped.run("resume", stopped.directory)
+        with stopped.connect() as conn:
+            # nothing of the interrupted run committed
+            assert conn.execute("SELECT count(*) FROM runs").fetchone()[0] == 0
+            # the job is still queued, and runs (to its end this time, 30 s) after the restart
+            assert wait_until(lambda: conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'eventic worker'"
+                " AND wait_event = 'PgSleep'").fetchone()[0] == 1, timeout=30)
+            assert conn.execute("SELECT count(*) FROM eventic.queue_slow").fetchone()[0] == 1
+    finally:
+        stopped.run("stop", stopped.directory)
