@@ -48,18 +48,36 @@ fn set_search_path(path: &std::ffi::CStr) {
     }
 }
 
-/// Sets search_path in a new GUC nest level; returns the level, which the caller closes
-/// (AtEOXact_GUC), as a function's SET clause does. `None` (no level) when the path is that
-/// already: closing a level visits every GUC (PostgreSQL 15), which the worker's nested owner
-/// calls would pay many times per workflow.
-fn begin_search_path(path: &std::ffi::CStr) -> Option<i32> {
-    if search_path_is(path) {
-        return None;
+/// A GUC nest level (if one was opened), closed when dropped: the setting changes made in
+/// it are undone, as at the end of a function with a SET clause.
+struct GucLevel(Option<i32>);
+
+impl GucLevel {
+    fn open() -> Self {
+        // SAFETY: opens a GUC nest level inside a transaction.
+        GucLevel(Some(unsafe { pg_sys::NewGUCNestLevel() }))
     }
-    // SAFETY: opens a GUC nest level inside a transaction.
-    let level = unsafe { pg_sys::NewGUCNestLevel() };
+}
+
+impl Drop for GucLevel {
+    fn drop(&mut self) {
+        if let Some(level) = self.0 {
+            // SAFETY: closes the nest level opened by `open`.
+            unsafe { pg_sys::AtEOXact_GUC(false, level) };
+        }
+    }
+}
+
+/// Sets search_path in a new GUC nest level, closed when the result is dropped. No level
+/// when the path is that already: closing a level visits every GUC (PostgreSQL 15), which the
+/// worker's nested owner calls would pay many times per workflow.
+fn begin_search_path(path: &std::ffi::CStr) -> GucLevel {
+    if search_path_is(path) {
+        return GucLevel(None);
+    }
+    let level = GucLevel::open();
     set_search_path(path);
-    Some(level)
+    level
 }
 
 /// Runs `f` with `role` as the current user and search_path `pg_catalog, pg_temp`, then
@@ -69,16 +87,17 @@ fn begin_search_path(path: &std::ffi::CStr) -> Option<i32> {
 /// (no GUC nest level, which PostgreSQL 15 closes by visiting every setting: about 5% of an
 /// enqueue), and an override also hides any `SET search_path` of code run inside.
 pub fn run_as<T>(role: pg_sys::Oid, f: impl FnOnce() -> T) -> T {
-    let _restore = SwitchedUser::to(role);
-    let _path = PinnedPath::push();
+    let _user = SwitchedUser::to(role, 0);
+    let _path = pin_search_path();
     f()
 }
 
-/// The current user switched (with SECURITY_LOCAL_USERID_CHANGE) until dropped.
+/// The current user switched (with SECURITY_LOCAL_USERID_CHANGE and `extra` security
+/// context flags) until dropped.
 struct SwitchedUser(pg_sys::Oid, i32);
 
 impl SwitchedUser {
-    fn to(role: pg_sys::Oid) -> Self {
+    fn to(role: pg_sys::Oid, extra: i32) -> Self {
         let mut saved_user = pg_sys::InvalidOid;
         let mut saved_context = 0;
         // SAFETY: plain reads and a switch of the current user id.
@@ -86,7 +105,7 @@ impl SwitchedUser {
             pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context);
             pg_sys::SetUserIdAndSecContext(
                 role,
-                saved_context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
+                saved_context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32 | extra,
             );
         }
         SwitchedUser(saved_user, saved_context)
@@ -100,12 +119,17 @@ impl Drop for SwitchedUser {
     }
 }
 
-/// [`PINNED_SEARCH_PATH`] in force until dropped.
+/// [`PINNED_SEARCH_PATH`] as an override search path, in force until dropped.
 #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15", feature = "pg16"))]
-struct PinnedPath;
+struct OverridePath;
 
 #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15", feature = "pg16"))]
-impl PinnedPath {
+fn pin_search_path() -> OverridePath {
+    OverridePath::push()
+}
+
+#[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15", feature = "pg16"))]
+impl OverridePath {
     fn push() -> Self {
         // SAFETY: an override search path of pg_catalog alone (temporary schemas are never
         // searched for functions and operators; pg_temp last only adds temporary tables,
@@ -119,12 +143,12 @@ impl PinnedPath {
             };
             pg_sys::PushOverrideSearchPath(&mut path);
         }
-        PinnedPath
+        OverridePath
     }
 }
 
 #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15", feature = "pg16"))]
-impl Drop for PinnedPath {
+impl Drop for OverridePath {
     fn drop(&mut self) {
         // SAFETY: pops the override pushed by `push`, in the same (sub)transaction.
         unsafe { pg_sys::PopOverrideSearchPath() };
@@ -133,41 +157,16 @@ impl Drop for PinnedPath {
 
 /// PostgreSQL 17+ has no override search paths: the setting, in a GUC nest level.
 #[cfg(not(any(feature = "pg13", feature = "pg14", feature = "pg15", feature = "pg16")))]
-struct PinnedPath(Option<i32>);
-
-#[cfg(not(any(feature = "pg13", feature = "pg14", feature = "pg15", feature = "pg16")))]
-impl PinnedPath {
-    fn push() -> Self {
-        PinnedPath(begin_search_path(PINNED_SEARCH_PATH))
-    }
-}
-
-#[cfg(not(any(feature = "pg13", feature = "pg14", feature = "pg15", feature = "pg16")))]
-impl Drop for PinnedPath {
-    fn drop(&mut self) {
-        if let Some(level) = self.0 {
-            // SAFETY: closes the nest level opened by `push`.
-            unsafe { pg_sys::AtEOXact_GUC(false, level) };
-        }
-    }
+fn pin_search_path() -> GucLevel {
+    begin_search_path(PINNED_SEARCH_PATH)
 }
 
 /// Runs eventic's own job functions (`eventic._run_workflow`) as `role` with the pinned
 /// search_path as a setting (not an override), so that the user code they run in turn
 /// ([`run_job_as`]) gets its own search_path and its `SET`s.
 pub fn run_internal_job_as<T>(role: pg_sys::Oid, f: impl FnOnce() -> T) -> T {
-    let _restore = SwitchedUser::to(role);
-    let level = begin_search_path(PINNED_SEARCH_PATH);
-    struct Close(Option<i32>);
-    impl Drop for Close {
-        fn drop(&mut self) {
-            if let Some(level) = self.0 {
-                // SAFETY: closes the nest level opened above.
-                unsafe { pg_sys::AtEOXact_GUC(false, level) };
-            }
-        }
-    }
-    let _close = Close(level);
+    let _user = SwitchedUser::to(role, 0);
+    let _path = begin_search_path(PINNED_SEARCH_PATH);
     f()
 }
 
@@ -191,31 +190,9 @@ pub fn pin_worker_search_path() {
 /// undone afterwards, so nothing a job does outlives it in the session that ran it. The job
 /// runs with [`JOB_SEARCH_PATH`], in a worker and in `run_pending` alike.
 pub fn run_job_as<T>(role: pg_sys::Oid, f: impl FnOnce() -> T) -> T {
-    struct Restore(pg_sys::Oid, i32, i32);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            // SAFETY: undoes this nest level's GUC changes, then restores the user id and
-            // security context saved below.
-            unsafe {
-                pg_sys::AtEOXact_GUC(false, self.2);
-                pg_sys::SetUserIdAndSecContext(self.0, self.1);
-            }
-        }
-    }
-    let mut saved_user = pg_sys::InvalidOid;
-    let mut saved_context = 0;
-    // SAFETY: plain reads, a switch of the current user id, a new GUC nest level.
-    let nest_level = unsafe {
-        pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context);
-        pg_sys::SetUserIdAndSecContext(
-            role,
-            saved_context
-                | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32
-                | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
-        );
-        pg_sys::NewGUCNestLevel()
-    };
-    let _restore = Restore(saved_user, saved_context, nest_level);
+    // dropped in reverse order: the job's settings are undone, then the user restored
+    let _user = SwitchedUser::to(role, pg_sys::SECURITY_RESTRICTED_OPERATION as i32);
+    let _level = GucLevel::open();
     set_search_path(JOB_SEARCH_PATH);
     f()
 }
@@ -267,6 +244,26 @@ pub fn as_extension_owner<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
 pub fn current_role() -> pg_sys::Oid {
     // SAFETY: reads the current user id.
     unsafe { pg_sys::GetUserId() }
+}
+
+/// Whether `role` has the privileges of `owner` (is it, or a member that inherits).
+pub fn has_privs_of(role: pg_sys::Oid, owner: pg_sys::Oid) -> bool {
+    // SAFETY: a lookup in the cached role memberships.
+    owner != pg_sys::InvalidOid && unsafe { pg_sys::has_privs_of_role(role, owner) }
+}
+
+/// Whether the current role may act for `owner` on what it owns (a class, a queue, a
+/// workflow): it is that role, has its privileges, or is a superuser.
+pub fn may_manage(owner: pg_sys::Oid) -> bool {
+    is_superuser() || has_privs_of(current_role(), owner)
+}
+
+/// Whether `role` may EXECUTE function `fn_oid` (which exists).
+pub fn may_execute(fn_oid: pg_sys::Oid, role: pg_sys::Oid) -> bool {
+    // SAFETY: a catalog lookup of a function that exists.
+    let result =
+        unsafe { pg_sys::pg_proc_aclcheck(fn_oid, role, pg_sys::ACL_EXECUTE as pg_sys::AclMode) };
+    result == pg_sys::AclResult::ACLCHECK_OK
 }
 
 pub fn is_superuser() -> bool {

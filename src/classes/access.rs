@@ -15,7 +15,7 @@ use pgrx::prelude::*;
 use crate::catalog_cache::{acl_generation, catalog_generation, Generational};
 use crate::classes::cache;
 use crate::errors::{EventicError, Result};
-use crate::roles::{current_role, is_superuser};
+use crate::roles::{current_role, has_privs_of, is_superuser};
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Access {
@@ -36,12 +36,6 @@ thread_local! {
     /// (role, class, access) → allowed, under one (catalog, acl) generation pair.
     static ANSWERS: RefCell<Generational<(u32, String, Access), bool>> =
         RefCell::new(Generational::new());
-}
-
-/// Whether `role` has the privileges of `owner` (is it, or a member that inherits).
-pub fn has_privs_of(role: pg_sys::Oid, owner: pg_sys::Oid) -> bool {
-    // SAFETY: a lookup in the cached role memberships.
-    owner != pg_sys::InvalidOid && unsafe { pg_sys::has_privs_of_role(role, owner) }
 }
 
 fn relation_exists(relid: pg_sys::Oid) -> bool {

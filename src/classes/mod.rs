@@ -14,7 +14,7 @@ use serde_json::Value;
 use crate::errors::{required, EventicError, OrReport, Result};
 use crate::records::fields::check_class_name;
 use crate::records::store;
-use crate::roles::{as_extension_owner, current_role};
+use crate::roles::{as_extension_owner, current_role, may_execute, may_manage};
 use crate::settings::strict_field_names;
 
 /// A new version of a record, as the insert trigger of eventic.records sees it.
@@ -94,11 +94,7 @@ fn change_subscription(class_name: Option<&str>, handler: Option<pg_sys::Oid>, o
                 "Declare it as handler(event jsonb); the event has id, version, class_type, deleted, data.",
             ));
         }
-        // SAFETY: a catalog lookup of a function that exists (found just above).
-        let may_execute = unsafe {
-            pg_sys::pg_proc_aclcheck(handler, current_role(), pg_sys::ACL_EXECUTE as pg_sys::AclMode)
-        } == pg_sys::AclResult::ACLCHECK_OK;
-        if !may_execute {
+        if !may_execute(handler, current_role()) {
             return Err(EventicError::not_allowed(
                 format!("permission denied to subscribe function {} (no EXECUTE)", handler.to_u32()),
                 "A handler runs as the role that subscribed it: it needs EXECUTE on the function.",
@@ -176,12 +172,6 @@ fn registered(class_name: &str) -> Result<Option<Registered>> {
             queue_name: row.get::<String>(5)?.unwrap_or_default(),
         }))
     })
-}
-
-/// The owner of a class (or queue) and roles that have its privileges may change it; so may
-/// superusers.
-pub fn may_manage(owner: pg_sys::Oid) -> bool {
-    crate::roles::is_superuser() || access::has_privs_of(current_role(), owner)
 }
 
 /// Record that class `class_name` is the class of tracked table `table`.

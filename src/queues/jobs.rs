@@ -408,10 +408,9 @@ fn run_as_runner<T>(runner: Option<pg_sys::Oid>, f: impl FnOnce() -> Result<T>) 
 /// Run `job` as its enqueuer in a subtransaction. Its database effects are kept only when
 /// it succeeds (and commit with the caller's transaction).
 pub fn run(job: &Job, calls: &mut Calls) -> std::result::Result<(), Failure> {
-    let (sql, texts, role) = Signature::of(job.fn_oid)
-        .and_then(|sig| Ok((sig.call(&job.args)?, runner(&sig, job))))
-        .map(|((sql, texts), role)| (sql, texts, role))
-        .map_err(failure_of)?;
+    let signature = Signature::of(job.fn_oid).map_err(failure_of)?;
+    let (sql, texts) = signature.call(&job.args).map_err(failure_of)?;
+    let role = runner(&signature, job);
     if !calls.role_exists(job.enqueued_by).map_err(failure_of)? {
         return Err(Failure {
             sqlstate: "42704".into(),
@@ -434,10 +433,9 @@ pub fn run_group(group: &[Job], calls: &mut Calls) -> std::result::Result<(), Fa
         return Ok(());
     };
     let args_list: Vec<&Value> = group.iter().map(|job| &job.args).collect();
-    let (sql, columns, role) = Signature::of(first.fn_oid)
-        .and_then(|sig| Ok((sig.group_call(&args_list)?, runner(&sig, first))))
-        .map(|((sql, columns), role)| (sql, columns, role))
-        .map_err(failure_of)?;
+    let signature = Signature::of(first.fn_oid).map_err(failure_of)?;
+    let (sql, columns) = signature.group_call(&args_list).map_err(failure_of)?;
+    let role = runner(&signature, first);
     if !calls.role_exists(first.enqueued_by).map_err(failure_of)? {
         return Err(Failure {
             sqlstate: "42704".into(),

@@ -150,7 +150,7 @@ fn require_queue_owner(queue_name: &str, what: &str) -> Result<()> {
         Some(owner) => owner,
         None => crate::roles::extension_owner()?,
     };
-    if crate::classes::may_manage(owner) {
+    if crate::roles::may_manage(owner) {
         Ok(())
     } else {
         Err(EventicError::not_allowed(
@@ -384,11 +384,8 @@ fn enqueue_job(
         }
         let signature = Signature::of(fn_oid)?;
         let runner = run_as.unwrap_or_else(current_role);
-        // SAFETY: a catalog lookup; the function exists (Signature::of found it).
-        let may_execute = unsafe {
-            pg_sys::pg_proc_aclcheck(fn_oid, runner, pg_sys::ACL_EXECUTE as pg_sys::AclMode)
-        } == pg_sys::AclResult::ACLCHECK_OK;
-        if !may_execute {
+        // the function exists (Signature::of found it)
+        if !crate::roles::may_execute(fn_oid, runner) {
             let name = Spi::get_one_with_args::<String>("SELECT $1::regprocedure::text", &[fn_oid.into()])?
                 .unwrap_or_else(|| fn_oid.to_u32().to_string());
             return Err(EventicError::not_allowed(

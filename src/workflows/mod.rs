@@ -587,8 +587,7 @@ fn send(workflow_id: Option<&str>, topic: Option<&str>, message: default!(Option
     (|| {
         let id = required(workflow_id, "workflow_id")?;
         let topic = required(topic, "topic")?;
-        let Some(workflow) = load_state(id)? else { return Err(unknown_workflow(id)) };
-        require_starter(id, workflow.started_by, "send a message to")?;
+        let workflow = workflow_for(id, "send a message to")?;
         as_extension_owner(|| {
             crate::spi_plans::kept_run(
                 "INSERT INTO eventic.workflow_messages (workflow_id, topic, message) VALUES ($1, $2, $3)",
@@ -619,10 +618,7 @@ fn get_event(
         if interval_seconds(timeout) < 0.0 {
             return Err(negative("timeout"));
         }
-        let Some(workflow) = load_state(id)? else {
-            return Err(unknown_workflow(id));
-        };
-        require_starter(id, workflow.started_by, "read the events of")?;
+        workflow_for(id, "read the events of")?;
         let found = wait_for(interval_seconds(timeout), || {
             Spi::connect_mut(|client| {
                 let mut rows = client.update(
@@ -699,10 +695,18 @@ fn load_state(id: &str) -> Result<Option<State>> {
     }))
 }
 
+/// The workflow `id` when the current role may `what` it (P0002 if there is none, 42501 if
+/// another role's).
+fn workflow_for(id: &str, what: &str) -> Result<State> {
+    let workflow = load_state(id)?.ok_or_else(|| unknown_workflow(id))?;
+    require_starter(id, workflow.started_by, what)?;
+    Ok(workflow)
+}
+
 /// A workflow is its starter's: that role (and roles that have its privileges) and
 /// superusers may see it, send to it, wait for it, cancel, resume or fork it.
 fn require_starter(id: &str, started_by: pg_sys::Oid, what: &str) -> Result<()> {
-    if crate::classes::may_manage(started_by) {
+    if crate::roles::may_manage(started_by) {
         Ok(())
     } else {
         Err(EventicError::not_allowed(
@@ -718,10 +722,7 @@ fn require_starter(id: &str, started_by: pg_sys::Oid, what: &str) -> Result<()> 
 fn resume_workflow(workflow_id: Option<&str>) {
     (|| {
         let id = required(workflow_id, "workflow_id")?;
-        let Some(workflow) = load_state(id)? else {
-            return Err(unknown_workflow(id));
-        };
-        require_starter(id, workflow.started_by, "resume")?;
+        let workflow = workflow_for(id, "resume")?;
         if !matches!(workflow.status.as_str(), "CANCELLED" | "ERROR") {
             return Ok(());
         }
@@ -755,8 +756,7 @@ fn fork_workflow(workflow_id: Option<&str>, from_step: Option<i32>) -> String {
                 "Steps are numbered from 0, as in eventic.workflow_records.position.",
             ));
         }
-        let Some(workflow) = load_state(id)? else { return Err(unknown_workflow(id)) };
-        require_starter(id, workflow.started_by, "fork")?;
+        let workflow = workflow_for(id, "fork")?;
         let fork = crate::records::store::new_uuid_v7().to_string();
         as_extension_owner(|| {
             crate::spi_plans::kept_run(
@@ -791,10 +791,7 @@ fn wait_workflow(
         if interval_seconds(timeout) < 0.0 {
             return Err(negative("timeout"));
         }
-        let Some(workflow) = load_state(id)? else {
-            return Err(unknown_workflow(id));
-        };
-        require_starter(id, workflow.started_by, "wait for")?;
+        workflow_for(id, "wait for")?;
         let ended = wait_for(interval_seconds(timeout), || {
             let row = result_of(id)?;
             let Some((status, output, error)) = row else {
@@ -831,11 +828,9 @@ fn start_workflow(
         let input = required(input, "input")?.0;
         let queue_name = queue_name.unwrap_or(DEFAULT_QUEUE);
         // Signature::of fails (42704) for a missing function; a procedure is not a body
+        // (EXECUTE is looked up only for a function that exists: Signature::of found it)
         let is_body = jobs::Signature::of(fn_oid).is_ok_and(|sig| sig.is_workflow_body())
-            // SAFETY: a catalog lookup of a function that exists (Signature::of found it).
-            && unsafe {
-                pg_sys::pg_proc_aclcheck(fn_oid, current_role(), pg_sys::ACL_EXECUTE as pg_sys::AclMode)
-            } == pg_sys::AclResult::ACLCHECK_OK;
+            && crate::roles::may_execute(fn_oid, current_role());
         if !is_body {
             let name = Spi::get_one_with_args::<String>("SELECT $1::regprocedure::text", &[fn_oid.into()])?
                 .unwrap_or_else(|| fn_oid.to_u32().to_string());
@@ -875,7 +870,7 @@ fn start_workflow(
             // the id is taken: the same starter gets its workflow back (idempotency), another
             // role is refused rather than handed someone else's workflow
             if let Some(existing) = load_state(&id)? {
-                if !crate::classes::may_manage(existing.started_by) {
+                if !crate::roles::may_manage(existing.started_by) {
                     return Err(EventicError::not_allowed(
                         format!("workflow id {id} is taken by a workflow another role started"),
                         "Workflow ids are shared by all roles of the database: choose another \
@@ -1331,9 +1326,7 @@ fn run_workflow_steps(workflow_id: &str) -> Result<()> {
 fn workflow_status(workflow_id: Option<&str>) -> String {
     (|| {
         let id = required(workflow_id, "workflow_id")?;
-        let workflow = load_state(id)?.ok_or_else(|| unknown_workflow(id))?;
-        require_starter(id, workflow.started_by, "see")?;
-        Ok(workflow.status)
+        Ok(workflow_for(id, "see")?.status)
     })()
     .or_report()
 }
