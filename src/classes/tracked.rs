@@ -9,11 +9,12 @@ use serde_json::Value;
 
 use crate::classes;
 use crate::errors::{required, EventicError, OrReport};
-
-type Res<T> = crate::errors::Result<T>;
 use crate::records::fields::{check_field_name, PROPERTIES};
 use crate::records::store::{self, Change, FieldValues};
 use crate::settings::strict_field_names;
+
+/// (`Result` is taken by the expansion of `#[pg_trigger]` below.)
+type Res<T> = crate::errors::Result<T>;
 
 /// Namespace of the UUIDv5 ids of rows whose key is not a uuid.
 const TRACKED_NAMESPACE: uuid::Uuid =
@@ -72,14 +73,14 @@ fn track(table: Option<PgRelation>, id_column: default!(Option<&str>, "'id'")) -
             &[table.oid().into()],
         )?
         .unwrap_or(pg_sys::InvalidOid);
-        if !classes::may_manage(owner) {
+        if !crate::roles::may_manage(owner) {
             return Err(EventicError::not_allowed(
                 format!("permission denied to track table {class_name}"),
                 "Only the table's owner (or a member of that role) or a superuser may track it.",
             ));
         }
         match classes::cache::lookup(&class_name)? {
-            Some(class) if !classes::may_manage(class.owner) => {
+            Some(class) if !crate::roles::may_manage(class.owner) => {
                 return Err(EventicError::not_allowed(
                     format!("class {class_name} is registered by another role"),
                     "eventic.track never adopts a class another role owns; that role (or a \
@@ -258,30 +259,44 @@ fn track_change(
     }
 }
 
-/// The key (as jsonb) and the other columns (a jsonb object) of a row of a tracked table.
-/// `rowtype` is the table's row type: the statement is planned per table.
-fn row_as_json(
-    row: PgHeapTuple<'_, AllocatedByPostgres>,
+/// A row change of a tracked table as JSON, in one statement planned per table (`rowtype`
+/// is its row type): the new row's key and other columns (an object), and the old row's key.
+fn row_change_as_json(
+    new: Option<PgHeapTuple<'_, AllocatedByPostgres>>,
+    old: Option<PgHeapTuple<'_, AllocatedByPostgres>>,
     rowtype: pg_sys::Oid,
     id_column: &str,
-) -> Res<(Option<JsonB>, Option<JsonB>)> {
+) -> Res<(Option<JsonB>, Option<JsonB>, Option<JsonB>)> {
     let sql = format!(
-        "SELECT pg_catalog.to_jsonb($1) OPERATOR(pg_catalog.->) $2, \
-                pg_catalog.to_jsonb($1) OPERATOR(pg_catalog.-) $2 /* {} */",
+        "SELECT pg_catalog.to_jsonb($1) OPERATOR(pg_catalog.->) $3, \
+                pg_catalog.to_jsonb($1) OPERATOR(pg_catalog.-) $3, \
+                pg_catalog.to_jsonb($2) OPERATOR(pg_catalog.->) $3 /* {} */",
         rowtype.to_u32()
     );
+    // SAFETY: the tuples are rows of the table whose row type is `rowtype`.
+    let row_arg = |row: Option<PgHeapTuple<'_, AllocatedByPostgres>>| match row {
+        Some(row) => unsafe { pgrx::datum::DatumWithOid::new(row, rowtype) },
+        None => pgrx::datum::DatumWithOid::null_oid(rowtype),
+    };
     Spi::connect_mut(|client| {
         let stmt = crate::spi_plans::dynamic_plan(
             client,
             &sql,
-            &[PgOid::from(rowtype), PgOid::BuiltIn(PgBuiltInOids::TEXTOID)],
+            &[
+                PgOid::from(rowtype),
+                PgOid::from(rowtype),
+                PgOid::BuiltIn(PgBuiltInOids::TEXTOID),
+            ],
         )?;
-        // SAFETY: the tuple is a row of the table whose row type is `rowtype`.
-        let row_arg = unsafe { pgrx::datum::DatumWithOid::new(row, rowtype) };
-        let mut rows = client.update(&*stmt, Some(1), &[row_arg, id_column.into()])?;
+        let args = [row_arg(new), row_arg(old), id_column.into()];
+        let mut rows = client.update(&*stmt, Some(1), &args)?;
         match rows.next() {
-            Some(found) => Ok((found.get::<JsonB>(1)?, found.get::<JsonB>(2)?)),
-            None => Ok((None, None)),
+            Some(found) => Ok((
+                found.get::<JsonB>(1)?,
+                found.get::<JsonB>(2)?,
+                found.get::<JsonB>(3)?,
+            )),
+            None => Ok((None, None, None)),
         }
     })
 }
@@ -306,19 +321,11 @@ fn tracked_write<'a>(
         // SAFETY: the relation the trigger fired on is open, its pg_class row loaded.
         let rowtype = unsafe { (*relation.rd_rel).reltype };
         let event = trigger.event();
-        let old_key = match trigger.old() {
-            Some(old) if event.fired_by_update() || event.fired_by_delete() => {
-                row_as_json(old, rowtype, id_column)?.0
-            }
-            _ => None,
-        };
-        if event.fired_by_delete() {
-            return track_change(class_name, old_key, None, None);
-        }
-        let (new_key, new_doc) = match trigger.new() {
-            Some(new) => row_as_json(new, rowtype, id_column)?,
-            None => (None, None),
-        };
+        let old = trigger
+            .old()
+            .filter(|_| event.fired_by_update() || event.fired_by_delete());
+        let new = trigger.new().filter(|_| !event.fired_by_delete());
+        let (new_key, new_doc, old_key) = row_change_as_json(new, old, rowtype, id_column)?;
         track_change(class_name, old_key, new_key, new_doc)
     })()
     .or_report();
