@@ -682,6 +682,70 @@ def test_restored_database_works(restored):
                 " WHERE class_name = 'Story'").fetchone()))
 
 
+def test_restore_into_another_cluster_keeps_who_owns_what(cluster):
+    """A dump restored on another server, where the roles were created again (as pg_dumpall
+    --roles-only does) and so have other oids: an ordinary role's scheduled job and sleeping
+    workflow still run as that role and stay visible to it."""
+    from conftest import Cluster
+    other = Cluster(os.environ.get("EVENTIC_RESTORE_DIR", "/tmp/eventic-u-restore"),
+                    int(os.environ.get("EVENTIC_RESTORE_PORT", "5842")))
+    role = "eventic_u_app_" + os.urandom(3).hex()
+    with cluster.connect() as admin:
+        source = new_database(admin, "dump_role_")
+        admin.execute(f"CREATE ROLE {role} LOGIN")
+    dump = tempfile.NamedTemporaryFile(prefix="eventic-dump-", suffix=".dump", delete=False).name
+    other.run("start", other.directory, str(other.port))
+    try:
+        with cluster.connect(dbname=source) as conn:
+            conn.execute("CREATE EXTENSION eventic")
+            conn.execute(f"GRANT CREATE ON SCHEMA public TO {role}")
+        with cluster.connect(dbname=source, user=role) as conn:
+            conn.execute("CREATE TABLE app_effects (n int NOT NULL, who name NOT NULL DEFAULT current_user)")
+            conn.execute("CREATE FUNCTION app_effect(n int) RETURNS void LANGUAGE sql"
+                         " AS $$ INSERT INTO app_effects (n) VALUES (n) $$")
+            conn.execute("""CREATE FUNCTION app_flow(input jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$ BEGIN
+                PERFORM eventic.step('before', 'app_effect(int)', '[1]');
+                PERFORM eventic.sleep('12 seconds');
+                PERFORM eventic.step('after', 'app_effect(int)', '[2]');
+                RETURN to_jsonb(current_user::text); END $$""")
+            conn.execute("SELECT eventic.register_class('Gadget', NULL, view_schema => 'public')")
+            (gadget,) = conn.execute("SELECT eventic.create('Gadget', '{\"n\": 1}')").fetchone()
+            conn.execute("SELECT eventic.enqueue('gadget', 'app_effect(int)', '[3]', run_at => now() + interval '12 seconds')")
+            conn.execute("SELECT eventic.start_workflow('app_flow(jsonb)', '{}', 'app-flow')")
+            assert wait_until(lambda: conn.execute(
+                "SELECT eventic.workflow_status('app-flow')").fetchone()[0] == "SLEEPING", timeout=10)
+        common = ["-h", cluster.directory, "-p", str(cluster.port), "-U", "postgres"]
+        code, output = pg_tool("pg_dump", *common, "-Fc", "-f", dump, source)
+        assert code == 0, f"pg_dump failed:\n{output}"
+        with other.connect() as admin:
+            # other roles first, so that the role gets another oid than on the source
+            admin.execute("CREATE ROLE eventic_u_pad_1; CREATE ROLE eventic_u_pad_2")
+            admin.execute(f"CREATE ROLE {role} LOGIN")
+            admin.execute("CREATE DATABASE restored")
+        code, output = pg_tool("pg_restore", "-h", other.directory, "-p", str(other.port), "-U", "postgres",
+                               "-d", "restored", dump)
+        assert code == 0, f"pg_restore failed:\n{output}"
+        with other.connect(dbname="restored", user=role) as conn:
+            assert conn.execute("SELECT eventic.hydrate(%s)", (gadget,)).fetchone()[0]["n"] == 1, (
+                "the role no longer reads its own record after the restore")
+            seen = conn.execute("SELECT workflow_id FROM eventic.workflows").fetchall()
+            assert seen == [("app-flow",)], f"the role's workflows after the restore: {seen}"
+            jobs = conn.execute("SELECT count(*) FROM eventic.queue_gadget").fetchone()[0]
+            assert jobs == 1, f"the role sees {jobs} of its jobs after the restore (1 waiting)"
+            output = conn.execute("SELECT eventic.wait_workflow('app-flow', '60 seconds')").fetchone()[0]
+            assert output == role, output
+            assert wait_until(lambda: conn.execute("SELECT count(*) FROM app_effects").fetchone()[0] == 3,
+                              timeout=30), conn.execute("SELECT * FROM app_effects").fetchall()
+            assert sorted(conn.execute("SELECT n, who FROM app_effects").fetchall()) == [
+                (1, role), (2, role), (3, role)]
+    finally:
+        os.unlink(dump)
+        other.run("stop", other.directory)
+        drop_database(cluster, source)
+        with cluster.connect() as admin:
+            admin.execute(f"DROP ROLE IF EXISTS {role}")
+
+
 # --------------------------------------------------------------------------------------------
 # the tool behind scripts/schema-diff
 
