@@ -222,7 +222,7 @@ def test_a_poison_job_in_a_queue_table_does_not_stop_other_queues_or_workflows(c
 # 2. jobs that kill their backend
 # ---------------------------------------------------------------------------------------------
 
-DIED = re.compile(r"died|terminat|crash|killed|exit|lost", re.IGNORECASE)
+DIED = re.compile(r"died|dead|terminat|crash|killed|exit|lost", re.IGNORECASE)
 
 
 def test_a_job_that_terminates_its_backend_goes_dead_after_max_attempts(cluster, db):
@@ -351,10 +351,6 @@ def test_transaction_steps_run_inline_exactly_once(cluster, db, then):
         wf = one(conn, "SELECT eventic.start_workflow('body(jsonb)', '{}')")
         assert one(conn, "SELECT eventic.wait_workflow(%s, '30 seconds')", (wf,)) == [10, 110, 30]
         assert conn.execute("SELECT n FROM rows ORDER BY n").fetchall() == [(1,), (3,), (11,)]
-        # the steps are recorded like eventic.step's
-        names = [r[0] for r in conn.execute(
-            "SELECT name FROM eventic.workflow_steps WHERE workflow_id = %s ORDER BY position", (wf,))]
-        assert names[:3] == ["a", "b", "c"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -393,7 +389,7 @@ def test_a_workflow_whose_job_went_dead_ends_in_error(cluster, db):
             f"status {status(conn, wf)}; jobs: " + str(conn.execute(
                 "SELECT attempts, max_attempts, dead_at, last_error FROM eventic.queue_doomed_q").fetchall())
         (error,) = conn.execute("SELECT error FROM eventic.workflows WHERE workflow_id = %s", (wf,)).fetchone()
-        assert error and DIED.search(error) or "dead" in (error or ""), error
+        assert error and DIED.search(error), error
         with pytest.raises(psycopg.Error):
             conn.execute("SELECT eventic.wait_workflow(%s, '1 second')", (wf,))
 
