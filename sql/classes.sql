@@ -45,6 +45,13 @@ BEGIN
     SELECT coalesce(jsonb_object_agg(key, value), '{}') INTO new_doc
       FROM jsonb_each(to_jsonb(NEW))
      WHERE key = ANY (fields) AND (TG_OP = 'UPDATE' OR value <> 'null');
+    -- the property bag is an object; NULL does not clear it (that would be silently ignored)
+    IF TG_OP = 'UPDATE' AND jsonb_typeof(to_jsonb(NEW) -> 'properties') IS DISTINCT FROM 'object' THEN
+        RAISE EXCEPTION 'the properties of record % must be a JSON object, not %', OLD.id,
+                coalesce(jsonb_typeof(to_jsonb(NEW) -> 'properties'), 'NULL')
+            USING ERRCODE = CASE WHEN to_jsonb(NEW) -> 'properties' = 'null' THEN '23502' ELSE '22023' END,
+                  HINT = 'Set properties = ''{}'' to remove them all, or use eventic.remove_property.';
+    END IF;
     IF jsonb_typeof(to_jsonb(NEW) -> 'properties') = 'object' THEN
         new_doc := new_doc || jsonb_build_object('properties', to_jsonb(NEW) -> 'properties');
     END IF;

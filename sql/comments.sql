@@ -48,6 +48,7 @@ COMMENT ON FUNCTION eventic.queue_counts(text) IS 'The counts of eventic.queue_s
 -- workflows
 COMMENT ON FUNCTION eventic._start_workflow(oid, jsonb, text, text, interval) IS 'Internal: eventic.start_workflow';
 COMMENT ON FUNCTION eventic._step(text, oid, jsonb) IS 'Internal: eventic.step';
+COMMENT ON FUNCTION eventic._transaction(text, oid, jsonb) IS 'Internal: eventic.transaction';
 COMMENT ON FUNCTION eventic._start_child(oid, jsonb) IS 'Internal: eventic.start_child';
 COMMENT ON FUNCTION eventic._fork_workflow(text, integer) IS 'Internal: eventic.fork_workflow';
 COMMENT ON FUNCTION eventic._run_workflow(text) IS 'Internal: the job that runs (replays) a workflow';

@@ -39,6 +39,75 @@ RETURNS jsonb LANGUAGE c VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'transac
 COMMENT ON FUNCTION eventic.transaction(text, regprocedure, jsonb) IS
   'Inside a workflow body: a step whose fn only reads and writes the database; its effects commit with its record, exactly once (it may run inline: the fast path)';
 
+-- from sql/queues.sql (its REVOKE and comment stay)
+CREATE OR REPLACE FUNCTION eventic._create_queue(queue_name text, class_name text DEFAULT NULL,
+                                      queue_owner regrole DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    tbl name := 'queue_' || queue_name;
+BEGIN
+    IF EXISTS (SELECT 1 FROM eventic.queues q WHERE q.queue_name = _create_queue.queue_name) THEN
+        RETURN;
+    END IF;
+    INSERT INTO eventic.queues (queue_name, table_name, class_name, owner)
+    VALUES (_create_queue.queue_name, tbl, _create_queue.class_name, _create_queue.queue_owner);
+    -- a queue of that name may have existed: its archived jobs would collide with the new ids
+    DELETE FROM eventic.finished_batches f WHERE f.queue_name = _create_queue.queue_name;
+    EXECUTE format($ddl$
+        CREATE TABLE IF NOT EXISTS eventic.%1$I (
+            job_id       bigint       GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            fn           regprocedure NOT NULL,
+            args         jsonb        NOT NULL DEFAULT '[]',
+            run_at       timestamptz  NOT NULL DEFAULT now(),
+            priority     integer      NOT NULL DEFAULT 0,
+            dedup_key    text,
+            attempts     integer      NOT NULL DEFAULT 0,
+            max_attempts integer      NOT NULL DEFAULT 5 CHECK (max_attempts > 0),
+            enqueued_by  oid          NOT NULL,
+            enqueued_at  timestamptz  NOT NULL DEFAULT now(),
+            lease_until  timestamptz,  -- taken (running, or leased to a consumer) until then
+            dead_at      timestamptz,  -- gave up after max_attempts; eventic.retry_job revives
+            last_error   text
+        );
+        CREATE INDEX IF NOT EXISTS %2$I ON eventic.%1$I (priority DESC, run_at, job_id)
+            WHERE dead_at IS NULL;
+        -- dedup keys are per enqueuing role: one role's key never finds another role's job
+        CREATE UNIQUE INDEX IF NOT EXISTS %3$I ON eventic.%1$I (enqueued_by, dedup_key)
+            WHERE dedup_key IS NOT NULL AND dead_at IS NULL;
+        COMMENT ON TABLE eventic.%1$I IS %4$L;
+        -- a drained queue is mostly dead rows: vacuum it early so it keeps its size and speed
+        ALTER TABLE eventic.%1$I SET (autovacuum_vacuum_scale_factor = 0.01,
+                                      autovacuum_vacuum_threshold = 1000,
+                                      autovacuum_vacuum_insert_scale_factor = 0.05);
+        -- every role reads the jobs it enqueued; the queue's owner reads them all
+        GRANT SELECT ON eventic.%1$I TO PUBLIC;
+        ALTER TABLE eventic.%1$I ENABLE ROW LEVEL SECURITY;
+        DROP POLICY IF EXISTS jobs_visible ON eventic.%1$I;  -- a table adopted again
+        CREATE POLICY jobs_visible ON eventic.%1$I FOR SELECT
+            USING (pg_catalog.pg_has_role(enqueued_by, 'USAGE')
+                   OR EXISTS (SELECT FROM eventic.queues q
+                               WHERE q.queue_name = %5$L AND q.owner IS NOT NULL
+                                 AND pg_catalog.pg_has_role(q.owner, 'USAGE')));
+    $ddl$, tbl, tbl || '_ready', tbl || '_dedup',
+        'Jobs of eventic queue ' || queue_name || '; use eventic.enqueue, never write directly',
+        queue_name);
+    -- a table kept by DROP EXTENSION and adopted again may hold jobs whose function is gone:
+    -- eventic's own (eventic._run_workflow) went with the extension, and their workflows too
+    EXECUTE format('UPDATE eventic.%I SET dead_at = pg_catalog.clock_timestamp(), last_error = %L
+                     WHERE dead_at IS NULL
+                       AND NOT EXISTS (SELECT FROM pg_catalog.pg_proc p WHERE p.oid = fn)',
+                   tbl, 'its function no longer exists (dropped, or eventic''s own, dropped with the extension)');
+    IF queue_owner IS NOT NULL THEN
+        PERFORM eventic._note_owner(format('eventic.%I', tbl)::regclass, queue_owner);
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION eventic._create_queue(text, text, regrole) IS
+  'Internal: create the table of a queue (idempotent); called by register_class as the extension owner';
+
 -- from sql/queues.sql
 CREATE OR REPLACE FUNCTION eventic.queue_counts(queue_name text,
     OUT ready bigint, OUT scheduled bigint, OUT running bigint, OUT dead bigint,

@@ -85,14 +85,26 @@ BEGIN
         -- every role reads the jobs it enqueued; the queue's owner reads them all
         GRANT SELECT ON eventic.%1$I TO PUBLIC;
         ALTER TABLE eventic.%1$I ENABLE ROW LEVEL SECURITY;
+    $ddl$, tbl, tbl || '_ready', tbl || '_dedup',
+        'Jobs of eventic queue ' || queue_name || '; use eventic.enqueue, never write directly',
+        queue_name);
+    -- (a table kept by DROP EXTENSION and adopted again has its policy)
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_policy p
+                    WHERE p.polrelid = format('eventic.%I', tbl)::regclass AND p.polname = 'jobs_visible') THEN
+        EXECUTE format($ddl$
         CREATE POLICY jobs_visible ON eventic.%1$I FOR SELECT
             USING (pg_catalog.pg_has_role(enqueued_by, 'USAGE')
                    OR EXISTS (SELECT FROM eventic.queues q
                                WHERE q.queue_name = %5$L AND q.owner IS NOT NULL
                                  AND pg_catalog.pg_has_role(q.owner, 'USAGE')));
-    $ddl$, tbl, tbl || '_ready', tbl || '_dedup',
-        'Jobs of eventic queue ' || queue_name || '; use eventic.enqueue, never write directly',
-        queue_name);
+        $ddl$, tbl, NULL, NULL, NULL, queue_name);
+    END IF;
+    -- a table kept by DROP EXTENSION and adopted again may hold jobs whose function is gone:
+    -- eventic's own (eventic._run_workflow) went with the extension, and their workflows too
+    EXECUTE format('UPDATE eventic.%I SET dead_at = pg_catalog.clock_timestamp(), last_error = %L
+                     WHERE dead_at IS NULL
+                       AND NOT EXISTS (SELECT FROM pg_catalog.pg_proc p WHERE p.oid = fn)',
+                   tbl, 'its function no longer exists (dropped, or eventic''s own, dropped with the extension)');
     IF queue_owner IS NOT NULL THEN
         PERFORM eventic._note_owner(format('eventic.%I', tbl)::regclass, queue_owner);
     END IF;
@@ -119,6 +131,8 @@ CREATE TABLE eventic.finished_batches (
     attempts     integer[]      NOT NULL
 );
 CREATE INDEX finished_batches_by_time ON eventic.finished_batches (finished_at);
+-- dumped with the data (pg_dump skips an extension's tables otherwise)
+SELECT pg_catalog.pg_extension_config_dump('eventic.finished_batches', '');
 -- a batch's arrays are TOASTed: lz4 compresses them several times faster than pglz (where
 -- the server was built without lz4, the default stays)
 DO $$
@@ -161,7 +175,8 @@ BEGIN
                 count(*) FILTER (WHERE dead_at IS NULL AND run_at > now()),
                 count(*) FILTER (WHERE dead_at IS NULL AND lease_until >= now()),
                 count(*) FILTER (WHERE dead_at IS NOT NULL),
-                now() - min(run_at) FILTER (WHERE dead_at IS NULL AND run_at <= now()
+                -- (isfinite: a -infinity run_at from before 0.2.0 has no age to show)
+                now() - min(run_at) FILTER (WHERE dead_at IS NULL AND run_at <= now() AND isfinite(run_at)
                                    AND (lease_until IS NULL OR lease_until < now()))
            FROM eventic.%I', 'queue_' || queue_name)
        INTO ready, scheduled, running, dead, oldest_ready_age;
@@ -193,9 +208,24 @@ COMMENT ON FUNCTION eventic.enqueue(text, regprocedure, jsonb, timestamptz, inte
 CREATE FUNCTION eventic.enqueue_batch(queue text, fn regprocedure, args_list jsonb[],
                                       run_at timestamptz DEFAULT NULL, priority integer DEFAULT 0,
                                       max_attempts integer DEFAULT 5)
-RETURNS SETOF bigint LANGUAGE sql VOLATILE AS
-$$ SELECT eventic.enqueue(queue, fn, a, run_at, priority, NULL, max_attempts, NULL)
-     FROM unnest(args_list) WITH ORDINALITY AS t(a, i) ORDER BY i $$;
+RETURNS SETOF bigint LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    -- the checks of eventic.enqueue, also for an empty (or NULL) list, which enqueues nothing
+    IF queue IS NULL OR fn IS NULL OR args_list IS NULL THEN
+        RAISE EXCEPTION '% must not be null',
+                CASE WHEN queue IS NULL THEN 'queue' WHEN fn IS NULL THEN 'fn' ELSE 'args_list' END
+            USING ERRCODE = '22023', HINT = 'Pass a queue name, a function and an array of args (one per job).';
+    END IF;
+    IF NOT EXISTS (SELECT FROM eventic.queues q WHERE q.queue_name = queue) THEN
+        RAISE EXCEPTION 'queue "%" does not exist', queue
+            USING ERRCODE = '42704',
+                  HINT = 'See SELECT queue_name FROM eventic.queues; create one with eventic.create_queue(name) or eventic.register_class(class).';
+    END IF;
+    RETURN QUERY
+        SELECT eventic.enqueue(queue, fn, t.a, run_at, priority, NULL, max_attempts, NULL)
+          FROM pg_catalog.unnest(args_list) WITH ORDINALITY AS t(a, i) ORDER BY t.i;
+END
+$$;
 COMMENT ON FUNCTION eventic.enqueue_batch(text, regprocedure, jsonb[], timestamptz, integer, integer) IS
   'Enqueue one job per element of args_list; returns their ids in order.';
 

@@ -69,7 +69,12 @@ COMMENT ON FUNCTION eventic.start_workflow(regprocedure, jsonb, text, text, inte
 CREATE FUNCTION eventic.step(name text, fn regprocedure, args jsonb DEFAULT '[]')
 RETURNS jsonb LANGUAGE c VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'step_wrapper';
 COMMENT ON FUNCTION eventic.step(text, regprocedure, jsonb) IS
-  'Inside a workflow body: run fn(args) once, record its result, return the record on replay';
+  'Inside a workflow body: run fn(args) once, record its result, return the record on replay; fn may act outside the database (it never runs again once completed, unless the server crashed while it ran)';
+
+CREATE FUNCTION eventic.transaction(name text, fn regprocedure, args jsonb DEFAULT '[]')
+RETURNS jsonb LANGUAGE c VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'transaction_step_wrapper';
+COMMENT ON FUNCTION eventic.transaction(text, regprocedure, jsonb) IS
+  'Inside a workflow body: a step whose fn only reads and writes the database; its effects commit with its record, exactly once (it may run inline: the fast path)';
 
 -- Messages sent to workflows (eventic.send), taken in order by eventic.recv.
 CREATE TABLE eventic.workflow_messages (

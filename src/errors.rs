@@ -95,6 +95,10 @@ pub enum EventicError {
     #[error("{message}")]
     NotAllowed { message: String, hint: String },
 
+    /// 55000: not possible in this state (e.g. waiting for what this transaction holds back).
+    #[error("{message}")]
+    NotReady { message: String, hint: String },
+
     /// XX000: an SPI call failed in a way the user cannot cause.
     #[error("internal error in eventic: {0}")]
     Internal(String),
@@ -152,6 +156,7 @@ impl EventicError {
             AlreadyExists { .. } => PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT,
             InvalidArgument { .. } => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             NotAllowed { .. } => PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            NotReady { .. } => PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             Internal(_) => PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
         }
     }
@@ -222,6 +227,7 @@ impl EventicError {
             )),
             InvalidArgument { hint, .. }
             | NotAllowed { hint, .. }
+            | NotReady { hint, .. }
             | UnknownObject { hint, .. }
             | AlreadyExists { hint, .. }
                 if !hint.is_empty() =>

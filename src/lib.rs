@@ -10,6 +10,7 @@ use pgrx::prelude::*;
 pub mod catalog_cache;
 pub mod classes;
 pub mod errors;
+pub mod outbox;
 pub mod queues;
 pub mod raw_jsonb;
 pub mod records;

@@ -2,6 +2,13 @@
 //! text and parses it with serde (and back again when passed to SPI); on the write path the
 //! value only travels from the caller into the INSERT, so it stays a datum. Convert with
 //! [`RawJsonb::to_value`] where Rust needs to look inside.
+//!
+//! What eventic can hold: serde_json keeps numbers as their text (`arbitrary_precision`), so
+//! `1e400` round-trips exactly; it refuses nesting deeper than [`MAX_DEPTH`] (its recursion
+//! limit, which keeps the parser off the end of the stack). Every jsonb that enters eventic
+//! (arguments, documents, messages, step results, rows read back) is converted here, so a
+//! document too deep for it is refused at the door with 22023 instead of failing later, with
+//! XX000, in every function that reads it (pgrx's `JsonB` panics).
 
 use pgrx::callconv::{Arg, ArgAbi, BoxRet, FcInfo};
 use pgrx::nullable::Nullable;
@@ -9,20 +16,68 @@ use pgrx::pg_sys;
 use pgrx::pgrx_sql_entity_graph::metadata::{
     ArgumentError, ReturnsError, ReturnsRef, SqlMappingRef, SqlTranslatable, TypeOrigin,
 };
-use pgrx::{FromDatum, IntoDatum, JsonB};
+use pgrx::{FromDatum, IntoDatum};
 use serde_json::Value;
+
+use crate::errors::{EventicError, Result};
+
+/// How deeply eventic's JSON may nest (serde_json's recursion limit).
+pub const MAX_DEPTH: usize = 128;
+
+/// A jsonb datum smaller than this cannot nest deeper than [`MAX_DEPTH`]: every level costs
+/// a container header and the parent's entry for it, 8 bytes (and numbers are held at any
+/// size), so small values need no parse to be known holdable.
+const SURELY_HOLDABLE_BYTES: usize = 8 * MAX_DEPTH;
 
 #[derive(Clone, Copy)]
 pub struct RawJsonb(pg_sys::Datum);
 
 impl RawJsonb {
-    /// The value as serde JSON (one text round trip).
-    pub fn to_value(self) -> Value {
-        // SAFETY: the datum is a non-null jsonb from an argument, valid for this call.
-        unsafe { JsonB::from_datum(self.0, false) }
-            .map(|j| j.0)
-            .unwrap_or(Value::Null)
+    /// The value as serde JSON (one text round trip); 22023 for JSON eventic cannot hold.
+    pub fn to_value(self) -> Result<Value> {
+        // SAFETY: the datum is a non-null jsonb (an argument, or a row still in SPI memory);
+        // jsonb_out returns a palloc'd C string.
+        // SAFETY: the datum is a non-null jsonb (an argument, or a row still in SPI memory).
+        let text = unsafe {
+            pgrx::direct_function_call::<&std::ffi::CStr>(pg_sys::jsonb_out, &[Some(self.0)])
+        }
+        .map(|cstr| cstr.to_string_lossy().into_owned())
+        .unwrap_or_default();
+        parse(&text)
     }
+
+    /// 22023 unless eventic can hold the value; parses only values large enough to nest
+    /// too deeply (the write paths pass small values on without a parse).
+    pub fn check_holdable(self) -> Result<()> {
+        // SAFETY: a non-null jsonb datum; reads its (uncompressed) size from the header.
+        let size = unsafe { pg_sys::toast_raw_datum_size(self.0) };
+        if size < SURELY_HOLDABLE_BYTES {
+            return Ok(());
+        }
+        self.to_value().map(|_| ())
+    }
+}
+
+/// Parse JSON text as eventic holds it (22023 when it cannot).
+pub fn parse(text: &str) -> Result<Value> {
+    serde_json::from_str(text).map_err(|err| {
+        if err.to_string().contains("recursion limit") {
+            EventicError::invalid(
+                format!("JSON nested deeper than {MAX_DEPTH} levels cannot be stored by eventic"),
+                format!("Keep documents, arguments and messages within {MAX_DEPTH} levels of arrays and objects (or store the deep part as text)."),
+            )
+        } else {
+            EventicError::invalid(
+                format!("JSON eventic cannot hold: {err}"),
+                "Pass a JSON value of plain objects, arrays, strings, numbers, booleans and null.",
+            )
+        }
+    })
+}
+
+/// Read a jsonb column of an SPI row as serde JSON (22023 for JSON eventic cannot hold).
+pub fn column(row: &pgrx::spi::SpiHeapTupleData<'_>, ordinal: usize) -> Result<Option<Value>> {
+    row.get::<RawJsonb>(ordinal)?.map(RawJsonb::to_value).transpose()
 }
 
 impl RawJsonb {
@@ -60,6 +115,17 @@ impl IntoDatum for RawJsonb {
     }
 }
 
+// SAFETY: a jsonb datum is a pointer to a varlena, kept as it is.
+unsafe impl pgrx::datum::UnboxDatum for RawJsonb {
+    type As<'src> = RawJsonb;
+    unsafe fn unbox<'src>(datum: pgrx::datum::Datum<'src>) -> Self::As<'src>
+    where
+        Self: 'src,
+    {
+        RawJsonb(datum.sans_lifetime())
+    }
+}
+
 unsafe impl<'fcx> ArgAbi<'fcx> for RawJsonb {
     unsafe fn unbox_arg_unchecked(arg: Arg<'_, 'fcx>) -> Self {
         let index = arg.index();
@@ -75,7 +141,8 @@ unsafe impl<'fcx> ArgAbi<'fcx> for RawJsonb {
 unsafe impl SqlTranslatable for RawJsonb {
     const TYPE_IDENT: &'static str = "eventic::raw_jsonb::RawJsonb";
     const TYPE_ORIGIN: TypeOrigin = TypeOrigin::External;
-    const ARGUMENT_SQL: Result<SqlMappingRef, ArgumentError> = Ok(SqlMappingRef::literal("jsonb"));
-    const RETURN_SQL: Result<ReturnsRef, ReturnsError> =
+    const ARGUMENT_SQL: std::result::Result<SqlMappingRef, ArgumentError> =
+        Ok(SqlMappingRef::literal("jsonb"));
+    const RETURN_SQL: std::result::Result<ReturnsRef, ReturnsError> =
         Ok(ReturnsRef::One(SqlMappingRef::literal("jsonb")));
 }

@@ -51,3 +51,21 @@ pub fn in_subtransaction<T>(f: impl FnOnce() -> T) -> Result<T, Failure> {
         outcome
     }
 }
+
+/// Subtransactions of this transaction that hold an xid (those that wrote), up to which
+/// other backends find them in this backend's PGPROC (PGPROC_MAX_CACHED_SUBXIDS, 64); past
+/// it the cache overflows and every snapshot in the cluster must look them up in pg_subtrans.
+const SUBXID_BUDGET: u8 = 48;
+
+/// Whether this transaction should start no more writing subtransactions (a drain commits
+/// what it ran and goes on in a fresh transaction), before the subxid cache overflows.
+pub fn subxid_cache_nearly_full() -> bool {
+    #[cfg(not(feature = "pg13"))]
+    // SAFETY: reads this backend's own PGPROC, which only it writes.
+    unsafe {
+        let status = (*pg_sys::MyProc).subxidStatus;
+        status.overflowed || status.count >= SUBXID_BUDGET
+    }
+    #[cfg(feature = "pg13")]
+    false
+}

@@ -26,7 +26,7 @@ pub struct NewVersion<'a> {
 }
 
 /// What a class asks of each new version: a match with its schema (tombstones excepted), and
-/// an event job for each subscriber, enqueued in the same transaction (the outbox). `data` is
+/// the events of its subscribers, enqueued in the same transaction (the outbox). `data` is
 /// only read when one of the two needs it.
 pub fn on_new_version(new: NewVersion<'_>, data: impl FnOnce() -> Result<Value>) -> Result<()> {
     let Some(class) = cache::lookup(new.class_type)? else {
@@ -43,27 +43,15 @@ pub fn on_new_version(new: NewVersion<'_>, data: impl FnOnce() -> Result<Value>)
         }
     }
     if !class.subscribers.is_empty() {
-        let table = crate::queues::queue_table(&class.queue_name)?;
-        let event = serde_json::json!({
-            "id": new.id, "version": new.version, "class_type": new.class_type,
-            "deleted": new.deleted, "data": data,
+        // published by the write path once the row is in (see crate::outbox)
+        crate::outbox::stash(crate::outbox::Events {
+            queue_name: class.queue_name.clone(),
+            handlers: class.subscribers.clone(),
+            event: serde_json::json!({
+                "id": new.id, "version": new.version, "class_type": new.class_type,
+                "deleted": new.deleted, "data": data,
+            }),
         });
-        // each handler runs as the role that subscribed it, never as the writer
-        for &(handler, subscriber) in &class.subscribers {
-            crate::queues::insert_job(
-                &table,
-                crate::queues::NewJob {
-                    fn_oid: handler,
-                    args: crate::queues::JobArgs::Json(event.clone()),
-                    run_at: None,
-                    priority: 0,
-                    dedup_key: None,
-                    max_attempts: 5,
-                    enqueued_by: subscriber,
-                },
-            )?;
-        }
-        crate::queues::announce(&class.queue_name)?;
     }
     Ok(())
 }
@@ -370,13 +358,13 @@ fn build_view(
 #[pg_extern(volatile, parallel_unsafe)]
 fn register_class(
     class_name: Option<&str>,
-    json_schema: default!(Option<JsonB>, "NULL"),
+    json_schema: default!(Option<crate::raw_jsonb::RawJsonb>, "NULL"),
     view_schema: default!(Option<&str>, "NULL"),
 ) {
     (|| {
         register(
             required(class_name, "class_name")?,
-            json_schema.map(|j| j.0),
+            json_schema.map(|j| j.to_value()).transpose()?,
             view_schema,
             None,
         )

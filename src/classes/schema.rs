@@ -32,8 +32,27 @@ pub fn compile(class_name: &str, schema: &Value) -> Result<Validator> {
     jsonschema::options()
         .with_draft(Draft::Draft202012)
         .should_validate_formats(true)
-        .build(schema)
+        .build(&with_property_bag(schema))
         .map_err(|err| invalid(err.to_string()))
+}
+
+/// The schema as it checks documents: eventic's property bag (`properties`, on every
+/// document) declared as a top-level property of any value, so a model's schema that forbids
+/// other fields (`additionalProperties: false`, Pydantic's `extra='forbid'`) checks the
+/// model's fields and leaves the bag alone.
+fn with_property_bag(schema: &Value) -> Value {
+    let mut schema = schema.clone();
+    if let Some(object) = schema.as_object_mut() {
+        let declared = object
+            .entry("properties")
+            .or_insert_with(|| Value::Object(serde_json::Map::new()));
+        if let Some(declared) = declared.as_object_mut() {
+            declared
+                .entry(PROPERTIES)
+                .or_insert_with(|| serde_json::json!({"type": "object"}));
+        }
+    }
+    schema
 }
 
 /// The first way `doc` breaks the schema, as the 23514 error for record `id`.

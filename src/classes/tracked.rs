@@ -4,8 +4,9 @@
 
 use pgrx::pg_sys::{PgBuiltInOids, PgOid};
 use pgrx::prelude::*;
-use pgrx::{pg_sys, AllocatedByPostgres, JsonB, PgRelation, Uuid};
+use pgrx::{pg_sys, AllocatedByPostgres, PgRelation, Uuid};
 use serde_json::Value;
+use crate::raw_jsonb::column;
 
 use crate::classes;
 use crate::errors::{required, EventicError, OrReport};
@@ -110,7 +111,7 @@ fn track(table: Option<PgRelation>, id_column: default!(Option<&str>, "'id'")) -
         }
         // rows that exist already get their version 0 now (or a version if they changed while
         // the table was not tracked)
-        let rows: Vec<(Option<JsonB>, Option<JsonB>)> = Spi::connect(|client| -> Res<_> {
+        let rows: Vec<(Option<Value>, Option<Value>)> = Spi::connect(|client| -> Res<_> {
             let rows = client.select(
                 &format!(
                     "SELECT pg_catalog.to_jsonb(t) OPERATOR(pg_catalog.->) $1, \
@@ -121,7 +122,7 @@ fn track(table: Option<PgRelation>, id_column: default!(Option<&str>, "'id'")) -
             )?;
             let mut out = Vec::new();
             for row in rows {
-                out.push((row.get::<JsonB>(1)?, row.get::<JsonB>(2)?));
+                out.push((column(&row, 1)?, column(&row, 2)?));
             }
             Ok(out)
         })?;
@@ -241,19 +242,19 @@ fn delete_if_live(id: Uuid) -> Res<()> {
 /// One row change of a tracked table, as versions of its record(s).
 fn track_change(
     class_name: &str,
-    old_key: Option<JsonB>,
-    new_key: Option<JsonB>,
-    new_doc: Option<JsonB>,
+    old_key: Option<Value>,
+    new_key: Option<Value>,
+    new_doc: Option<Value>,
 ) -> Res<()> {
-    let old_id = old_key.map(|k| record_id(class_name, &k.0)).transpose()?;
-    let new_id = new_key.map(|k| record_id(class_name, &k.0)).transpose()?;
+    let old_id = old_key.map(|k| record_id(class_name, &k)).transpose()?;
+    let new_id = new_key.map(|k| record_id(class_name, &k)).transpose()?;
     match (old_id, new_id, new_doc) {
         (Some(old), None, _) => delete_if_live(old),
         (old, Some(new), Some(doc)) => {
             if let Some(old) = old.filter(|old| *old != new) {
                 delete_if_live(old)?; // the key changed: the old record ends
             }
-            upsert(class_name, new, doc.0)
+            upsert(class_name, new, doc)
         }
         _ => Ok(()),
     }
@@ -266,7 +267,7 @@ fn row_change_as_json(
     old: Option<PgHeapTuple<'_, AllocatedByPostgres>>,
     rowtype: pg_sys::Oid,
     id_column: &str,
-) -> Res<(Option<JsonB>, Option<JsonB>, Option<JsonB>)> {
+) -> Res<(Option<Value>, Option<Value>, Option<Value>)> {
     let sql = format!(
         "SELECT pg_catalog.to_jsonb($1) OPERATOR(pg_catalog.->) $3, \
                 pg_catalog.to_jsonb($1) OPERATOR(pg_catalog.-) $3, \
@@ -292,9 +293,9 @@ fn row_change_as_json(
         let mut rows = client.update(&*stmt, Some(1), &args)?;
         match rows.next() {
             Some(found) => Ok((
-                found.get::<JsonB>(1)?,
-                found.get::<JsonB>(2)?,
-                found.get::<JsonB>(3)?,
+                column(&found, 1)?,
+                column(&found, 2)?,
+                column(&found, 3)?,
             )),
             None => Ok((None, None, None)),
         }

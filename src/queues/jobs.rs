@@ -9,7 +9,7 @@ use std::rc::Rc;
 
 use pgrx::pg_sys::{PgBuiltInOids, PgOid};
 use pgrx::spi::OwnedPreparedStatement;
-use pgrx::{pg_sys, JsonB};
+use pgrx::pg_sys;
 use serde_json::Value;
 
 use crate::catalog_cache::{function_generation, Generational};
@@ -323,6 +323,11 @@ pub struct Job {
     pub fn_oid: pg_sys::Oid,
     pub args: Value,
     pub enqueued_by: pg_sys::Oid,
+    /// Why its args cannot be read (JSON eventic cannot hold, put there by a direct INSERT
+    /// or an older version): such a job fails for good instead of failing the claim.
+    pub unreadable: Option<String>,
+    /// It failed (or its process died) before: it runs alone, not in a group.
+    pub retried: bool,
 }
 
 /// What one drain has looked up: whether each role exists. (Signatures are cached per
@@ -355,7 +360,7 @@ impl Calls {
             let plan = self.plan(client, sql, texts.len())?;
             let mut rows = client.update(&*plan, Some(1), &args)?;
             let value = match rows.next() {
-                Some(row) => row.get::<JsonB>(1)?.map(|j| j.0),
+                Some(row) => crate::raw_jsonb::column(&row, 1)?,
                 None => None,
             };
             Ok(value.unwrap_or(Value::Null))
@@ -408,6 +413,9 @@ fn run_as_runner<T>(runner: Option<pg_sys::Oid>, f: impl FnOnce() -> Result<T>) 
 /// Run `job` as its enqueuer in a subtransaction. Its database effects are kept only when
 /// it succeeds (and commit with the caller's transaction).
 pub fn run(job: &Job, calls: &mut Calls) -> std::result::Result<(), Failure> {
+    if let Some(failure) = job.unreadable_failure() {
+        return Err(failure);
+    }
     let signature = Signature::of(job.fn_oid).map_err(failure_of)?;
     let (sql, texts) = signature.call(&job.args).map_err(failure_of)?;
     let role = runner(&signature, job);
@@ -459,7 +467,11 @@ pub fn run_group(group: &[Job], calls: &mut Calls) -> std::result::Result<(), Fa
 
 /// Whether two jobs can run in one group ([`run_group`]): same function, enqueuer and arity.
 pub fn same_call(a: &Job, b: &Job) -> bool {
-    a.fn_oid == b.fn_oid
+    a.unreadable.is_none()
+        && b.unreadable.is_none()
+        && !a.retried
+        && !b.retried
+        && a.fn_oid == b.fn_oid
         && a.enqueued_by == b.enqueued_by
         && match Signature::of(a.fn_oid) {
             Ok(sig) => sig.arity(&a.args).is_some() && sig.arity(&a.args) == sig.arity(&b.args),
@@ -478,10 +490,38 @@ pub fn run_returning(job: &Job, calls: &mut Calls) -> std::result::Result<Value,
 
 /// Read a claimed job row (job_id, fn, args, enqueued_by).
 pub fn job_from(row: &pgrx::spi::SpiHeapTupleData<'_>) -> Result<Job> {
+    let (args, unreadable) = match crate::raw_jsonb::column(row, 3) {
+        Ok(args) => (args.unwrap_or(Value::Null), None),
+        Err(err) => (Value::Null, Some(err.to_string())),
+    };
     Ok(Job {
         job_id: row.get::<i64>(1)?.unwrap_or_default(),
         fn_oid: row.get::<pg_sys::Oid>(2)?.unwrap_or(pg_sys::InvalidOid),
-        args: row.get::<JsonB>(3)?.map(|j| j.0).unwrap_or(Value::Null),
+        args,
         enqueued_by: row.get::<pg_sys::Oid>(4)?.unwrap_or(pg_sys::InvalidOid),
+        unreadable,
+        retried: false,
     })
+}
+
+impl Job {
+    /// A job of eventic's own making (a workflow step), its args known good.
+    pub fn new(fn_oid: pg_sys::Oid, args: Value, enqueued_by: pg_sys::Oid) -> Job {
+        Job {
+            job_id: 0,
+            fn_oid,
+            args,
+            enqueued_by,
+            unreadable: None,
+            retried: false,
+        }
+    }
+
+    /// The failure of a job whose args cannot be read, if it is one.
+    fn unreadable_failure(&self) -> Option<Failure> {
+        self.unreadable.as_ref().map(|why| Failure {
+            sqlstate: "22023".into(),
+            message: format!("the job's args cannot be read: {why}"),
+        })
+    }
 }

@@ -4,6 +4,7 @@
 //! Queue tables belong to the extension owner; every write to them goes through these
 //! functions, which check the caller first and then write as the owner.
 
+pub mod claims;
 pub mod compaction;
 pub mod jobs;
 
@@ -191,7 +192,13 @@ fn alter_queue(
                 ],
             )?;
             Ok(())
-        })
+        })?;
+        // an unpaused queue (more concurrency, the worker turned on) runs its jobs at commit,
+        // not at the next poll
+        if paused == Some(false) || worker == Some(true) || concurrency.is_some() {
+            crate::worker::wake_worker_at_commit();
+        }
+        Ok(())
     })()
     .or_report()
 }
@@ -393,9 +400,12 @@ fn enqueue_job(
                 "Jobs run as the role that enqueued them (or run_as): it needs EXECUTE on the function.",
             ));
         }
-        if !signature.takes_whole_jsonb() {
-            signature.check_args(&args.to_value())?;
+        if signature.takes_whole_jsonb() {
+            args.check_holdable()?;
+        } else {
+            signature.check_args(&args.to_value()?)?;
         }
+        check_run_at(run_at)?;
         let enqueuer = match run_as {
             Some(role) if role != current_role() && !is_superuser() => {
                 return Err(EventicError::not_allowed(
@@ -420,6 +430,18 @@ fn enqueue_job(
         Ok(job_id)
     })()
     .or_report()
+}
+
+/// A job's run_at must be a time: `infinity` would never run, `-infinity` breaks every
+/// reader that computes its age (eventic.queue_stats).
+pub fn check_run_at(run_at: Option<TimestampWithTimeZone>) -> Result<()> {
+    match run_at {
+        Some(at) if at.is_infinity() || at.is_neg_infinity() => Err(EventicError::invalid(
+            "run_at must be a finite time",
+            "Pass NULL (or now()) to run the job as soon as possible.",
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// The most jobs one statement takes while draining (they run in groups of one function, or
@@ -551,7 +573,7 @@ fn lock_jobs(
         None => String::new(),
     };
     let sql = format!(
-        "SELECT job_id, fn::oid, args, enqueued_by, ctid FROM {table}
+        "SELECT job_id, fn::oid, args, enqueued_by, ctid, attempts FROM {table}
           WHERE {RUNNABLE} {role_filter}
           {RUNNABLE_ORDER} LIMIT {limit} FOR UPDATE SKIP LOCKED"
     );
@@ -570,7 +592,9 @@ fn lock_jobs(
                     let tid = row.get::<pg_sys::ItemPointerData>(5)?.ok_or_else(|| {
                         EventicError::Internal("a claimed job without ctid".into())
                     })?;
-                    Ok((jobs::job_from(&row)?, tid))
+                    let mut job = jobs::job_from(&row)?;
+                    job.retried = row.get::<i32>(6)?.unwrap_or(0) > 0;
+                    Ok((job, tid))
                 })
                 .collect()
             })
@@ -647,22 +671,39 @@ fn finish(queue_name: &str, table: &str, finished: Finished<'_>) -> Result<i64> 
     })
 }
 
-/// A job that failed: retried after a backoff, or dead after max_attempts. False if absent.
-fn fail(table: &str, job_id: i64, error: &str, taken: Taken) -> Result<bool> {
+/// A job that failed: retried after a backoff, or dead after max_attempts (at once with
+/// `give_up`: it can never succeed). False if absent. A workflow whose run job goes dead
+/// ends in ERROR (it would otherwise wait forever for a run that never comes).
+fn fail(table: &str, job_id: i64, error: &str, taken: Taken, give_up: bool) -> Result<bool> {
     let (attempts, condition) = (taken.attempts_sql(), taken.condition_sql());
     as_extension_owner(|| {
         let updated = optional_value::<i64>(
             &format!(
-                "UPDATE {table} SET lease_until = NULL, last_error = $2, attempts = {attempts},
-                        run_at = clock_timestamp() + least(3600, power(2, {attempts})) * (0.5 + random() / 2) * interval '1 second',
-                        dead_at = CASE WHEN {attempts} >= max_attempts THEN clock_timestamp() END
-                  WHERE job_id = $1 AND dead_at IS NULL {condition} RETURNING job_id"
+                "WITH failed AS (
+                   UPDATE {table} SET lease_until = NULL, last_error = $2, attempts = {attempts},
+                          run_at = clock_timestamp() + least(3600, power(2, {attempts})) * (0.5 + random() / 2) * interval '1 second',
+                          dead_at = CASE WHEN $3 OR {attempts} >= max_attempts THEN clock_timestamp() END
+                    WHERE job_id = $1 AND dead_at IS NULL {condition}
+                RETURNING job_id, fn, args, dead_at IS NOT NULL AS dead, attempts)
+                 {END_STUCK_WORKFLOWS}
+                 SELECT job_id FROM failed"
             ),
-            &[job_id.into(), error.into()],
+            &[job_id.into(), error.into(), give_up.into()],
         );
         Ok(updated?.is_some())
     })
 }
+
+/// Part of a statement that has `failed(job_id, fn, args, dead, attempts)`: the workflows
+/// whose run job is among the dead ones end in ERROR.
+pub const END_STUCK_WORKFLOWS: &str = ", stuck AS (
+       UPDATE eventic.workflow_runs w
+          SET status = 'ERROR', updated_at = pg_catalog.clock_timestamp(),
+              error = 'the job running this workflow failed ' || f.attempts || ' times: ' || $2
+         FROM failed f
+        WHERE f.dead AND f.fn = pg_catalog.to_regprocedure('eventic._run_workflow(text)')
+          AND w.workflow_id = f.args ->> 0
+          AND w.status NOT IN ('SUCCESS', 'ERROR', 'CANCELLED'))";
 
 const PRUNE_ARCHIVE: &str =
     "DELETE FROM eventic.finished_batches WHERE finished_at < $1 - $2 * interval '1 second'";
@@ -713,10 +754,14 @@ pub fn drain(
     deadline: Option<std::time::Instant>,
 ) -> Result<i64> {
     let table = queue_table(queue_name)?;
+    claims::recover_dead_workers()?;
     let mut calls = jobs::Calls::default();
     let mut grouping = true;
     let mut ran = 0;
-    while ran < max_jobs && deadline.is_none_or(|at| std::time::Instant::now() < at) {
+    // each group or job that writes keeps a subtransaction xid until the transaction ends:
+    // stop (the caller commits) before they overflow the subxid cache
+    let room = || !crate::subxact::subxid_cache_nearly_full();
+    while ran < max_jobs && deadline.is_none_or(|at| std::time::Instant::now() < at) && room() {
         let batch = lock_jobs(
             &table,
             (max_jobs - ran).min(claim_size(queue_name)),
@@ -729,21 +774,38 @@ pub fn drain(
         let started = std::time::Instant::now();
         let (batch, tids): (Vec<Job>, Vec<pg_sys::ItemPointerData>) = batch.into_iter().unzip();
         let mut succeeded = Vec::with_capacity(batch.len());
+        // jobs claimed but not run (no room left) are released at commit, untouched
+        let mut ran_in_batch = 0;
         let mut start = 0;
-        for group in batch.chunk_by(jobs::same_call) {
+        'groups: for group in batch.chunk_by(jobs::same_call) {
             let rows = start..start + group.len();
             start = rows.end;
             // consecutive jobs of one call run as one statement; if that fails, one by one
             if grouping && group.len() > 1 {
-                if jobs::run_group(group, &mut calls).is_ok() {
+                let ids: Vec<i64> = group.iter().map(|job| job.job_id).collect();
+                claims::running(queue_name, &ids);
+                let outcome = jobs::run_group(group, &mut calls);
+                claims::done();
+                if outcome.is_ok() {
                     succeeded.extend_from_slice(&tids[rows]);
+                    ran_in_batch += group.len();
+                    if !room() {
+                        break 'groups;
+                    }
                     continue;
                 }
                 // failures are likely to come again in this drain: no more groups
                 grouping = false;
             }
             for (job, tid) in group.iter().zip(&tids[rows]) {
-                match jobs::run(job, &mut calls) {
+                if !room() {
+                    break 'groups;
+                }
+                ran_in_batch += 1;
+                claims::running(queue_name, &[job.job_id]);
+                let outcome = jobs::run(job, &mut calls);
+                claims::done();
+                match outcome {
                     Ok(()) => succeeded.push(*tid),
                     Err(failure) => {
                         fail(
@@ -751,14 +813,15 @@ pub fn drain(
                             job.job_id,
                             &format!("{}: {}", failure.sqlstate, failure.message),
                             Taken::Locked,
+                            job.unreadable.is_some(),
                         )?;
                     }
                 }
             }
         }
         finish(queue_name, &table, Finished::Drained(&succeeded))?;
-        note_job_time(queue_name, batch.len(), started.elapsed());
-        ran += batch.len() as i64;
+        note_job_time(queue_name, ran_in_batch, started.elapsed());
+        ran += ran_in_batch as i64;
     }
     prune_archive()?;
     Ok(ran)
@@ -846,14 +909,25 @@ fn dequeue(
     TableIterator::new(rows)
 }
 
+/// The longest lease: a year.
+const MAX_LEASE_MICROS: i128 = 366 * 86_400_000_000;
+
 /// A positive interval as a SQL literal (for the lease).
 fn interval_literal(lease: Interval) -> Result<String> {
-    let micros = (i64::from(lease.months()) * 30 + i64::from(lease.days())) * 86_400_000_000
-        + lease.micros();
+    // in i128: months of 30 days in microseconds overflow i64 for large intervals, which
+    // wrapped around to a lease of days
+    let micros = (i128::from(lease.months()) * 30 + i128::from(lease.days())) * 86_400_000_000
+        + i128::from(lease.micros());
     if micros <= 0 {
         return Err(EventicError::invalid(
             "lease must be a positive interval",
             "Pass a lease such as '30 seconds'.",
+        ));
+    }
+    if micros > MAX_LEASE_MICROS {
+        return Err(EventicError::invalid(
+            "lease must be at most 1 year",
+            "Pass a shorter lease and extend it with eventic.extend_lease while the job runs.",
         ));
     }
     Ok(format!("interval '{micros} microseconds'"))
@@ -898,7 +972,7 @@ fn nack(queue_name: Option<&str>, job_id: Option<i64>, error: default!(Option<&s
         let (name, job_id) = (required(queue_name, "queue")?, required(job_id, "job_id")?);
         let table = queue_table(name)?;
         require_consumer(name)?;
-        if fail(&table, job_id, error.unwrap_or("nack"), Taken::Leased)? {
+        if fail(&table, job_id, error.unwrap_or("nack"), Taken::Leased, false)? {
             Ok(())
         } else {
             Err(unknown_job(name, job_id))
@@ -966,7 +1040,11 @@ fn retry_job(queue_name: Option<&str>, job_id: Option<i64>) {
                 &[job_id.into()],
             )
         })?;
-        revived.map(|_| ()).ok_or_else(|| unknown_job(name, job_id))
+        revived.ok_or_else(|| unknown_job(name, job_id))?;
+        if lookup(name)?.worker {
+            crate::worker::wake_worker_at_commit(); // it runs at commit, not at the next poll
+        }
+        Ok(())
     })()
     .or_report()
 }

@@ -45,13 +45,13 @@ pub fn create_record(class_name: &str, data: Value, id: Option<Uuid>) -> Result<
 #[pg_extern(volatile, parallel_unsafe)]
 fn create(
     class_name: Option<&str>,
-    data: default!(Option<JsonB>, "'{}'"),
+    data: default!(Option<RawJsonb>, "'{}'"),
     id: default!(Option<Uuid>, "NULL"),
 ) -> Uuid {
     (|| {
         create_record(
             required(class_name, "class_name")?,
-            required(data, "data")?.0,
+            required(data, "data")?.to_value()?,
             id,
         )
     })()
@@ -72,7 +72,9 @@ fn set_field(
         let value = required(value, "value")?;
         check_field_name(field, strict_field_names())?;
         if field == PROPERTIES {
-            check_field(field, &value.to_value(), strict_field_names())?;
+            check_field(field, &value.to_value()?, strict_field_names())?;
+        } else {
+            value.check_holdable()?;
         }
         let change = Change {
             set: FieldValues::One(field.to_string(), value),
@@ -92,7 +94,7 @@ fn set_fields(
 ) -> i32 {
     (|| {
         let (id, patch) = (required(id, "id")?, required(patch, "patch")?);
-        check_document(&patch.to_value(), "patch", strict_field_names())?;
+        check_document(&patch.to_value()?, "patch", strict_field_names())?;
         let change = Change {
             set: FieldValues::Raw(patch),
             ..Change::default()
@@ -125,11 +127,11 @@ pub fn apply_document_change(id: Uuid, old: &Value, new: &Value) -> Result<i32> 
 /// added, removed), built on the latest version (so concurrent writers of other fields are
 /// not overwritten): what `UPDATE eventic.latest` and UPDATE of a class view mean.
 #[pg_extern(volatile, parallel_unsafe)]
-fn apply_change(id: Option<Uuid>, old_data: Option<JsonB>, new_data: Option<JsonB>) -> i32 {
+fn apply_change(id: Option<Uuid>, old_data: Option<RawJsonb>, new_data: Option<RawJsonb>) -> i32 {
     (|| {
         let id = required(id, "id")?;
-        let old = old_data.map(|d| d.0).unwrap_or(Value::Null);
-        apply_document_change(id, &old, &required(new_data, "data")?.0)
+        let old = old_data.map(RawJsonb::to_value).transpose()?.unwrap_or(Value::Null);
+        apply_document_change(id, &old, &required(new_data, "data")?.to_value()?)
     })()
     .or_report()
 }
@@ -215,8 +217,8 @@ fn history(
             let mut out = Vec::new();
             let mut previous: Option<Map<String, Value>> = None;
             for row in table {
-                let data = match row.get::<JsonB>(3)? {
-                    Some(JsonB(Value::Object(map))) => map,
+                let data = match crate::raw_jsonb::column(&row, 3)? {
+                    Some(Value::Object(map)) => map,
                     _ => Map::new(),
                 };
                 let deleted = row.get::<bool>(6)?.unwrap_or_default();
@@ -269,14 +271,14 @@ fn diff(id: Option<Uuid>, from_version: Option<i32>, to_version: Option<i32>) ->
 fn add_property(
     id: Option<Uuid>,
     key: Option<&str>,
-    value: default!(Option<JsonB>, "'true'"),
+    value: default!(Option<RawJsonb>, "'true'"),
 ) -> i32 {
     (|| {
         let (id, key) = (required(id, "id")?, required(key, "key")?);
         let value = required(value, "value")?;
         check_property_key(key)?;
         let mut set = Map::new();
-        set.insert(key.to_string(), value.0);
+        set.insert(key.to_string(), value.to_value()?);
         let change = Change {
             properties: Patch {
                 set,

@@ -140,8 +140,8 @@ const SELECT_FIRST: &str =
        FROM eventic.records WHERE id = $1 ORDER BY version LIMIT 1";
 
 fn row_from(tuple: pgrx::spi::SpiHeapTupleData<'_>) -> Result<VersionRow> {
-    let data = match tuple.get::<JsonB>(3)? {
-        Some(JsonB(Value::Object(map))) => map,
+    let data = match crate::raw_jsonb::column(&tuple, 3)? {
+        Some(Value::Object(map)) => map,
         _ => Map::new(),
     };
     Ok(VersionRow {
@@ -268,6 +268,7 @@ const INSERT_FIRST: &str = "INSERT INTO eventic.records \
 /// Append version 0 of a new record.
 pub fn insert_first(id: Uuid, class_name: &str, data: Map<String, Value>) -> Result<()> {
     let _own = OwnWrite::begin();
+    crate::outbox::discard();
     let inserted = Spi::connect_mut(|client| -> Result<bool> {
         let stmt = plan(client, INSERT_FIRST, &[UUID, UUID, TEXT, JSONB], true)?;
         let args = [
@@ -279,7 +280,7 @@ pub fn insert_first(id: Uuid, class_name: &str, data: Map<String, Value>) -> Res
         Ok(!client.update(&*stmt, None, &args)?.is_empty())
     })?;
     if inserted {
-        Ok(())
+        crate::outbox::publish()
     } else {
         Err(EventicError::RecordExists { id: id.to_string() })
     }
@@ -438,7 +439,8 @@ pub fn append(id: Uuid, change: Change, expected_version: Option<i32>) -> Result
 
 /// Run [`APPEND_NEXT`] with `args`: the new version, or `None` when nothing was appended.
 fn append_next(args: &[DatumWithOid]) -> Result<Option<i32>> {
-    Spi::connect_mut(|client| -> Result<Option<i32>> {
+    crate::outbox::discard();
+    let appended = Spi::connect_mut(|client| -> Result<Option<i32>> {
         let stmt = plan(
             client,
             APPEND_NEXT,
@@ -452,7 +454,12 @@ fn append_next(args: &[DatumWithOid]) -> Result<Option<i32>> {
             Some(row) => row.get::<i32>(1)?,
             None => None,
         })
-    })
+    })?;
+    // the row went in (the trigger's events are this version's): its outbox events go out
+    if appended.is_some() {
+        crate::outbox::publish()?;
+    }
+    Ok(appended)
 }
 
 /// Append a tombstone version (eventic.delete); returns its version.

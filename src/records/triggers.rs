@@ -2,9 +2,10 @@
 //! `UPDATE` becomes one appended version, direct `INSERT`/`DELETE`/`TRUNCATE` are refused.
 
 use pgrx::prelude::*;
-use pgrx::{pg_sys, AllocatedByPostgres, JsonB, Uuid};
+use pgrx::{pg_sys, AllocatedByPostgres, Uuid};
 
 use crate::errors::{EventicError, OrReport};
+use crate::raw_jsonb::RawJsonb;
 use crate::records::store;
 
 /// BEFORE INSERT, per row: only eventic's own functions append versions (and superusers, so
@@ -32,8 +33,9 @@ fn records_guard_insert<'a>(
         };
         crate::classes::on_new_version(version, || {
             Ok(new
-                .get_by_name::<JsonB>("data")?
-                .map(|j| j.0)
+                .get_by_name::<RawJsonb>("data")?
+                .map(RawJsonb::to_value)
+                .transpose()?
                 .unwrap_or_default())
         })
         .or_report();
@@ -148,12 +150,12 @@ fn records_redirect_update<'a>(
                 "Create a new record with eventic.create(...).",
             ));
         }
-        let old_data: Option<JsonB> = old.get_by_name("data")?;
-        let new_data: Option<JsonB> = new.get_by_name("data")?;
-        let new_data = new_data.ok_or_else(|| EventicError::null_argument("data"))?;
-        let old_data = old_data.unwrap_or(JsonB(serde_json::Value::Null));
-        if old_data.0 != new_data.0 {
-            crate::records::apply_document_change(id, &old_data.0, &new_data.0)?;
+        let old_data: Option<RawJsonb> = old.get_by_name("data")?;
+        let new_data: Option<RawJsonb> = new.get_by_name("data")?;
+        let new_data = new_data.ok_or_else(|| EventicError::null_argument("data"))?.to_value()?;
+        let old_data = old_data.map(RawJsonb::to_value).transpose()?.unwrap_or_default();
+        if old_data != new_data {
+            crate::records::apply_document_change(id, &old_data, &new_data)?;
         }
         Ok(())
     })()

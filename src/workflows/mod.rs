@@ -17,6 +17,7 @@ use pgrx::{pg_sys, JsonB};
 use serde_json::Value;
 
 use crate::errors::{required, EventicError, OrReport, Result};
+use crate::raw_jsonb::RawJsonb;
 use crate::queues::{self, jobs, NewJob};
 use crate::roles::{as_extension_owner, current_role};
 use crate::subxact::in_subtransaction;
@@ -42,6 +43,8 @@ struct StepRecord {
 enum Pending {
     Call {
         name: String,
+        /// "step" (may act outside the database) or "transaction" (database only).
+        kind: &'static str,
         fn_oid: pg_sys::Oid,
         args: Value,
     },
@@ -133,14 +136,37 @@ fn suspended() -> bool {
     CONTEXT.with(|ctx| ctx.borrow().as_ref().is_some_and(|c| c.pending.is_some()))
 }
 
-/// Inside a body: run `fn(args)` once; on replay return its recorded result.
+/// Inside a body: run `fn(args)` once; on replay return its recorded result. A step may act
+/// outside the database (HTTP, files, sequences): it runs only once its record is sure to be
+/// kept, so a completed step never runs again unless the server crashed while it ran.
 #[pg_extern(volatile, parallel_unsafe, name = "_step")]
-fn step(name: Option<&str>, fn_oid: Option<pg_sys::Oid>, args: Option<JsonB>) -> JsonB {
-    (|| {
+fn step(name: Option<&str>, fn_oid: Option<pg_sys::Oid>, args: Option<RawJsonb>) -> JsonB {
+    run_step(name, fn_oid, args, "step").or_report()
+}
+
+/// Inside a body: like [`step`], for a function that only reads and writes the database.
+/// Its effects commit with its record, so it may also run inline, where the body reaches
+/// it (the speculative fast path): if that run is rolled back, so are its effects.
+#[pg_extern(volatile, parallel_unsafe, name = "_transaction")]
+fn transaction_step(
+    name: Option<&str>,
+    fn_oid: Option<pg_sys::Oid>,
+    args: Option<RawJsonb>,
+) -> JsonB {
+    run_step(name, fn_oid, args, "transaction").or_report()
+}
+
+fn run_step(
+    name: Option<&str>,
+    fn_oid: Option<pg_sys::Oid>,
+    args: Option<RawJsonb>,
+    kind: &'static str,
+) -> Result<JsonB> {
+    {
         let name = required(name, "name")?;
         let fn_oid = required(fn_oid, "fn")?;
-        let args = required(args, "args")?.0;
-        match next_record(name, "step")? {
+        let args = required(args, "args")?.to_value()?;
+        match next_record(name, kind)? {
             (_, Some(record)) if record.error.is_none() => {
                 Ok(JsonB(record.output.unwrap_or(Value::Null)))
             }
@@ -152,15 +178,19 @@ fn step(name: Option<&str>, fn_oid: Option<pg_sys::Oid>, args: Option<JsonB>) ->
                 ),
                 "The workflow's body may catch this error; otherwise the workflow ends in ERROR.",
             )),
-            (position, None) if speculating() => run_inline(position, name, fn_oid, args),
+            // only a database-only step runs inline: a speculative run may still be rolled
+            // back (the body sleeps or waits later), and its effects with it
+            (position, None) if kind == "transaction" && speculating() => {
+                run_inline(position, name, fn_oid, args)
+            }
             _ => Err(suspend(Pending::Call {
                 name: name.to_string(),
+                kind,
                 fn_oid,
                 args,
             })),
         }
-    })()
-    .or_report()
+    }
 }
 
 thread_local! {
@@ -196,12 +226,7 @@ fn run_inline(position: usize, name: &str, fn_oid: pg_sys::Oid, args: Value) -> 
     if too_many {
         return Err(suspend(Pending::Abandon));
     }
-    let job = jobs::Job {
-        job_id: 0,
-        fn_oid,
-        args,
-        enqueued_by: current_role(),
-    };
+    let job = jobs::Job::new(fn_oid, args, current_role());
     let Ok(output) = jobs::run_returning(&job, &mut jobs::Calls::default()) else {
         return Err(suspend(Pending::Abandon));
     };
@@ -209,7 +234,7 @@ fn run_inline(position: usize, name: &str, fn_oid: pg_sys::Oid, args: Value) -> 
         if let Some(ctx) = ctx.borrow_mut().as_mut() {
             let record = StepRecord {
                 name: name.to_string(),
-                kind: "step".into(),
+                kind: "transaction".into(),
                 output: Some(output.clone()),
                 error: None,
                 attempts: 1,
@@ -291,10 +316,10 @@ fn recv(topic: Option<&str>, timeout: default!(Option<Interval>, "'1 minute'")) 
 
 /// Inside a body: publish `value` under `key` (read with eventic.get_event).
 #[pg_extern(volatile, parallel_unsafe)]
-fn set_event(key: Option<&str>, value: Option<JsonB>) {
+fn set_event(key: Option<&str>, value: Option<RawJsonb>) {
     (|| {
         let key = required(key, "key")?;
-        let value = required(value, "value")?.0;
+        let value = required(value, "value")?.to_value()?;
         match next_record(key, "set_event")? {
             (_, Some(_)) => Ok(()),
             (_, None) => Err(suspend(Pending::SetEvent {
@@ -309,10 +334,10 @@ fn set_event(key: Option<&str>, value: Option<JsonB>) {
 /// Inside a body: start a child workflow once (the SQL face eventic.start_child takes the
 /// function as regprocedure); returns its id.
 #[pg_extern(volatile, parallel_unsafe, name = "_start_child")]
-fn start_child(fn_oid: Option<pg_sys::Oid>, input: Option<JsonB>) -> String {
+fn start_child(fn_oid: Option<pg_sys::Oid>, input: Option<RawJsonb>) -> String {
     (|| {
         let fn_oid = required(fn_oid, "fn")?;
-        let input = required(input, "input")?.0;
+        let input = required(input, "input")?.to_value()?;
         match next_record("start_child", "start_child")? {
             (_, Some(record)) => Ok(record
                 .output
@@ -574,7 +599,7 @@ fn take_message(workflow_id: &str, topic: &str) -> Result<Option<Option<Value>>>
                 &[workflow_id.into(), topic.into()],
             )?;
             match rows.next() {
-                Some(row) => Ok(Some(row.get::<JsonB>(1)?.map(|j| j.0))),
+                Some(row) => Ok(Some(crate::raw_jsonb::column(&row, 1)?)),
                 None => Ok(None),
             }
         })
@@ -583,19 +608,29 @@ fn take_message(workflow_id: &str, topic: &str) -> Result<Option<Option<Value>>>
 
 /// Send `message` on `topic` to a workflow (it takes it with eventic.recv).
 #[pg_extern(volatile, parallel_unsafe)]
-fn send(workflow_id: Option<&str>, topic: Option<&str>, message: default!(Option<JsonB>, "NULL")) {
+fn send(workflow_id: Option<&str>, topic: Option<&str>, message: default!(Option<RawJsonb>, "NULL")) {
     (|| {
         let id = required(workflow_id, "workflow_id")?;
         let topic = required(topic, "topic")?;
+        if let Some(message) = message {
+            message.check_holdable()?;
+        }
         let workflow = workflow_for(id, "send a message to")?;
-        as_extension_owner(|| {
+        // the message first, then the workflow's row lock: a run in progress holds it until
+        // its transaction ends, and its end (WAITING for this topic, say) is what decides
+        // whether the workflow needs a run to receive the message. Read before that lock, a
+        // RUNNING status that turned WAITING meanwhile left the message to the recv timeout.
+        let status = as_extension_owner(|| {
             crate::spi_plans::kept_run(
                 "INSERT INTO eventic.workflow_messages (workflow_id, topic, message) VALUES ($1, $2, $3)",
                 &[id.into(), topic.into(), message.into()],
             )?;
-            Ok(())
+            crate::spi_plans::kept_value::<String>(
+                "SELECT status FROM eventic.workflow_runs WHERE workflow_id = $1 FOR NO KEY UPDATE",
+                &[id.into()],
+            )
         })?;
-        if workflow.status == "WAITING" {
+        if status.as_deref() == Some("WAITING") {
             enqueue_run(&workflow.queue_name, id, workflow.started_by, 0.0)?;
         }
         Ok(())
@@ -619,6 +654,9 @@ fn get_event(
             return Err(negative("timeout"));
         }
         workflow_for(id, "read the events of")?;
+        if interval_seconds(timeout) > 0.0 {
+            refuse_wait_in_starting_transaction(id)?;
+        }
         let found = wait_for(interval_seconds(timeout), || {
             Spi::connect_mut(|client| {
                 let mut rows = client.update(
@@ -627,7 +665,7 @@ fn get_event(
                     &[id.into(), key.into()],
                 )?;
                 match rows.next() {
-                    Some(row) => Ok(Some(row.get::<JsonB>(1)?)),
+                    Some(row) => Ok(Some(crate::raw_jsonb::column(&row, 1)?.map(JsonB))),
                     None => Ok(None),
                 }
             })
@@ -635,6 +673,27 @@ fn get_event(
         Ok(found.flatten())
     })()
     .or_report()
+}
+
+/// 55000 for a wait on a workflow that this transaction started and that has not ended: it
+/// cannot run before this transaction commits, so the wait would only run out its timeout.
+fn refuse_wait_in_starting_transaction(id: &str) -> Result<()> {
+    let started_here = as_extension_owner(|| {
+        crate::spi_plans::kept_value::<pg_sys::TransactionId>(
+            "SELECT xmin FROM eventic.workflow_runs
+              WHERE workflow_id = $1 AND status NOT IN ('SUCCESS', 'ERROR', 'CANCELLED')",
+            &[id.into()],
+        )
+    })?
+    // SAFETY: asks whether an xid is one of this transaction's (no catalog access).
+    .is_some_and(|xmin| unsafe { pg_sys::TransactionIdIsCurrentTransactionId(xmin) });
+    if started_here {
+        return Err(EventicError::NotReady {
+            message: format!("workflow {id} was started in this transaction, which must commit before it can run"),
+            hint: "Commit first, then wait for it (eventic.wait_workflow / eventic.get_event) in a new transaction.".into(),
+        });
+    }
+    Ok(())
 }
 
 /// Poll `check` (sleeping on the latch between tries, 1 ms, after 20 ms growing to 50 ms) until it gives a
@@ -792,6 +851,9 @@ fn wait_workflow(
             return Err(negative("timeout"));
         }
         workflow_for(id, "wait for")?;
+        if interval_seconds(timeout) > 0.0 {
+            refuse_wait_in_starting_transaction(id)?;
+        }
         let ended = wait_for(interval_seconds(timeout), || {
             let row = result_of(id)?;
             let Some((status, output, error)) = row else {
@@ -818,14 +880,14 @@ fn wait_workflow(
 #[pg_extern(volatile, parallel_unsafe, name = "_start_workflow")]
 fn start_workflow(
     fn_oid: Option<pg_sys::Oid>,
-    input: Option<JsonB>,
+    input: Option<RawJsonb>,
     workflow_id: Option<&str>,
     queue_name: Option<&str>,
     timeout: Option<Interval>,
 ) -> String {
     (|| {
         let fn_oid = required(fn_oid, "fn")?;
-        let input = required(input, "input")?.0;
+        let input = required(input, "input")?.to_value()?;
         let queue_name = queue_name.unwrap_or(DEFAULT_QUEUE);
         // Signature::of fails (42704) for a missing function; a procedure is not a body
         // (EXECUTE is looked up only for a function that exists: Signature::of found it)
@@ -926,7 +988,7 @@ fn load(workflow_id: &str) -> Result<Option<WorkflowRow>> {
             };
             Ok(Some(WorkflowRow {
                 fn_oid: row.get::<pg_sys::Oid>(1)?.unwrap_or(pg_sys::InvalidOid),
-                input: row.get::<JsonB>(2)?.map(|j| j.0).unwrap_or(Value::Null),
+                input: crate::raw_jsonb::column(&row, 2)?.unwrap_or(Value::Null),
                 status: row.get::<String>(3)?.unwrap_or_default(),
                 queue_name: row.get::<String>(4)?.unwrap_or_default(),
                 started_by: row.get::<pg_sys::Oid>(5)?.unwrap_or(pg_sys::InvalidOid),
@@ -961,7 +1023,7 @@ fn load_steps_planned(workflow_id: &str) -> Result<Vec<StepRecord>> {
             records.push(StepRecord {
                 name: row.get::<String>(1)?.unwrap_or_default(),
                 kind: row.get::<String>(2)?.unwrap_or_default(),
-                output: row.get::<JsonB>(3)?.map(|j| j.0),
+                output: crate::raw_jsonb::column(&row, 3)?,
                 error: row.get::<String>(4)?,
                 attempts: row.get::<i32>(5)?.unwrap_or(1),
             });
@@ -1051,6 +1113,11 @@ fn run_workflow_steps(workflow_id: &str) -> Result<()> {
         let (body_sql, body_args) = body.call_returning_json(&workflow.input)?;
         let mut speculate = may_speculate(workflow.fn_oid);
         for _ in 0..STEPS_PER_JOB {
+            // every step that wrote keeps a subtransaction xid until the transaction ends:
+            // go on in a fresh job (and transaction) before the subxid cache overflows
+            if crate::subxact::subxid_cache_nearly_full() {
+                break;
+            }
             CONTEXT.with(|ctx| {
                 *ctx.borrow_mut() = Some(Context {
                     workflow_id: workflow_id.to_string(),
@@ -1268,26 +1335,21 @@ fn run_workflow_steps(workflow_id: &str) -> Result<()> {
                     write_step(workflow_id, position, &record)?;
                     records.push(record);
                 }
-                (_, Some((position, Pending::Call { name, fn_oid, args }))) => {
+                (_, Some((position, Pending::Call { name, kind, fn_oid, args }))) => {
                     let previous_attempts = records.get(position).map(|r| r.attempts).unwrap_or(0);
-                    let job = jobs::Job {
-                        job_id: 0,
-                        fn_oid,
-                        args,
-                        enqueued_by: workflow.started_by,
-                    };
+                    let job = jobs::Job::new(fn_oid, args, workflow.started_by);
                     let result = jobs::run_returning(&job, &mut calls);
                     let record = match result {
                         Ok(output) => StepRecord {
                             name,
-                            kind: "step".into(),
+                            kind: kind.into(),
                             output: Some(output),
                             error: None,
                             attempts: previous_attempts + 1,
                         },
                         Err(failure) => StepRecord {
                             name,
-                            kind: "step".into(),
+                            kind: kind.into(),
                             output: None,
                             error: Some(format!("{}: {}", failure.sqlstate, failure.message)),
                             attempts: previous_attempts + 1,
@@ -1351,7 +1413,7 @@ fn result_of(id: &str) -> Result<Option<RunResult>> {
         };
         Ok(Some((
             row.get::<String>(1)?.unwrap_or_default(),
-            row.get::<JsonB>(2)?,
+            crate::raw_jsonb::column(&row, 2)?.map(JsonB),
             row.get::<String>(3)?,
         )))
     })
