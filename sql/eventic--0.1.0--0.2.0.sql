@@ -32,14 +32,13 @@ REVOKE ALL ON FUNCTION eventic._transaction(text, oid, jsonb) FROM PUBLIC;
 
 -- ---------------------------------------------------------------------------------------------
 -- Functions of sql/*.sql, new or changed
+-- (copied from the generated eventic--0.2.0.sql, which has them from sql/*.sql)
 
--- from sql/workflows.sql
 CREATE OR REPLACE FUNCTION eventic.transaction(name text, fn regprocedure, args jsonb DEFAULT '[]')
 RETURNS jsonb LANGUAGE c VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'transaction_step_wrapper';
 COMMENT ON FUNCTION eventic.transaction(text, regprocedure, jsonb) IS
   'Inside a workflow body: a step whose fn only reads and writes the database; its effects commit with its record, exactly once (it may run inline: the fast path)';
 
--- from sql/queues.sql (its REVOKE and comment stay)
 CREATE OR REPLACE FUNCTION eventic._create_queue(queue_name text, class_name text DEFAULT NULL,
                                       queue_owner regrole DEFAULT NULL)
 RETURNS void
@@ -85,15 +84,20 @@ BEGIN
         -- every role reads the jobs it enqueued; the queue's owner reads them all
         GRANT SELECT ON eventic.%1$I TO PUBLIC;
         ALTER TABLE eventic.%1$I ENABLE ROW LEVEL SECURITY;
-        DROP POLICY IF EXISTS jobs_visible ON eventic.%1$I;  -- a table adopted again
+    $ddl$, tbl, tbl || '_ready', tbl || '_dedup',
+        'Jobs of eventic queue ' || queue_name || '; use eventic.enqueue, never write directly',
+        queue_name);
+    -- (a table kept by DROP EXTENSION and adopted again has its policy)
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_policy p
+                    WHERE p.polrelid = format('eventic.%I', tbl)::regclass AND p.polname = 'jobs_visible') THEN
+        EXECUTE format($ddl$
         CREATE POLICY jobs_visible ON eventic.%1$I FOR SELECT
             USING (pg_catalog.pg_has_role(enqueued_by, 'USAGE')
                    OR EXISTS (SELECT FROM eventic.queues q
                                WHERE q.queue_name = %5$L AND q.owner IS NOT NULL
                                  AND pg_catalog.pg_has_role(q.owner, 'USAGE')));
-    $ddl$, tbl, tbl || '_ready', tbl || '_dedup',
-        'Jobs of eventic queue ' || queue_name || '; use eventic.enqueue, never write directly',
-        queue_name);
+        $ddl$, tbl, NULL, NULL, NULL, queue_name);
+    END IF;
     -- a table kept by DROP EXTENSION and adopted again may hold jobs whose function is gone:
     -- eventic's own (eventic._run_workflow) went with the extension, and their workflows too
     EXECUTE format('UPDATE eventic.%I SET dead_at = pg_catalog.clock_timestamp(), last_error = %L
@@ -108,7 +112,6 @@ $$;
 COMMENT ON FUNCTION eventic._create_queue(text, text, regrole) IS
   'Internal: create the table of a queue (idempotent); called by register_class as the extension owner';
 
--- from sql/queues.sql
 CREATE OR REPLACE FUNCTION eventic.queue_counts(queue_name text,
     OUT ready bigint, OUT scheduled bigint, OUT running bigint, OUT dead bigint,
     OUT oldest_ready_age interval)
@@ -128,7 +131,6 @@ BEGIN
 END
 $$;
 
--- from sql/queues.sql
 CREATE OR REPLACE FUNCTION eventic.enqueue_batch(queue text, fn regprocedure, args_list jsonb[],
                                       run_at timestamptz DEFAULT NULL, priority integer DEFAULT 0,
                                       max_attempts integer DEFAULT 5)
@@ -141,7 +143,7 @@ BEGIN
             USING ERRCODE = '22023', HINT = 'Pass a queue name, a function and an array of args (one per job).';
     END IF;
     IF NOT EXISTS (SELECT FROM eventic.queues q WHERE q.queue_name = queue) THEN
-        RAISE EXCEPTION 'queue % does not exist', queue
+        RAISE EXCEPTION 'queue "%" does not exist', queue
             USING ERRCODE = '42704',
                   HINT = 'See SELECT queue_name FROM eventic.queues; create one with eventic.create_queue(name) or eventic.register_class(class).';
     END IF;
@@ -153,7 +155,6 @@ $$;
 COMMENT ON FUNCTION eventic.enqueue_batch(text, regprocedure, jsonb[], timestamptz, integer, integer) IS
   'Enqueue one job per element of args_list; returns their ids in order.';
 
--- from sql/classes.sql
 CREATE OR REPLACE FUNCTION eventic.class_view_write() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -201,6 +202,9 @@ END
 $$;
 COMMENT ON FUNCTION eventic.class_view_write() IS
   'INSTEAD OF trigger of class views: INSERT/UPDATE/DELETE become create/versions/tombstone';
+
+-- ---------------------------------------------------------------------------------------------
+-- Comments
 
 COMMENT ON FUNCTION eventic.step(text, regprocedure, jsonb) IS
   'Inside a workflow body: run fn(args) once, record its result, return the record on replay; fn may act outside the database (it never runs again once completed, unless the server crashed while it ran)';

@@ -38,6 +38,7 @@ import tempfile
 import time
 
 import psycopg
+import psycopg.sql
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -302,6 +303,40 @@ def fingerprint_diff(upgraded: dict, fresh: dict, upgraded_label="0.1.0 + upgrad
     return "\n".join(out)
 
 
+def suggested_sql(fresh_conn, upgraded: dict, fresh: dict) -> str:
+    """Statements for the upgrade script, for the functions that differ: each missing or changed
+    function as the fresh install has it (pg_get_functiondef: the body exactly, a C function's
+    symbol as MODULE_PATHNAME), with its comment and PUBLIC's EXECUTE; DROP for functions the
+    fresh install does not have. Other objects are left to the reader of the diff."""
+    out = []
+    rows = fresh_conn.execute("""
+        SELECT n.nspname, p.proname, pg_get_function_identity_arguments(p.oid), pg_get_functiondef(p.oid),
+               obj_description(p.oid, 'pg_proc'), p.oid::regprocedure::text,
+               p.proacl IS NULL OR EXISTS (SELECT FROM aclexplode(p.proacl) a
+                                            WHERE a.grantee = 0 AND a.privilege_type = 'EXECUTE')
+          FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+         WHERE n.nspname = 'eventic' AND p.prokind <> 'a' ORDER BY 2, 3""", ()).fetchall()
+    for schema, name, args, definition, comment, signature, public_execute in rows:
+        key = f"function {schema}.{name}({args})"
+        if key in upgraded and upgraded[key] == fresh.get(key):
+            continue
+        definition = re.sub(r"AS '\$libdir/eventic', \$function\$(\w+)\$function\$",
+                            r"AS 'MODULE_PATHNAME', '\1'", definition.rstrip())
+        out.append(f"-- {'changed' if key in upgraded else 'new'}: {signature}"
+                   + (" (if CREATE OR REPLACE refuses a changed result or argument name: DROP it first,"
+                      " with what depends on it)" if key in upgraded else ""))
+        out.append(definition + ";")
+        if comment is not None:
+            out.append(f"COMMENT ON FUNCTION {signature} IS " + psycopg.sql.Literal(comment).as_string(fresh_conn) + ";")
+        if not public_execute:
+            out.append(f"REVOKE ALL ON FUNCTION {signature} FROM PUBLIC;")
+        out.append("")
+    for key in sorted(set(upgraded) - set(fresh)):
+        if key.startswith("function eventic."):
+            out.append(f"DROP FUNCTION IF EXISTS {key[len('function '):]};")
+    return "\n".join(out)
+
+
 # --------------------------------------------------------------------------------------------
 # what both databases get (the objects eventic creates outside the extension: queue tables,
 # class views, the tracked table's trigger), and the data only the old one gets
@@ -463,7 +498,7 @@ def drop_database(cluster, name):
 # 1. ALTER EXTENSION eventic UPDATE from 0.1.0
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="class")
 def upgraded(cluster):
     """Database A: 0.1.0, filled, then updated; database B: the current version, fresh, with
     the same classes, queues and tracked table."""
@@ -505,82 +540,83 @@ def require_updated(upgraded):
     assert upgraded["version"] == NEW_VERSION
 
 
-def test_update_reaches_the_current_version_and_keeps_every_row(upgraded):
-    require_updated(upgraded)
-    diff = snapshot_diff(upgraded["before"], upgraded["after"], only_old_columns=True)
-    assert not diff, "rows changed by ALTER EXTENSION eventic UPDATE:\n" + diff
+class TestUpdateFrom010:
+    """One 0.1.0 database, filled and updated (its databases are dropped when the class ends:
+    the workers of a cluster serve a limited number of databases)."""
 
+    def test_update_reaches_the_current_version_and_keeps_every_row(self, upgraded):
+        require_updated(upgraded)
+        diff = snapshot_diff(upgraded["before"], upgraded["after"], only_old_columns=True)
+        assert not diff, "rows changed by ALTER EXTENSION eventic UPDATE:\n" + diff
 
-def test_updated_schema_equals_a_fresh_install(upgraded):
-    require_updated(upgraded)
-    cluster = upgraded["cluster"]
-    with cluster.connect(dbname=upgraded["a"]) as conn:
-        old = schema_fingerprint(conn)
-    with cluster.connect(dbname=upgraded["b"]) as conn:
-        new = schema_fingerprint(conn)
-    diff = fingerprint_diff(old, new)
-    assert not diff, ("the schema after ALTER EXTENSION eventic UPDATE differs from a fresh install"
-                      f" (re-run scripts/schema-diff while editing {UPGRADE_SCRIPT.name}):\n" + diff)
+    def test_updated_schema_equals_a_fresh_install(self, upgraded):
+        require_updated(upgraded)
+        cluster = upgraded["cluster"]
+        with cluster.connect(dbname=upgraded["a"]) as conn:
+            old = schema_fingerprint(conn)
+        with cluster.connect(dbname=upgraded["b"]) as conn:
+            new = schema_fingerprint(conn)
+        diff = fingerprint_diff(old, new)
+        assert not diff, ("the schema after ALTER EXTENSION eventic UPDATE differs from a fresh install"
+                          f" (re-run scripts/schema-diff while editing {UPGRADE_SCRIPT.name}):\n" + diff)
 
+    def test_updated_records_classes_and_tracked_table_work(self, upgraded):
+        require_updated(upgraded)
+        ids = upgraded["ids"]
+        with upgraded["cluster"].connect(dbname=upgraded["a"]) as conn:
+            hare = conn.execute("SELECT eventic.hydrate(%s)", (ids["hare"],)).fetchone()[0]
+            assert hare["title"] == "The Hare and the Tortoise" and hare["version"] == 3
+            assert hare["properties"] == {"featured": True}
+            assert conn.execute("SELECT eventic.hydrate(%s, 0)", (ids["hare"],)).fetchone()[0]["title"] == "The Hare"
+            history = conn.execute("SELECT version, changed_fields FROM eventic.history(%s)", (ids["hare"],)).fetchall()
+            assert [v for v, _ in history] == [0, 1, 2, 3] and history[1][1] == ["words"]
+            assert conn.execute("SELECT eventic.diff(%s, 0, 1)", (ids["hare"],)).fetchone()[0] == {
+                "words": {"old": 2, "new": 5}}
+            with pytest.raises(psycopg.errors.NoDataFound):
+                conn.execute("SELECT eventic.hydrate(%s)", (ids["gone"],))
+            # a new version of an old record, validated against the class's schema
+            assert conn.execute("SELECT eventic.set_field(%s, 'words', '7')", (ids["hare"],)).fetchone()[0] == 4
+            with pytest.raises(psycopg.errors.CheckViolation):
+                conn.execute("SELECT eventic.set_field(%s, 'words', '-1')", (ids["hare"],))
+            assert conn.execute("UPDATE public.story SET words = 4 WHERE id = %s RETURNING version",
+                                (ids["view_row"],)).fetchone()[0] == 1
+            assert conn.execute("SELECT count(*) FROM eventic.latest WHERE class_type = 'Story'").fetchone()[0] == 2
+            # the subscriber got the new versions
+            assert wait_until(lambda: conn.execute(
+                "SELECT count(*) FROM events WHERE event->>'id' = %s AND (event->>'version')::int = 4",
+                (str(ids["hare"]),)).fetchone()[0] == 1, timeout=30), "the subscriber missed a version after the upgrade"
+            # the tracked table's UPDATE still versions
+            conn.execute("UPDATE orders SET status = 'shipped' WHERE id = %s", (ids["order"],))
+            versions = conn.execute("SELECT version, data->>'status' FROM eventic.history(%s)", (ids["order"],)).fetchall()
+            assert versions == [(0, "new"), (1, "paid"), (2, "shipped")]
+            new_id = conn.execute("SELECT eventic.create('Story', '{\"title\": \"New\"}')").fetchone()[0]
+            assert conn.execute("SELECT eventic.hydrate(%s)", (new_id,)).fetchone()[0]["version"] == 0
 
-def test_updated_records_classes_and_tracked_table_work(upgraded):
-    require_updated(upgraded)
-    ids = upgraded["ids"]
-    with upgraded["cluster"].connect(dbname=upgraded["a"]) as conn:
-        hare = conn.execute("SELECT eventic.hydrate(%s)", (ids["hare"],)).fetchone()[0]
-        assert hare["title"] == "The Hare and the Tortoise" and hare["version"] == 3
-        assert hare["properties"] == {"featured": True}
-        assert conn.execute("SELECT eventic.hydrate(%s, 0)", (ids["hare"],)).fetchone()[0]["title"] == "The Hare"
-        history = conn.execute("SELECT version, changed_fields FROM eventic.history(%s)", (ids["hare"],)).fetchall()
-        assert [v for v, _ in history] == [0, 1, 2, 3] and history[1][1] == ["words"]
-        assert conn.execute("SELECT eventic.diff(%s, 0, 1)", (ids["hare"],)).fetchone()[0] == {
-            "words": {"old": 2, "new": 5}}
-        with pytest.raises(psycopg.errors.NoDataFound):
-            conn.execute("SELECT eventic.hydrate(%s)", (ids["gone"],))
-        # a new version of an old record, validated against the class's schema
-        assert conn.execute("SELECT eventic.set_field(%s, 'words', '7')", (ids["hare"],)).fetchone()[0] == 4
-        with pytest.raises(psycopg.errors.CheckViolation):
-            conn.execute("SELECT eventic.set_field(%s, 'words', '-1')", (ids["hare"],))
-        assert conn.execute("UPDATE public.story SET words = 4 WHERE id = %s RETURNING version",
-                            (ids["view_row"],)).fetchone()[0] == 1
-        assert conn.execute("SELECT count(*) FROM eventic.latest WHERE class_type = 'Story'").fetchone()[0] == 2
-        # the subscriber got the new versions
-        assert wait_until(lambda: conn.execute(
-            "SELECT count(*) FROM events WHERE event->>'id' = %s AND (event->>'version')::int = 4",
-            (str(ids["hare"]),)).fetchone()[0] == 1, timeout=30), "the subscriber missed a version after the upgrade"
-        # the tracked table's UPDATE still versions
-        conn.execute("UPDATE orders SET status = 'shipped' WHERE id = %s", (ids["order"],))
-        versions = conn.execute("SELECT version, data->>'status' FROM eventic.history(%s)", (ids["order"],)).fetchall()
-        assert versions == [(0, "new"), (1, "paid"), (2, "shipped")]
-        new_id = conn.execute("SELECT eventic.create('Story', '{\"title\": \"New\"}')").fetchone()[0]
-        assert conn.execute("SELECT eventic.hydrate(%s)", (new_id,)).fetchone()[0]["version"] == 0
-
-
-def test_updated_queues_and_workflows_go_on(upgraded):
-    require_updated(upgraded)
-    ids = upgraded["ids"]
-    with upgraded["cluster"].connect(dbname=upgraded["a"]) as conn:
-        def effects():
-            return sorted(n for (n,) in conn.execute("SELECT n FROM effects"))
-        # the held ready jobs run once their queue is unpaused; a new enqueue runs
-        conn.execute("SELECT eventic.alter_queue('held', paused => false)")
-        conn.execute("SELECT eventic.enqueue('mail', 'effect(int)', '[30]')")
-        # the dead job is retried
-        conn.execute("UPDATE switch SET ok = true")
-        conn.execute("SELECT eventic.retry_job('flaky', %s)", (ids["dead"],))
-        # the sleeping listener gets its second message
-        conn.execute("SELECT eventic.send('listener', 'go', '{\"n\": 2}')")
-        assert conn.execute("SELECT eventic.wait_workflow('napper', '60 seconds')").fetchone()[0] == "rested"
-        assert conn.execute("SELECT eventic.wait_workflow('listener', '60 seconds')").fetchone()[0] == {
-            "first": {"n": 1}, "second": {"n": 2}}
-        # 1 finished before, 2 scheduled, 3 retried, 11-13 held, 20/21 the napper's steps, 30 new
-        assert wait_until(lambda: effects() == [1, 2, 3, 11, 12, 13, 20, 21, 30], timeout=60), effects()
-        time.sleep(0.5)
-        assert effects() == [1, 2, 3, 11, 12, 13, 20, 21, 30], "a job ran twice"
-        stats = conn.execute("SELECT queue_name, ready, scheduled, dead FROM eventic.queue_stats"
-                             " WHERE queue_name IN ('mail', 'held', 'flaky') ORDER BY 1").fetchall()
-        assert stats == [("flaky", 0, 0, 0), ("held", 0, 0, 0), ("mail", 0, 0, 0)]
-        assert conn.execute("SELECT count(*) FROM eventic.finished_jobs").fetchone()[0] >= 9
+    def test_updated_queues_and_workflows_go_on(self, upgraded):
+        require_updated(upgraded)
+        ids = upgraded["ids"]
+        with upgraded["cluster"].connect(dbname=upgraded["a"]) as conn:
+            def effects():
+                return sorted(n for (n,) in conn.execute("SELECT n FROM effects"))
+            # the held ready jobs run once their queue is unpaused; a new enqueue runs
+            conn.execute("SELECT eventic.alter_queue('held', paused => false)")
+            conn.execute("SELECT eventic.enqueue('mail', 'effect(int)', '[30]')")
+            # the dead job is retried
+            conn.execute("UPDATE switch SET ok = true")
+            conn.execute("SELECT eventic.retry_job('flaky', %s)", (ids["dead"],))
+            # the sleeping listener gets its second message
+            conn.execute("SELECT eventic.send('listener', 'go', '{\"n\": 2}')")
+            assert conn.execute("SELECT eventic.wait_workflow('napper', '60 seconds')").fetchone()[0] == "rested"
+            assert conn.execute("SELECT eventic.wait_workflow('listener', '60 seconds')").fetchone()[0] == {
+                "first": {"n": 1}, "second": {"n": 2}}
+            # 1 finished before, 2 scheduled, 3 retried, 11-13 held, 20/21 the napper's steps, 30 new
+            assert wait_until(lambda: effects() == [1, 2, 3, 11, 12, 13, 20, 21, 30], timeout=60), effects()
+            time.sleep(0.5)
+            assert effects() == [1, 2, 3, 11, 12, 13, 20, 21, 30], "a job ran twice"
+            stats = conn.execute("SELECT queue_name, ready, scheduled, dead FROM eventic.queue_stats"
+                                 " WHERE queue_name IN ('mail', 'held', 'flaky') ORDER BY 1").fetchall()
+            assert stats == [("flaky", 0, 0, 0), ("held", 0, 0, 0), ("mail", 0, 0, 0)]
+            assert conn.execute("SELECT count(*) FROM eventic.finished_jobs").fetchone()[0] >= 9
 
 
 # --------------------------------------------------------------------------------------------
@@ -592,7 +628,7 @@ def pg_tool(tool, *args):
     return result.returncode, result.stdout + result.stderr
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="class")
 def restored(cluster):
     """A database at the current version, filled, dumped (custom format) and restored into a
     new database of the same cluster."""
@@ -625,61 +661,61 @@ def restored(cluster):
         drop_database(cluster, target)
 
 
-def test_restore_is_clean(restored):
-    assert restored["restore_code"] == 0 and not restored["restore_output"].strip(), (
-        "pg_restore reported errors:\n" + restored["restore_output"])
+class TestDumpRestore:
+    """One database at the current version, filled, dumped and restored into a new database."""
 
+    def test_restore_is_clean(self, restored):
+        assert restored["restore_code"] == 0 and not restored["restore_output"].strip(), (
+            "pg_restore reported errors:\n" + restored["restore_output"])
 
-def test_the_dump_has_the_finished_jobs_archive(restored):
-    # eventic.finished_jobs is a view of eventic.finished_batches: its rows are dumped only if
-    # that table is registered with pg_extension_config_dump
-    assert "TABLE DATA eventic finished_batches" in restored["listing"], (
-        "the dump has no data for eventic.finished_batches (the archive behind eventic.finished_jobs):"
-        " it is not registered with pg_extension_config_dump")
-    assert restored["after"]["eventic.finished_jobs"] == restored["before"]["eventic.finished_jobs"]
-    assert len(restored["before"]["eventic.finished_jobs"]) >= 1
+    def test_the_dump_has_the_finished_jobs_archive(self, restored):
+        # eventic.finished_jobs is a view of eventic.finished_batches: its rows are dumped only if
+        # that table is registered with pg_extension_config_dump
+        assert "TABLE DATA eventic finished_batches" in restored["listing"], (
+            "the dump has no data for eventic.finished_batches (the archive behind eventic.finished_jobs):"
+            " it is not registered with pg_extension_config_dump")
+        assert restored["after"]["eventic.finished_jobs"] == restored["before"]["eventic.finished_jobs"]
+        assert len(restored["before"]["eventic.finished_jobs"]) >= 1
 
+    def test_restore_keeps_every_row(self, restored):
+        diff = snapshot_diff(restored["before"], restored["after"])
+        assert not diff, "rows differ between the dumped and the restored database:\n" + diff
 
-def test_restore_keeps_every_row(restored):
-    diff = snapshot_diff(restored["before"], restored["after"])
-    assert not diff, "rows differ between the dumped and the restored database:\n" + diff
-
-
-def test_restored_database_works(restored):
-    ids = restored["ids"]
-    with restored["cluster"].connect(dbname=restored["target"]) as conn:
-        def effects():
-            return sorted(n for (n,) in conn.execute("SELECT n FROM effects"))
-        hare = conn.execute("SELECT eventic.hydrate(%s)", (ids["hare"],)).fetchone()[0]
-        assert hare["title"] == "The Hare and the Tortoise" and hare["version"] == 3
-        assert [v for (v,) in conn.execute("SELECT version FROM eventic.history(%s)", (ids["hare"],))] == [0, 1, 2, 3]
-        assert conn.execute("SELECT eventic.set_field(%s, 'words', '7')", (ids["hare"],)).fetchone()[0] == 4
-        with pytest.raises(psycopg.errors.CheckViolation):
-            conn.execute("SELECT eventic.set_field(%s, 'words', '-1')", (ids["hare"],))
-        conn.execute("UPDATE orders SET status = 'shipped' WHERE id = %s", (ids["order"],))
-        versions = conn.execute("SELECT version, data->>'status' FROM eventic.history(%s)", (ids["order"],)).fetchall()
-        assert versions == [(0, "new"), (1, "paid"), (2, "shipped")]
-        # new jobs get new ids (the queue tables' identity sequences were restored)
-        (new_job,) = conn.execute("SELECT eventic.enqueue('mail', 'effect(int)', '[30]')").fetchone()
-        assert new_job > ids["scheduled"], (
-            f"job id {new_job} after the restore: the queue table's identity sequence was not restored"
-            f" (the dumped queue had job {ids['scheduled']})")
-        conn.execute("SELECT eventic.alter_queue('held', paused => false)")
-        conn.execute("UPDATE switch SET ok = true")
-        conn.execute("SELECT eventic.retry_job('flaky', %s)", (ids["dead"],))
-        # a message sent after the restore comes after the one sent before
-        conn.execute("SELECT eventic.send('listener', 'go', '{\"n\": 2}')")
-        assert conn.execute("SELECT eventic.wait_workflow('napper', '60 seconds')").fetchone()[0] == "rested"
-        assert conn.execute("SELECT eventic.wait_workflow('listener', '60 seconds')").fetchone()[0] == {
-            "first": {"n": 1}, "second": {"n": 2}}
-        assert wait_until(lambda: effects() == [1, 2, 3, 11, 12, 13, 20, 21, 30], timeout=60), effects()
-        # the outbox subscriber of the restored class gets the new version
-        assert wait_until(lambda: conn.execute(
-            "SELECT count(*) FROM events WHERE event->>'id' = %s AND (event->>'version')::int = 4",
-            (str(ids["hare"]),)).fetchone()[0] == 1, timeout=30), (
-            "the restored class's subscriber did not get the new version: " + repr(conn.execute(
-                "SELECT subscribers, subscribers::regprocedure[]::text FROM eventic.classes"
-                " WHERE class_name = 'Story'").fetchone()))
+    def test_restored_database_works(self, restored):
+        ids = restored["ids"]
+        with restored["cluster"].connect(dbname=restored["target"]) as conn:
+            def effects():
+                return sorted(n for (n,) in conn.execute("SELECT n FROM effects"))
+            hare = conn.execute("SELECT eventic.hydrate(%s)", (ids["hare"],)).fetchone()[0]
+            assert hare["title"] == "The Hare and the Tortoise" and hare["version"] == 3
+            assert [v for (v,) in conn.execute("SELECT version FROM eventic.history(%s)", (ids["hare"],))] == [0, 1, 2, 3]
+            assert conn.execute("SELECT eventic.set_field(%s, 'words', '7')", (ids["hare"],)).fetchone()[0] == 4
+            with pytest.raises(psycopg.errors.CheckViolation):
+                conn.execute("SELECT eventic.set_field(%s, 'words', '-1')", (ids["hare"],))
+            conn.execute("UPDATE orders SET status = 'shipped' WHERE id = %s", (ids["order"],))
+            versions = conn.execute("SELECT version, data->>'status' FROM eventic.history(%s)", (ids["order"],)).fetchall()
+            assert versions == [(0, "new"), (1, "paid"), (2, "shipped")]
+            # new jobs get new ids (the queue tables' identity sequences were restored)
+            (new_job,) = conn.execute("SELECT eventic.enqueue('mail', 'effect(int)', '[30]')").fetchone()
+            assert new_job > ids["scheduled"], (
+                f"job id {new_job} after the restore: the queue table's identity sequence was not restored"
+                f" (the dumped queue had job {ids['scheduled']})")
+            conn.execute("SELECT eventic.alter_queue('held', paused => false)")
+            conn.execute("UPDATE switch SET ok = true")
+            conn.execute("SELECT eventic.retry_job('flaky', %s)", (ids["dead"],))
+            # a message sent after the restore comes after the one sent before
+            conn.execute("SELECT eventic.send('listener', 'go', '{\"n\": 2}')")
+            assert conn.execute("SELECT eventic.wait_workflow('napper', '60 seconds')").fetchone()[0] == "rested"
+            assert conn.execute("SELECT eventic.wait_workflow('listener', '60 seconds')").fetchone()[0] == {
+                "first": {"n": 1}, "second": {"n": 2}}
+            assert wait_until(lambda: effects() == [1, 2, 3, 11, 12, 13, 20, 21, 30], timeout=60), effects()
+            # the outbox subscriber of the restored class gets the new version
+            assert wait_until(lambda: conn.execute(
+                "SELECT count(*) FROM events WHERE event->>'id' = %s AND (event->>'version')::int = 4",
+                (str(ids["hare"]),)).fetchone()[0] == 1, timeout=30), (
+                "the restored class's subscriber did not get the new version: " + repr(conn.execute(
+                    "SELECT subscribers, subscribers::regprocedure[]::text FROM eventic.classes"
+                    " WHERE class_name = 'Story'").fetchone()))
 
 
 def test_restore_into_another_cluster_keeps_who_owns_what(cluster):
@@ -713,7 +749,9 @@ def test_restore_into_another_cluster_keeps_who_owns_what(cluster):
             conn.execute("SELECT eventic.enqueue('gadget', 'app_effect(int)', '[3]', run_at => now() + interval '12 seconds')")
             conn.execute("SELECT eventic.start_workflow('app_flow(jsonb)', '{}', 'app-flow')")
             assert wait_until(lambda: conn.execute(
-                "SELECT eventic.workflow_status('app-flow')").fetchone()[0] == "SLEEPING", timeout=10)
+                "SELECT eventic.workflow_status('app-flow')").fetchone()[0] == "SLEEPING", timeout=10), (
+                "the workflow did not reach its sleep: " + repr(conn.execute(
+                    "SELECT status, error FROM eventic.workflows").fetchall()))
         common = ["-h", cluster.directory, "-p", str(cluster.port), "-U", "postgres"]
         code, output = pg_tool("pg_dump", *common, "-Fc", "-f", dump, source)
         assert code == 0, f"pg_dump failed:\n{output}"
@@ -755,11 +793,13 @@ def schema_diff_main(argv):
                                      description="0.1.0 + ALTER EXTENSION UPDATE vs a fresh install")
     parser.add_argument("--host", required=True, help="socket directory of the cluster")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--sql", action="store_true",
+                        help="also print statements for the upgrade script (the functions that differ)")
     parser.add_argument("--bare", action="store_true",
                         help="only the extension (no classes, queues, tracked table created in both)")
     args = parser.parse_args(argv)
     for note in prepare_scripts():
-        print(note, file=sys.stderr)
+        print(f"-- {note}")
 
     def connect(dbname):
         return psycopg.connect(f"host={args.host} port={args.port} dbname={dbname} user=postgres",
@@ -781,6 +821,8 @@ def schema_diff_main(argv):
             if not args.bare:
                 create_structure(conn)
             prints["fresh"] = schema_fingerprint(conn)
+            if args.sql:
+                prints["sql"] = suggested_sql(conn, prints["upgraded"], prints["fresh"])
     finally:
         with connect("postgres") as admin:
             for name in ("schema_diff_upgraded", "schema_diff_fresh"):
@@ -791,6 +833,9 @@ def schema_diff_main(argv):
           f" ({installed}, {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(installed.stat().st_mtime))} UTC);"
           f" {len(prints['fresh'])} objects compared")
     print(diff if diff else "-- no difference")
+    if args.sql and prints["sql"]:
+        print("\n-- statements for " + UPGRADE_SCRIPT.name + " (functions only; check them):\n")
+        print(prints["sql"])
     return 1 if diff else 0
 
 
