@@ -22,6 +22,12 @@ thread_local! {
 
 /// The kept plan for `sql`, preparing it on first use. `mutating` plans always run with a fresh
 /// snapshot (SPI read_only = false), which the write path needs after taking its lock.
+///
+/// Kept plans are run with `SpiClient::select`, also when they write: pgrx's `update` (and
+/// `Spi::get_one`, `Spi::run`, `connect_mut`) first assigns the transaction an xid, so a
+/// read path (a workflow's status, an idle worker's empty claim) would write a commit
+/// record, and fail on a hot standby. A mutating plan run by `select` is executed with
+/// read_only = false all the same; a statement that writes gets its xid when it writes.
 pub fn plan(
     client: &SpiClient<'_>,
     sql: &'static str,
@@ -79,9 +85,9 @@ pub fn optional_value_planned<T: pgrx::FromDatum + pgrx::IntoDatum>(
     types: &[PgOid],
     args: &[pgrx::datum::DatumWithOid],
 ) -> Result<Option<T>> {
-    pgrx::Spi::connect_mut(|client| {
+    pgrx::Spi::connect(|client| {
         let stmt = dynamic_plan(client, sql, types)?;
-        let mut rows = client.update(&*stmt, Some(1), args)?;
+        let mut rows = client.select(&*stmt, Some(1), args)?;
         match rows.next() {
             Some(row) => Ok(row.get::<T>(1)?),
             None => Ok(None),
@@ -100,9 +106,9 @@ pub fn kept_value<T: pgrx::FromDatum + pgrx::IntoDatum>(
     sql: &'static str,
     args: &[pgrx::datum::DatumWithOid],
 ) -> Result<Option<T>> {
-    pgrx::Spi::connect_mut(|client| {
+    pgrx::Spi::connect(|client| {
         let stmt = plan(client, sql, &types_of(args), true)?;
-        let mut rows = client.update(&*stmt, Some(1), args)?;
+        let mut rows = client.select(&*stmt, Some(1), args)?;
         match rows.next() {
             Some(row) => Ok(row.get::<T>(1)?),
             None => Ok(None),
@@ -112,9 +118,9 @@ pub fn kept_value<T: pgrx::FromDatum + pgrx::IntoDatum>(
 
 /// Run a constant statement through its kept plan (parameter types from `args`).
 pub fn kept_run(sql: &'static str, args: &[pgrx::datum::DatumWithOid]) -> Result<()> {
-    pgrx::Spi::connect_mut(|client| {
+    pgrx::Spi::connect(|client| {
         let stmt = plan(client, sql, &types_of(args), true)?;
-        client.update(&*stmt, None, args)?;
+        client.select(&*stmt, None, args)?;
         Ok(())
     })
 }

@@ -54,9 +54,9 @@ pub fn lookup(name: &str) -> Result<Option<Rc<ClassInfo>>> {
     }
     // No borrow is held while SPI runs: invalidations may arrive meanwhile.
     let (registered, json_schema, classes_oid, queue_name, subscribers, owner, grant_targets) =
-        Spi::connect_mut(|client| -> Result<_> {
+        Spi::connect(|client| -> Result<_> {
             let stmt = plan(client, SELECT_CLASS, &[crate::records::store::TEXT], true)?;
-            let mut table = client.update(&*stmt, Some(1), &[name.into()])?;
+            let mut table = client.select(&*stmt, Some(1), &[name.into()])?;
             let row = table.next().ok_or_else(|| {
                 crate::errors::EventicError::Internal("class lookup returned no row".into())
             })?;

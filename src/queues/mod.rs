@@ -580,14 +580,16 @@ fn lock_jobs(
     let now = clock_timestamp();
     as_extension_owner(|| {
         crate::spi_plans::in_index_order(|| {
-            Spi::connect_mut(|client| {
-                let rows = if limit > 0 && (limit as u64).is_power_of_two() {
-                    let types = [PgOid::BuiltIn(PgBuiltInOids::TIMESTAMPTZOID)];
-                    let stmt = crate::spi_plans::dynamic_plan(client, &sql, &types)?;
-                    client.update(&*stmt, None, &[now.into()])?
+            // select on mutating plans, not update: an empty claim (an idle worker's) must not
+            // assign an xid (see spi_plans::plan)
+            Spi::connect(|client| {
+                let types = [PgOid::BuiltIn(PgBuiltInOids::TIMESTAMPTZOID)];
+                let stmt = if limit > 0 && (limit as u64).is_power_of_two() {
+                    crate::spi_plans::dynamic_plan(client, &sql, &types)?
                 } else {
-                    client.update(&sql, None, &[now.into()])?
+                    std::rc::Rc::new(client.prepare_mut(&sql, &types)?.keep()) // freed on drop
                 };
+                let rows = client.select(&*stmt, None, &[now.into()])?;
                 rows.map(|row| {
                     let tid = row.get::<pg_sys::ItemPointerData>(5)?.ok_or_else(|| {
                         EventicError::Internal("a claimed job without ctid".into())
@@ -730,14 +732,14 @@ fn prune_archive() -> Result<()> {
     // whole archive (a day of batches by default) every 5 s to find the few that expired
     as_extension_owner(|| {
         crate::spi_plans::in_index_order(|| {
-            Spi::connect_mut(|client| {
+            Spi::connect(|client| {
                 let types = [
                     PgOid::BuiltIn(PgBuiltInOids::TIMESTAMPTZOID),
                     PgOid::BuiltIn(PgBuiltInOids::INT4OID),
                 ];
                 let stmt = crate::spi_plans::plan(client, PRUNE_ARCHIVE, &types, true)?;
                 let retention = crate::settings::archive_retention_seconds();
-                client.update(&*stmt, None, &[clock_timestamp().into(), retention.into()])?;
+                client.select(&*stmt, None, &[clock_timestamp().into(), retention.into()])?;
                 Ok(())
             })
         })

@@ -658,8 +658,8 @@ fn get_event(
             refuse_wait_in_starting_transaction(id)?;
         }
         let found = wait_for(interval_seconds(timeout), || {
-            Spi::connect_mut(|client| {
-                let mut rows = client.update(
+            Spi::connect(|client| {
+                let mut rows = client.select(
                     &*crate::spi_plans::kept(client, "SELECT value FROM eventic.workflow_events WHERE workflow_id = $1 AND key = $2", &[id.into(), key.into()])?,
                     Some(1),
                     &[id.into(), key.into()],
@@ -737,8 +737,8 @@ struct State {
 
 /// A workflow's status, queue and starter, whoever asks (callers check who may act on it).
 fn load_state(id: &str) -> Result<Option<State>> {
-    as_extension_owner(|| Spi::connect_mut(|client| {
-        let mut rows = client.update(
+    as_extension_owner(|| Spi::connect(|client| {
+        let mut rows = client.select(
             &*crate::spi_plans::kept(client, "SELECT status, queue_name, started_by FROM eventic.workflow_runs WHERE workflow_id = $1", &[id.into()])?,
             Some(1),
             &[id.into()],
@@ -1007,8 +1007,8 @@ fn load_steps(workflow_id: &str) -> Result<Vec<StepRecord>> {
 }
 
 fn load_steps_planned(workflow_id: &str) -> Result<Vec<StepRecord>> {
-    Spi::connect_mut(|client| {
-        let rows = client.update(
+    Spi::connect(|client| {
+        let rows = client.select(
             &*crate::spi_plans::kept(
                 client,
                 "SELECT name, kind, output, error, attempts FROM eventic.workflow_records
@@ -1384,7 +1384,7 @@ fn run_workflow_steps(workflow_id: &str) -> Result<()> {
 }
 
 /// The status of a workflow: ENQUEUED, RUNNING, SLEEPING, WAITING, SUCCESS, ERROR, CANCELLED.
-#[pg_extern(stable, parallel_safe)]
+#[pg_extern(stable, parallel_restricted)]
 fn workflow_status(workflow_id: Option<&str>) -> String {
     (|| {
         let id = required(workflow_id, "workflow_id")?;
@@ -1398,8 +1398,8 @@ type RunResult = (String, Option<JsonB>, Option<String>);
 
 /// A workflow's status, output and error as committed now, or None when it does not exist.
 fn result_of(id: &str) -> Result<Option<RunResult>> {
-    Spi::connect_mut(|client| {
-        let mut rows = client.update(
+    Spi::connect(|client| {
+        let mut rows = client.select(
             &*crate::spi_plans::kept(
                 client,
                 "SELECT status, output, error FROM eventic.workflow_runs WHERE workflow_id = $1",
