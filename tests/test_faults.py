@@ -79,6 +79,8 @@ CREATE FUNCTION whole(a jsonb) RETURNS void LANGUAGE sql AS 'SELECT';
 CREATE FUNCTION two(a jsonb, n int) RETURNS void LANGUAGE sql AS 'SELECT';
 CREATE FUNCTION listen(input jsonb) RETURNS jsonb LANGUAGE plpgsql AS
     $$ BEGIN RETURN eventic.recv('t', '1 hour'); END $$;
+CREATE TABLE tracked (id int PRIMARY KEY, j jsonb);
+SELECT eventic.track('tracked');
 """
 
 # (name, statement); %(id)s is a record of class Story, %(wf)s a running workflow
@@ -99,6 +101,8 @@ DEEP_CASES = [
     ("update_class_view_properties", f"UPDATE public.story SET properties = '{{\"p\": {DEEP_ARRAY}}}' WHERE id = %(id)s"),
     ("update_latest", f"UPDATE eventic.latest SET data = data || '{{\"tags\": {DEEP_ARRAY}}}' WHERE id = %(id)s"),
     ("insert_latest", f"INSERT INTO eventic.latest (class_type, data) VALUES ('Story', '{{\"meta\": {DEEP_OBJECT}}}')"),
+    ("update_records", f"UPDATE eventic.records SET data = data || '{{\"tags\": {DEEP_ARRAY}}}' WHERE id = %(id)s"),
+    ("tracked_table_insert", f"INSERT INTO tracked VALUES (1, '{DEEP_OBJECT}')"),
 ]
 
 
@@ -115,6 +119,7 @@ def test_json_nested_deeper_than_128_is_refused_with_22023(cluster, db, statemen
         # nothing was written by the refused statement
         assert one(conn, "SELECT max(version) FROM eventic.records WHERE id = %s", (story,)) == 1
         assert one(conn, "SELECT count(*) FROM eventic.queue_deep") == 0
+        assert one(conn, "SELECT count(*) FROM tracked") == 0
 
 
 @pytest.mark.parametrize("number", BIG_NUMBERS)
@@ -172,6 +177,22 @@ def test_a_job_gets_numbers_beyond_float_range_exactly(cluster, db, number):
             conn.execute("SELECT job_id, attempts, last_error FROM eventic.queue_nums").fetchall()
         rows = conn.execute(f"SELECT how, n = {number}::numeric FROM got ORDER BY how").fetchall()
         assert rows == [("typed", True), ("whole", True)]
+
+
+def test_a_workflow_holds_numbers_beyond_float_range_exactly(cluster, db):
+    with cluster.connect(dbname=db) as conn:
+        conn.execute("CREATE FUNCTION big() RETURNS numeric LANGUAGE sql AS 'SELECT 1e400::numeric'")
+        conn.execute(
+            "CREATE FUNCTION holder(input jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$ DECLARE r jsonb; m jsonb; BEGIN"
+            " r := eventic.step('big', 'big()'); m := eventic.recv('t', '30 seconds');"
+            " RETURN jsonb_build_array(input->'n', r, m); END $$"
+        )
+        wf = one(conn, "SELECT eventic.start_workflow('holder(jsonb)', '{\"n\": -1e400}')")
+        conn.execute("SELECT eventic.send(%s, 't', '1e-400')", (wf,))
+        same = conn.execute(
+            "SELECT (x->>0)::numeric = -1e400, (x->>1)::numeric = 1e400, (x->>2)::numeric = 1e-400"
+            " FROM eventic.wait_workflow(%s, '30 seconds') x", (wf,)).fetchone()
+        assert same == (True, True, True)
 
 
 @pytest.mark.parametrize("args", ["[1e400]", f"[{DEEP_ARRAY}]"], ids=["huge_number", "deep"])
