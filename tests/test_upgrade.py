@@ -455,8 +455,10 @@ def data_snapshot(conn) -> dict:
     snapshot = {}
     for table in tables:
         extra = ""
-        if table == "eventic.classes":
-            # subscribers are function oids: compare them by name
+        if table == "eventic.classes" and conn.execute(
+                "SELECT atttypid = 'oid[]'::regtype FROM pg_attribute"
+                " WHERE attrelid = 'eventic.classes'::regclass AND attname = 'subscribers'").fetchone() == (True,):
+            # subscribers kept as function oids: compare them by name (a dangling oid shows as a number)
             extra = " || jsonb_build_object('subscribers', t.subscribers::regprocedure[]::text)"
         rows = conn.execute(f"SELECT to_jsonb(t){extra} FROM {table} t").fetchall()
         snapshot[table] = sorted(json.dumps(r, sort_keys=True) for (r,) in rows)
