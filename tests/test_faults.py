@@ -511,15 +511,19 @@ def stamp_after(conn, n, since):
 def test_unpausing_a_queue_starts_its_jobs_within_100_ms(cluster, db):
     with cluster.connect(dbname=db) as conn:
         conn.execute(STAMP_SETUP)
-        conn.execute("SELECT eventic.create_queue('held')")
         delays = []
         for n in range(3):  # the old code's delay is uniform in 0..poll_interval: three rounds
-            conn.execute("SELECT eventic.alter_queue('held', paused => true)")
-            conn.execute("SELECT eventic.enqueue('held', 'stamp(int)', %s)", (Jsonb([n]),))
+            # a new queue, paused from its start: no worker's drain ever saw it unpaused (a
+            # drain that began before a pause committed may still claim a job enqueued after it)
+            queue = f"held_{n}"
+            with conn.transaction():
+                conn.execute("SELECT eventic.create_queue(%s)", (queue,))
+                conn.execute("SELECT eventic.alter_queue(%s, paused => true)", (queue,))
+            conn.execute("SELECT eventic.enqueue(%s, 'stamp(int)', %s)", (queue, Jsonb([n])))
             time.sleep(2)  # the worker is idle (the queue is paused)
             assert one(conn, "SELECT count(*) FROM stamps WHERE n = %s", (n,)) == 0, "a paused queue ran a job"
             with conn.transaction():
-                conn.execute("SELECT eventic.alter_queue('held', paused => false)")
+                conn.execute("SELECT eventic.alter_queue(%s, paused => false)", (queue,))
                 committed = one(conn, "SELECT clock_timestamp()")
             delays.append(float(stamp_after(conn, n, committed)))
         assert max(delays) < 100, f"job start after unpause (ms): {delays}"
