@@ -3,25 +3,37 @@ ALTER EXTENSION eventic UPDATE has the same schema as a fresh install and keeps 
 pg_dump/pg_restore round trip keeps every record, class, job, archived job and workflow.
 
 The previous release's install script is tests/fixtures/eventic--0.1.0.sql (exactly as 0.1.0
-shipped); the tests copy it into the extension directory when it is not there, and copy the
-working tree's upgrade script sql/eventic--0.1.0--<version>.sql over the installed one (as
-`cargo pgrx install` does), so they test the scripts of this tree with the installed library.
+shipped); the tests copy it into the extension directory when it is not there (or differs), and
+copy the working tree's upgrade script sql/eventic--0.1.0--<version>.sql over the installed one
+(as `cargo pgrx install` does), so they test the scripts of this tree with the installed build.
 
-The schema comparison is a catalog fingerprint (extension members are not in a plain
-`pg_dump --schema-only`): every object of the extension and every object in a non-system
-schema, by name, with its full definition (functions: pg_get_functiondef, so volatility,
-parallel, security, SET, body or C symbol; tables: columns in order with types, defaults,
-identity, compression, constraints, indexes, triggers, policies, RLS, options; views:
-definition and options; sequences; types; comments; owners; ACLs; whether it is a member of
-the extension) and the extension's pg_extension_config_dump registrations.
+TestUpdateFrom010: a database at 0.1.0 gets classes (JSON Schema, view, subscriber), records
+with history, a tracked table, finished, ready (paused queue), scheduled and dead jobs and two
+sleeping workflows (one with a message waiting), then ALTER EXTENSION eventic UPDATE: every row
+is still there, the schema equals a fresh install with the same classes and queues (a catalog
+fingerprint, and pg_dump --schema-only), and records, views, the tracked table, the subscriber,
+jobs, the retry of the dead job and both workflows go on.
+
+The fingerprint (extension members are not in a plain `pg_dump --schema-only`) lists every
+object of the extension and every object in a non-system schema, by name, with its full
+definition (functions: pg_get_functiondef, so volatility, parallel, security, SET, body or C
+symbol; tables: columns in order with types, defaults, identity, compression, constraints,
+indexes, triggers, policies, RLS, options; views: definition and options; sequences; types;
+comments; owners; ACLs; whether it is a member of the extension) and the extension's
+pg_extension_config_dump registrations.
+
+TestDumpRestore: the same data at the current version, pg_dump -Fc, pg_restore into a new
+database: the same rows (archive included), and everything goes on there, the workflows that
+were asleep at dump time included. test_restore_into_another_cluster_keeps_who_owns_what: the
+dump of an ordinary role's data restored on a second cluster, where that role has another oid.
 
 Also a tool for writing the upgrade script (scripts/schema-diff runs it on a throwaway cluster):
 
-    .venv/bin/python tests/test_upgrade.py schema-diff --host DIR --port PORT [--bare]
+    .venv/bin/python tests/test_upgrade.py schema-diff --host DIR --port PORT [--sql] [--bare]
 
 installs 0.1.0 + ALTER EXTENSION UPDATE in one database and the current version fresh in
 another (both with the same classes, views, queues and tracked table unless --bare), prints
-the difference and exits 1 when there is one.
+the difference and exits 1 when there is one; --sql adds statements for the functions that differ.
 """
 
 import argparse
@@ -561,6 +573,23 @@ class TestUpdateFrom010:
         diff = fingerprint_diff(old, new)
         assert not diff, ("the schema after ALTER EXTENSION eventic UPDATE differs from a fresh install"
                           f" (re-run scripts/schema-diff while editing {UPGRADE_SCRIPT.name}):\n" + diff)
+
+    def test_updated_pg_dump_schema_equals_a_fresh_install(self, upgraded):
+        """What pg_dump --schema-only shows (the objects that are not members of the extension:
+        queue tables, class views, the tracked table's trigger) is the same text on both sides."""
+        require_updated(upgraded)
+        cluster = upgraded["cluster"]
+        dumps = []
+        for db in (upgraded["a"], upgraded["b"]):
+            code, output = pg_tool("pg_dump", "-h", cluster.directory, "-p", str(cluster.port), "-U", "postgres",
+                                   "--schema-only", db)
+            assert code == 0, output
+            # (\restrict and \unrestrict carry a random key per dump)
+            dumps.append([line for line in output.splitlines()
+                          if not line.startswith(("-- Dumped", "\\restrict ", "\\unrestrict "))])
+        diff = "\n".join(difflib.unified_diff(dumps[0], dumps[1], "0.1.0 + upgrade", f"fresh {NEW_VERSION}",
+                                              lineterm="", n=2))
+        assert not diff, "pg_dump --schema-only differs:\n" + diff
 
     def test_updated_records_classes_and_tracked_table_work(self, upgraded):
         require_updated(upgraded)
