@@ -125,15 +125,24 @@ impl Worker {
             // SAFETY: outside a transaction, as postgres.c does before going idle.
             unsafe { pg_sys::pgstat_report_stat(false) };
             pgrx::check_for_interrupts!(); // a SIGTERM ends the worker here
+            if let Some(Pass::Ran(_)) = pass {
+                self.set_paused(None);
+            }
             match pass {
                 Some(Pass::Ran(n)) if n > 0 => {}
                 Some(Pass::Ran(_)) => {
-                    self.set_paused(None);
                     compact_empty_queues();
                     set_activity(pg_sys::BackendState::STATE_IDLE, "eventic: waiting for jobs");
                     wait(poll_interval());
                 }
                 Some(Pass::Paused(why)) => {
+                    set_activity(
+                        pg_sys::BackendState::STATE_IDLE,
+                        match why {
+                            Paused::Restore => "eventic: no jobs while pg_restore is connected",
+                            Paused::Setting => "eventic: no jobs while eventic.pause_workers is on",
+                        },
+                    );
                     self.set_paused(Some(why));
                     wait(poll_interval().min(PAUSE_CHECK_INTERVAL));
                 }
@@ -202,8 +211,8 @@ impl Worker {
             return;
         };
         let now = why.map_or(0, |why| why as u32);
-        let before = entry.paused.swap(now, Ordering::AcqRel);
-        if before == now || self.me.number != 0 {
+        // the worker that flips the flag says so (once per change and database)
+        if entry.paused.swap(now, Ordering::AcqRel) == now {
             return;
         }
         match why {
@@ -216,12 +225,6 @@ impl Worker {
                 self.name
             ),
             None => log!("eventic: the workers of database \"{}\" run jobs again", self.name),
-        }
-        if why.is_some() {
-            set_activity(
-                pg_sys::BackendState::STATE_IDLE,
-                "eventic: paused (pg_restore connected, or eventic.pause_workers)",
-            );
         }
     }
 }
