@@ -136,8 +136,6 @@ pub struct Board {
     /// Bumped by each start of the launcher: workers of an earlier launcher stop.
     pub generation: AtomicU32,
     pub launcher_pid: AtomicI32,
-    /// Start requests from databases without a line.
-    pub requests: AtomicU64,
     pub databases: [DatabaseEntry; MAX_DATABASES],
     pub slots: [WorkerSlot; MAX_SLOTS],
 }
@@ -150,7 +148,6 @@ impl Board {
         Self {
             generation: AtomicU32::new(0),
             launcher_pid: AtomicI32::new(0),
-            requests: AtomicU64::new(0),
             databases: [const { DatabaseEntry::new() }; MAX_DATABASES],
             slots: [const { WorkerSlot::new() }; MAX_SLOTS],
         }
@@ -197,13 +194,11 @@ pub fn worker_pids(oid: pg_sys::Oid) -> Vec<i32> {
 }
 
 /// Ask the launcher to start a database's workers now: counted on its line (which clears a
-/// "no extension" mark), and the launcher's latch set.
+/// "no extension" mark; a database without a line has none), and the launcher's latch set.
 pub fn request_workers(oid: pg_sys::Oid) {
-    let board = board();
-    match database(oid) {
-        Some(entry) => entry.requests.fetch_add(1, Ordering::AcqRel),
-        None => board.requests.fetch_add(1, Ordering::AcqRel),
-    };
+    if let Some(entry) = database(oid) {
+        entry.requests.fetch_add(1, Ordering::AcqRel);
+    }
     wake_launcher();
 }
 

@@ -350,12 +350,24 @@ fn drain_database(budget: i64) -> i64 {
                     retry.insert(queue.clone(), (failures, Instant::now() + delay));
                     (failures, delay)
                 });
-                pgrx::warning!(
-                    "eventic worker: draining queue \"{queue}\" failed ({}: {}); its jobs of this transaction were rolled back and run again later, the other queues' jobs are not affected. Queue \"{queue}\" is tried again in {} s (failure {failures} in a row)",
-                    failure.sqlstate,
-                    failure.message,
+                let report = pgrx::pg_sys::panic::ErrorReport::new(
+                    PgSqlErrorCode::ERRCODE_WARNING,
+                    format!(
+                        "eventic worker: draining queue \"{queue}\" failed: {} (SQLSTATE {})",
+                        failure.message, failure.sqlstate
+                    ),
+                    "eventic",
+                )
+                .set_detail(
+                    "That queue's work of this transaction was rolled back (its jobs run again later); \
+                     the other queues' jobs were not affected.",
+                )
+                .set_hint(format!(
+                    "The queue is tried again in {} s (failure {failures} in a row, the wait doubles up to a minute). \
+                     If it keeps failing, look at its table and jobs (eventic.queue_stats), or drop it with eventic.drop_queue.",
                     delay.as_secs()
-                );
+                ));
+                report.report(PgLogLevel::WARNING);
             }
         }
     }
