@@ -5,7 +5,8 @@
 set -euo pipefail
 
 PG_MAJOR=${PG_MAJOR:-15}
-PG_BIN=/usr/lib/postgresql/$PG_MAJOR/bin
+# PG_BIN=/some/private/install/bin runs clusters and installs against another PostgreSQL copy
+PG_BIN=${PG_BIN:-/usr/lib/postgresql/$PG_MAJOR/bin}
 PG_CONFIG=$PG_BIN/pg_config
 PGRX_VERSION=0.18.1
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

@@ -11,6 +11,7 @@ static ARCHIVE_RETENTION: GucSetting<i32> = GucSetting::<i32>::new(86_400);
 static POLL_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(1_000);
 static MAX_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(8);
 static WORKERS_PER_DATABASE: GucSetting<i32> = GucSetting::<i32>::new(2);
+static PAUSE_WORKERS: GucSetting<bool> = GucSetting::<bool>::new(false);
 static LAUNCHER_DATABASE: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"postgres"));
 
@@ -62,7 +63,10 @@ pub fn init() {
     GucRegistry::define_int_guc(
         c"eventic.max_workers",
         c"How many database workers eventic's launcher runs at once, in all databases.",
-        c"They count against max_worker_processes, with the launcher.",
+        c"They count against max_worker_processes, with the launcher. Every database with \
+          eventic gets its first worker before any database gets a second; a database that \
+          gets none has a WARNING in the log and a NOTICE at enqueue. Lowered (and reloaded), \
+          the extra workers stop at the end of their transaction.",
         &MAX_WORKERS,
         0,
         1024,
@@ -72,11 +76,24 @@ pub fn init() {
     GucRegistry::define_int_guc(
         c"eventic.workers_per_database",
         c"How many workers each database with eventic gets.",
-        c"A queue is drained by at most its concurrency (eventic.alter_queue) of them at once.",
+        c"A queue is drained by at most its concurrency (eventic.alter_queue) of them at once. \
+          Lowered (and reloaded), the extra workers stop at the end of their transaction.",
         &WORKERS_PER_DATABASE,
         1,
         64,
         GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"eventic.pause_workers",
+        c"Keep eventic's workers from running jobs in a database (set it with ALTER DATABASE).",
+        c"For restores through psql: ALTER DATABASE db SET eventic.pause_workers = on before, \
+          ALTER DATABASE db RESET eventic.pause_workers after. The workers read it from the \
+          catalog at most a second later; set anywhere else (postgresql.conf, a role, a \
+          session) it has no effect. pg_restore needs none of this: workers hold off by \
+          themselves while a pg_restore session is connected to their database.",
+        &PAUSE_WORKERS,
+        GucContext::Suset,
         GucFlags::default(),
     );
     GucRegistry::define_string_guc(

@@ -1,46 +1,49 @@
 //! The background worker (DESIGN.md §3): a launcher, started by the postmaster when eventic is
-//! in shared_preload_libraries, runs one worker per database; a worker drains the queues of
-//! its database while the extension exists there, and sleeps on its latch in between.
+//! in shared_preload_libraries, runs workers in the databases that have the extension; a
+//! worker drains the queues of its database and sleeps on its latch in between.
 //!
-//! Like pg_cron's: the launcher lists databases through SPI in `eventic.launcher_database`;
-//! workers connect as the bootstrap superuser and run every job as the role that enqueued it
-//! (see `queues::jobs`). A worker whose database has no eventic exits at once; the launcher
-//! looks again every 10 seconds, so `CREATE EXTENSION eventic` is picked up without a restart.
+//! - [`launcher`]: lists the databases every 10 s (and when woken), gives every database its
+//!   first worker before any database its second (within eventic.max_workers and the free
+//!   background worker slots), warns once when a database gets none, restarts a worker that
+//!   died within a second (with a backoff if it keeps dying), and asks the workers that the
+//!   settings no longer allow to stop.
+//! - [`database`]: a database worker. It runs each queue's jobs in a subtransaction of their
+//!   own, survives any error outside a job (logged, its transaction rolled back, on after a
+//!   second), holds off while a pg_restore session is connected to its database or
+//!   eventic.pause_workers is set for it, and assigns no transaction id while idle.
+//! - [`board`]: their shared memory (which databases have no extension, get no worker, are
+//!   paused; which worker runs where).
+//!
+//! Signals, in both: SIGTERM is Postgres's own die() (a fast shutdown or pg_terminate_backend
+//! ends the process at the next interrupt check, in a running job too, whose transaction
+//! rolls back); SIGHUP rereads the configuration at the next wait; every wait ends the process
+//! when the postmaster dies.
+//!
+//! Workers connect as the bootstrap superuser and run every job as the role that enqueued it
+//! (see `queues::jobs`).
+
+mod board;
+mod database;
+mod launcher;
 
 use std::cell::Cell;
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
-use pgrx::bgworkers::{
-    BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorkerStatus, BgWorkerStartTime,
-    DynamicBackgroundWorker, SignalWakeFlags,
-};
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
+use pgrx::pg_sys::panic::{CaughtError, ErrorReport};
 use pgrx::prelude::*;
-use pgrx::{pg_shmem_init, pg_sys, register_xact_callback, PgAtomic, PgXactCallbackEvent};
+use pgrx::{pg_sys, register_xact_callback, PgTryBuilder, PgXactCallbackEvent};
 
-use crate::settings;
+pub use database::eventic_worker_main;
+pub use launcher::eventic_launcher_main;
 
 const WORKER_TYPE: &str = "eventic worker";
 const LAUNCHER_TYPE: &str = "eventic launcher";
-/// Jobs per transaction of a worker: their effects and completions commit together.
-const JOBS_PER_TRANSACTION: i64 = 1024;
-/// A worker's transaction claims no new batch after this long, so that slow jobs (and
-/// workflow runs) become visible, and release their row locks, every ~100 ms rather than
-/// after 1024 of them.
-const TRANSACTION_TIME: Duration = Duration::from_millis(100);
-const LAUNCHER_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Set in the postmaster when eventic is preloaded; backends inherit it with fork().
 static PRELOADED: AtomicBool = AtomicBool::new(false);
-
-/// Requests to start database workers now (CREATE EXTENSION, an enqueue that found no
-/// worker): counted in shared memory, so the launcher sees one whenever its latch is set.
-// SAFETY: the only shared memory of that name.
-static START_REQUESTS: PgAtomic<AtomicU64> = unsafe { PgAtomic::new(c"eventic_start_requests") };
-/// The launcher's pid, for setting its latch.
-// SAFETY: the only shared memory of that name.
-static LAUNCHER_PID: PgAtomic<AtomicI32> = unsafe { PgAtomic::new(c"eventic_launcher_pid") };
 
 /// Whether eventic was loaded through shared_preload_libraries (so the worker runs).
 pub fn preloaded() -> bool {
@@ -54,8 +57,7 @@ pub fn init() {
         return;
     }
     PRELOADED.store(true, Ordering::Relaxed);
-    pg_shmem_init!(START_REQUESTS);
-    pg_shmem_init!(LAUNCHER_PID);
+    board::init();
     BackgroundWorkerBuilder::new(LAUNCHER_TYPE)
         .set_type(LAUNCHER_TYPE)
         .set_library("eventic")
@@ -66,116 +68,8 @@ pub fn init() {
         .load();
 }
 
-fn reload_config_if_asked() {
-    if BackgroundWorker::sighup_received() {
-        // SAFETY: the standard reaction to SIGHUP in a background worker.
-        unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
-    }
-}
-
-/// A database worker the launcher started.
-struct StartedWorker {
-    handle: DynamicBackgroundWorker,
-    started_at: Instant,
-}
-
-impl StartedWorker {
-    /// Whether it has exited (one not started yet has not: it must not be started twice).
-    fn stopped(&self) -> bool {
-        matches!(
-            self.handle.pid(),
-            Err(BackgroundWorkerStatus::Stopped | BackgroundWorkerStatus::PostmasterDied)
-        )
-    }
-}
-
-#[pg_guard]
-#[unsafe(no_mangle)]
-pub extern "C-unwind" fn eventic_launcher_main(_arg: pg_sys::Datum) {
-    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
-    BackgroundWorker::connect_worker_to_spi(Some(&settings::launcher_database()), None);
-    crate::roles::pin_worker_search_path();
-    log!("eventic launcher started");
-    // SAFETY: a plain read of this process's pid.
-    LAUNCHER_PID
-        .get()
-        .store(unsafe { pg_sys::MyProcPid }, Ordering::Relaxed);
-    let mut workers: HashMap<(u32, i32), StartedWorker> = HashMap::new();
-    let mut requests_seen = START_REQUESTS.get().load(Ordering::Relaxed);
-    loop {
-        reload_config_if_asked();
-        let requests = START_REQUESTS.get().load(Ordering::Relaxed);
-        if requests != requests_seen {
-            // asked to start workers now: forget when stopped ones were last started
-            requests_seen = requests;
-            workers.retain(|_, worker| !worker.stopped());
-        }
-        let databases = BackgroundWorker::transaction(|| {
-            Spi::connect(|client| -> Vec<(u32, String)> {
-                let Ok(rows) = client.select(
-                    "SELECT oid, datname::text FROM pg_database
-                      WHERE datallowconn AND NOT datistemplate ORDER BY oid",
-                    None,
-                    &[],
-                ) else {
-                    return Vec::new();
-                };
-                rows.filter_map(|row| {
-                    let oid = row.get::<pg_sys::Oid>(1).ok().flatten()?;
-                    let name = row.get::<String>(2).ok().flatten()?;
-                    Some((oid.to_u32(), name))
-                })
-                .collect()
-            })
-        });
-        // A worker is started again once it has stopped, but at most every LAUNCHER_INTERVAL:
-        // in a database without the extension it stops at once, and each stop wakes this
-        // loop (notify_pid), which must not turn into a fork storm.
-        workers.retain(|_, worker| {
-            worker.started_at.elapsed() < LAUNCHER_INTERVAL || !worker.stopped()
-        });
-        let mut running = workers.values().filter(|worker| !worker.stopped()).count();
-        let wanted = databases.iter().flat_map(|(oid, name)| {
-            (0..settings::workers_per_database()).map(move |n| (*oid, n, name))
-        });
-        for (oid, n, name) in wanted {
-            if workers.contains_key(&(oid, n)) || running >= settings::max_workers() as usize {
-                continue;
-            }
-            let started = BackgroundWorkerBuilder::new(&format!("eventic worker {n} for {name}"))
-                .set_type(WORKER_TYPE)
-                .set_library("eventic")
-                .set_function("eventic_worker_main")
-                .enable_spi_access()
-                .set_argument(Some(pg_sys::Datum::from(oid)))
-                // SAFETY: a plain read of this process's pid.
-                .set_notify_pid(unsafe { pg_sys::MyProcPid })
-                .load_dynamic();
-            if let Ok(handle) = started {
-                workers.insert(
-                    (oid, n),
-                    StartedWorker {
-                        handle,
-                        started_at: Instant::now(),
-                    },
-                );
-                running += 1;
-            }
-        }
-        if !BackgroundWorker::wait_latch(Some(LAUNCHER_INTERVAL)) {
-            break;
-        }
-    }
-    log!("eventic launcher stopped");
-}
-
-/// What pg_stat_activity shows for this worker.
-fn set_activity(state: pg_sys::BackendState::Type, text: &str) {
-    if let Ok(c_text) = std::ffi::CString::new(text) {
-        // SAFETY: reports this backend's activity for pg_stat_activity.
-        unsafe { pg_sys::pgstat_report_activity(state, c_text.as_ptr()) };
-    }
-}
+// ---------------------------------------------------------------------------------------------
+// What the launcher and the workers share: signals, waits, transactions that survive errors.
 
 unsafe extern "C-unwind" {
     /// Postgres's SIGTERM handler of backends (postgres.c), itself: pgrx's `pg_sys::die` is a
@@ -184,15 +78,12 @@ unsafe extern "C-unwind" {
     fn postgres_die(signal: std::ffi::c_int);
 }
 
-#[pg_guard]
-#[unsafe(no_mangle)]
-pub extern "C-unwind" fn eventic_worker_main(arg: pg_sys::Datum) {
-    let database = pg_sys::Oid::from(arg.value() as u32);
+/// SIGHUP: pgrx's handler (a flag, the latch); SIGTERM: Postgres's die(), so that the next
+/// interrupt check ends the process wherever it is, in a running job too (its transaction
+/// rolls back and its jobs run again later). pgrx's own SIGTERM handler only set a flag, which
+/// the drain loop consumed: a fast shutdown then waited for the worker forever.
+fn attach_signal_handlers() {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP);
-    // SIGTERM (a fast or smart shutdown, pg_terminate_backend): Postgres's own handler of
-    // backends, so that the next interrupt check ends the worker, in a running job too (its
-    // transaction rolls back and its jobs run again later). pgrx's handler only set a flag,
-    // which the drain loop consumed: a fast shutdown then waited for the worker forever.
     // SAFETY: installs a signal handler of the server, as postgres.c does for backends.
     unsafe {
         #[cfg(not(feature = "pg18"))]
@@ -200,148 +91,121 @@ pub extern "C-unwind" fn eventic_worker_main(arg: pg_sys::Datum) {
         #[cfg(feature = "pg18")]
         pg_sys::pqsignal_be(pg_sys::SIGTERM as i32, Some(postgres_die));
     }
-    BackgroundWorker::connect_worker_to_spi_by_oid(Some(database), None);
-    // the database owner's ALTER DATABASE ... SET search_path must not decide what the
-    // worker's own statements call (it runs as the bootstrap superuser)
-    crate::roles::pin_worker_search_path();
-    loop {
-        reload_config_if_asked();
-        let installed = BackgroundWorker::transaction(|| {
-            Spi::get_one::<bool>(
-                "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'eventic')",
-            )
-            .ok()
-            .flatten()
-            .unwrap_or(false)
-        });
-        if !installed {
-            return; // the launcher looks again later
-        }
-        // drain: each transaction runs a batch of jobs and commits them with their effects
-        loop {
-            set_activity(
-                pg_sys::BackendState::STATE_RUNNING,
-                "eventic: draining queues",
-            );
-            let ran = BackgroundWorker::transaction(|| drain_database(JOBS_PER_TRANSACTION));
-            // a background worker reports its table statistics only when asked: without this
-            // autovacuum never sees the jobs it deleted
-            // SAFETY: outside a transaction, as postgres.c does before going idle.
-            unsafe { pg_sys::pgstat_report_stat(false) };
-            pgrx::check_for_interrupts!(); // a SIGTERM ends the worker here
-            if ran == 0 {
-                break;
-            }
-        }
-        compact_empty_queues();
-        set_activity(
-            pg_sys::BackendState::STATE_IDLE,
-            "eventic: waiting for jobs",
-        );
-        let timeout = Duration::from_millis(settings::poll_interval_ms().max(10) as u64);
-        if !BackgroundWorker::wait_latch(Some(timeout)) {
-            break;
-        }
-        pgrx::check_for_interrupts!();
+}
+
+/// Reread the configuration files if a SIGHUP came.
+fn reload_config_if_asked() {
+    if BackgroundWorker::sighup_received() {
+        // SAFETY: the standard reaction to SIGHUP in a background worker.
+        unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
     }
 }
 
-/// With nothing left to run: truncate the large queue tables that are empty (see
-/// [`crate::queues::compaction`]), each in a transaction of its own.
-fn compact_empty_queues() {
-    let candidates = BackgroundWorker::transaction(|| {
-        crate::queues::compaction::candidates().unwrap_or_else(|err| {
-            pgrx::warning!("eventic: could not list the queue tables to truncate: {err}");
-            Vec::new()
-        })
-    });
-    for queue in candidates {
-        pgrx::check_for_interrupts!();
-        set_activity(
-            pg_sys::BackendState::STATE_RUNNING,
-            &format!("eventic: truncating the emptied queue {queue}"),
+/// Sleep on the latch for up to `timeout`: a SIGTERM (die) ends the process at the interrupt
+/// check after it, the postmaster's death at once; a SIGHUP rereads the configuration.
+fn wait(timeout: Duration) {
+    let millis = timeout.as_millis().clamp(1, i32::MAX as u128) as std::ffi::c_long;
+    // SAFETY: waits on this process's latch, as every background worker does.
+    unsafe {
+        pg_sys::WaitLatch(
+            pg_sys::MyLatch,
+            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+            millis,
+            pg_sys::PG_WAIT_EXTENSION,
         );
-        BackgroundWorker::transaction(|| {
-            if let Err(err) = crate::queues::compaction::truncate_if_empty(&queue) {
-                pgrx::warning!("eventic: could not truncate the table of queue {queue}: {err}");
-            }
-        });
+        pg_sys::ResetLatch(pg_sys::MyLatch);
+    }
+    pgrx::check_for_interrupts!();
+    reload_config_if_asked();
+}
+
+/// How long a process waits after an error outside a job before it goes on.
+const ERROR_PAUSE: Duration = Duration::from_secs(1);
+
+/// Run `body` in a transaction of its own and commit it. An ERROR (or a Rust panic) in it or
+/// in the commit does not end the process, as in pg_cron: it is logged as a WARNING (`what`
+/// says what was being done), the transaction is rolled back, and `None` comes back.
+fn guarded_transaction<R>(what: &str, body: impl FnOnce() -> R) -> Option<R> {
+    // SAFETY: the sequence of pgrx's BackgroundWorker::transaction, with an abort on error.
+    unsafe {
+        pg_sys::SetCurrentStatementStartTimestamp();
+        pg_sys::StartTransactionCommand();
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+    }
+    PgTryBuilder::new(AssertUnwindSafe(|| {
+        let result = body();
+        // SAFETY: pops the snapshot pushed above and commits the transaction started above.
+        unsafe {
+            pg_sys::PopActiveSnapshot();
+            pg_sys::CommitTransactionCommand();
+        }
+        Some(result)
+    }))
+    .catch_others(|caught| {
+        report_as_warning(what, &caught);
+        // SAFETY: what postgres.c does after an error: abort the transaction (and every
+        // subtransaction, snapshot, lock and SPI connection of it). pgrx has already copied
+        // and flushed the error state when it turned the ERROR into this panic.
+        unsafe { pg_sys::AbortCurrentTransaction() };
+        None
+    })
+    .execute()
+}
+
+/// The parts of a caught ERROR or panic.
+struct Caught {
+    sqlstate: PgSqlErrorCode,
+    message: String,
+    detail: Option<String>,
+    hint: Option<String>,
+}
+
+fn caught_parts(caught: &CaughtError) -> Caught {
+    let report = match caught {
+        CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => r,
+        CaughtError::RustPanic { ereport, .. } => ereport,
+    };
+    Caught {
+        sqlstate: report.sql_error_code(),
+        message: report.message().to_string(),
+        detail: report.detail().map(str::to_string),
+        hint: report.hint().map(str::to_string),
     }
 }
 
-/// Run up to `budget` jobs from the worker-enabled, unpaused queues of this database.
-fn drain_database(budget: i64) -> i64 {
-    let queues: Vec<(String, i32)> = Spi::connect(|client| {
-        client
-            .select(
-                "SELECT queue_name, concurrency FROM eventic.queues
-                  WHERE worker AND NOT paused ORDER BY queue_name",
-                None,
-                &[],
-            )
-            .map(|rows| {
-                rows.filter_map(|row| Some((row.get::<String>(1).ok()??, row.get::<i32>(2).ok()??)))
-                    .collect()
-            })
-            .unwrap_or_default()
+fn report_as_warning(what: &str, caught: &CaughtError) {
+    let parts = caught_parts(caught);
+    let mut report = ErrorReport::new(parts.sqlstate, format!("{what}: {}", parts.message), "eventic");
+    if let Some(detail) = parts.detail {
+        report = report.set_detail(detail);
+    }
+    report = report.set_hint(match parts.hint {
+        Some(hint) => format!("{hint} The work of that transaction was rolled back and is tried again in a second."),
+        None => "The work of that transaction was rolled back and is tried again in a second.".to_string(),
     });
-    // start each transaction at the next queue: a busy queue early in the list must not
-    // take every transaction's budget from the queues after it
-    let mut queues = queues;
-    if !queues.is_empty() {
-        let first = NEXT_QUEUE.with(|next| next.replace(next.get().wrapping_add(1)));
-        let len = queues.len();
-        queues.rotate_left(first % len);
-    }
-    let deadline = Instant::now() + TRANSACTION_TIME;
-    let mut ran = 0;
-    for (queue, concurrency) in queues {
-        if ran >= budget || Instant::now() >= deadline {
-            break;
-        }
-        // a queue is drained by at most `concurrency` workers at once: each holds one of its
-        // slot locks until its transaction ends
-        let has_slot = (0..concurrency.max(1) as u32)
-            .any(|slot| crate::records::store::try_lock_queue_slot(&queue, slot));
-        if !has_slot {
-            continue;
-        }
-        match crate::queues::drain(&queue, budget - ran, None, Some(deadline)) {
-            Ok(n) => ran += n,
-            Err(err) => err.report(),
-        }
-    }
-    ran
+    report.report(PgLogLevel::WARNING);
 }
+
+/// What pg_stat_activity shows for this process.
+fn set_activity(state: pg_sys::BackendState::Type, text: &str) {
+    if let Ok(c_text) = std::ffi::CString::new(text) {
+        // SAFETY: reports this backend's activity for pg_stat_activity.
+        unsafe { pg_sys::pgstat_report_activity(state, c_text.as_ptr()) };
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The session side: start requests, wake-ups and the NOTICE at enqueue.
 
 thread_local! {
-    /// Where the worker's next transaction starts in its list of queues.
-    static NEXT_QUEUE: Cell<usize> = const { Cell::new(0) };
     static WAKE_PENDING: Cell<bool> = const { Cell::new(false) };
-    /// The pids of this database's workers, looked up at most every few seconds.
-    static WORKER_PIDS: std::cell::RefCell<Option<(Vec<i32>, Instant)>> = const { std::cell::RefCell::new(None) };
+    /// The last `starved`/`paused` state of this database this session gave a NOTICE for.
+    static NOTICED: Cell<(u32, u32)> = const { Cell::new((0, 0)) };
 }
 
-fn worker_pids() -> Vec<i32> {
-    let fresh = WORKER_PIDS.with(|cached| {
-        cached
-            .borrow()
-            .as_ref()
-            .filter(|(_, at)| at.elapsed() < Duration::from_secs(5))
-            .map(|(pids, _)| pids.clone())
-    });
-    if let Some(pids) = fresh {
-        return pids;
-    }
-    let pids: Vec<i32> = Spi::get_one::<Vec<i32>>(
-        "SELECT coalesce(array_agg(pid), '{}') FROM pg_stat_activity WHERE backend_type = 'eventic worker'
-            AND datid = (SELECT oid FROM pg_database WHERE datname = current_database())",
-    )
-    .ok()
-    .flatten()
-    .unwrap_or_default();
-    WORKER_PIDS.with(|cached| *cached.borrow_mut() = Some((pids.clone(), Instant::now())));
-    pids
+fn my_database() -> pg_sys::Oid {
+    // SAFETY: MyDatabaseId is set for the whole life of a backend connected to a database.
+    unsafe { pg_sys::MyDatabaseId }
 }
 
 /// Ask the launcher to start this database's workers when the current transaction commits
@@ -352,12 +216,7 @@ pub fn request_workers_at_commit() {
         return;
     }
     register_xact_callback(PgXactCallbackEvent::Commit, || {
-        START_REQUESTS.get().fetch_add(1, Ordering::Relaxed);
-        let launcher = LAUNCHER_PID.get().load(Ordering::Relaxed);
-        if launcher > 0 {
-            // SAFETY: kill(2) with a valid signal number; SIGUSR1 sets the launcher's latch.
-            unsafe { libc::kill(launcher, libc::SIGUSR1) };
-        }
+        board::request_workers(my_database())
     });
 }
 
@@ -369,27 +228,95 @@ fn _request_workers() {
 }
 
 /// Wake this database's workers when the current transaction commits (once per transaction):
-/// a job enqueued now is run within milliseconds, not at the next poll.
+/// a job enqueued now is run within milliseconds, not at the next poll. With no worker
+/// running here, the launcher is asked for them; when the launcher could give this database
+/// none (eventic.max_workers, max_worker_processes) or its workers are paused, a NOTICE says
+/// so, once per session and state.
 pub fn wake_worker_at_commit() {
-    if WAKE_PENDING.with(|pending| pending.replace(true)) {
+    if !preloaded() || WAKE_PENDING.with(|pending| pending.replace(true)) {
         return;
     }
-    let pids = worker_pids();
-    if pids.is_empty() {
-        request_workers_at_commit();
-    }
-    register_xact_callback(PgXactCallbackEvent::Commit, move || {
+    notice_if_no_worker_runs_jobs();
+    register_xact_callback(PgXactCallbackEvent::Commit, || {
         WAKE_PENDING.with(|pending| pending.set(false));
+        let database = my_database();
+        let pids = board::worker_pids(database);
+        if pids.is_empty() {
+            board::request_workers(database);
+        }
         for pid in pids {
-            // SIGUSR1 sets a backend's latch (procsignal_sigusr1_handler); a stale pid only
-            // costs a failed kill, and the next lookup refreshes the list.
+            // SIGUSR1 sets a backend's latch (procsignal_sigusr1_handler); the pids are
+            // those of running workers (each clears its own when it exits).
             // SAFETY: kill(2) with a valid signal number.
-            if unsafe { libc::kill(pid, libc::SIGUSR1) } != 0 {
-                WORKER_PIDS.with(|cached| *cached.borrow_mut() = None);
-            }
+            unsafe { libc::kill(pid, libc::SIGUSR1) };
         }
     });
     register_xact_callback(PgXactCallbackEvent::Abort, || {
         WAKE_PENDING.with(|pending| pending.set(false))
     });
+}
+
+fn notice_if_no_worker_runs_jobs() {
+    let Some(entry) = board::database(my_database()) else {
+        return;
+    };
+    let state = (
+        entry.starved.load(Ordering::Acquire),
+        entry.paused.load(Ordering::Acquire),
+    );
+    if state == (0, 0) || NOTICED.with(|noticed| noticed.replace(state)) == state {
+        return;
+    }
+    if let Some(starved) = board::Starved::from_u32(state.0) {
+        let (message, hint) = starved_text(starved, "this database");
+        ErrorReport::new(PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION, message, "eventic")
+            .set_hint(format!(
+                "{hint} Until then the jobs wait; eventic.run_pending() runs them in this session."
+            ))
+            .report(PgLogLevel::NOTICE);
+    } else if let Some(paused) = board::Paused::from_u32(state.1) {
+        let (message, hint) = match paused {
+            board::Paused::Restore => (
+                "eventic's workers run no jobs in this database while pg_restore is connected to it",
+                "They start within a second of the restore's end.",
+            ),
+            board::Paused::Setting => (
+                "eventic's workers run no jobs in this database: eventic.pause_workers is on for it",
+                "ALTER DATABASE ... RESET eventic.pause_workers lets them run again (within a second).",
+            ),
+        };
+        ErrorReport::new(PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION, message, "eventic")
+            .set_hint(hint)
+            .report(PgLogLevel::NOTICE);
+    }
+}
+
+/// The message and hint when a database gets no worker (the launcher's WARNING and the
+/// NOTICE at enqueue).
+fn starved_text(starved: board::Starved, subject: &str) -> (String, String) {
+    match starved {
+        board::Starved::MaxWorkers => (
+            format!(
+                "no eventic worker runs jobs in {subject}: eventic.max_workers ({}) are all given to other databases",
+                crate::settings::max_workers()
+            ),
+            "Raise eventic.max_workers (ALTER SYSTEM SET eventic.max_workers = ...; SELECT pg_reload_conf()), \
+             or lower eventic.workers_per_database: every database gets its first worker before any gets a second."
+                .to_string(),
+        ),
+        board::Starved::NoSlot => (
+            format!(
+                "no eventic worker runs jobs in {subject}: the server has no free background worker slot (max_worker_processes = {})",
+                max_worker_processes()
+            ),
+            "Raise max_worker_processes (it takes a restart): eventic needs one for its launcher and one per worker, \
+             besides parallel queries and other extensions."
+                .to_string(),
+        ),
+    }
+}
+
+fn max_worker_processes() -> i32 {
+    // SAFETY: a plain read of a server setting.
+    unsafe { pg_sys::max_worker_processes }
 }

@@ -196,7 +196,7 @@ def test_concurrent_consumers_never_get_the_same_job(cluster, db):
 def test_kill_9_mid_drain_every_job_still_runs_exactly_once():
     """A separate cluster: SIGKILL the postmaster and all server processes while the worker
     drains, start it again, and count the database effects."""
-    crashed = Cluster(os.environ.get("EVENTIC_CRASH_DIR", "/tmp/eventic-it-crash"), 5801)
+    crashed = Cluster(os.environ.get("EVENTIC_CRASH_DIR", "/tmp/eventic-it-crash"), int(os.environ.get("EVENTIC_CRASH_PORT", "5801")))
     crashed.run("start", crashed.directory, str(crashed.port))
     try:
         with crashed.connect() as conn:
@@ -314,7 +314,7 @@ def test_queue_concurrency_bounds_parallel_jobs(cluster, db, concurrency):
 def test_without_preload_everything_works_and_run_pending_drains():
     """No shared_preload_libraries: CREATE EXTENSION works, the first enqueue says how to get
     the worker, and run_pending drains in the calling session."""
-    plain = Cluster(os.environ.get("EVENTIC_PLAIN_DIR", "/tmp/eventic-it-plain"), 5802)
+    plain = Cluster(os.environ.get("EVENTIC_PLAIN_DIR", "/tmp/eventic-it-plain"), int(os.environ.get("EVENTIC_PLAIN_PORT", "5802")))
     plain.run("start", plain.directory, str(plain.port), "shared_preload_libraries = ''")
     try:
         with plain.connect() as conn:
@@ -367,7 +367,7 @@ def test_fast_shutdown_ends_a_running_job_and_the_job_runs_again_after_restart()
     """A separate cluster: `pg_ctl stop -m fast` while the worker runs a 30 s job returns
     promptly (it waited forever: the worker consumed its SIGTERM flag and slept on its latch);
     the interrupted job's transaction rolled back, and it runs again after the restart."""
-    stopped = Cluster(os.environ.get("EVENTIC_STOP_DIR", "/tmp/eventic-it-stop"), 5804)
+    stopped = Cluster(os.environ.get("EVENTIC_STOP_DIR", "/tmp/eventic-it-stop"), int(os.environ.get("EVENTIC_STOP_PORT", "5804")))
     stopped.run("start", stopped.directory, str(stopped.port))
     try:
         with stopped.connect() as conn:
