@@ -9,8 +9,9 @@
 //!   after a second: only a FATAL (SIGTERM, the postmaster's death) ends it.
 //! - While a pg_restore session is connected to the database, or eventic.pause_workers is set
 //!   for it (`ALTER DATABASE ... SET`), it runs no jobs (looked at at most once a second).
-//! - Idle, it assigns no transaction id and writes no WAL: queues are read (read-only) for a
-//!   runnable job before they are claimed from, which takes row locks and so an xid.
+//! - Idle, it assigns no transaction id and writes no WAL: an empty claim locks no row, and
+//!   eventic's statements run through SpiClient::select (see spi_plans::plan), which assigns
+//!   an xid only when a statement writes.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -33,8 +34,6 @@ const JOBS_PER_TRANSACTION: i64 = 1024;
 const TRANSACTION_TIME: Duration = Duration::from_millis(100);
 /// How often the worker looks for a pg_restore session or eventic.pause_workers.
 const PAUSE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
-/// How often the worker looks whether the archive has expired batches to prune.
-const ARCHIVE_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 const QUEUE_RETRY_FIRST: Duration = Duration::from_secs(1);
 const QUEUE_RETRY_MAX: Duration = Duration::from_secs(60);
 
@@ -272,8 +271,6 @@ thread_local! {
     static NEXT_QUEUE: Cell<usize> = const { Cell::new(0) };
     /// Queues whose drain failed: (failures in a row, not before).
     static QUEUE_RETRY: RefCell<HashMap<String, (u32, Instant)>> = RefCell::new(HashMap::new());
-    /// When the archive was last looked at for expired batches.
-    static ARCHIVE_CHECKED: Cell<Option<Instant>> = const { Cell::new(None) };
 }
 
 /// Run up to `budget` jobs from the worker-enabled, unpaused queues of this database, each
@@ -303,9 +300,6 @@ fn drain_database(budget: i64) -> i64 {
         let len = queues.len();
         queues.rotate_left(first % len);
     }
-    // the archive is pruned by a drain: when it has expired batches, one drain runs even
-    // with no job to run
-    let mut prune = archive_has_expired();
     let deadline = Instant::now() + TRANSACTION_TIME;
     let mut ran = 0;
     for (queue, concurrency) in queues {
@@ -315,11 +309,9 @@ fn drain_database(budget: i64) -> i64 {
         if QUEUE_RETRY.with(|retry| retry.borrow().get(&queue).is_some_and(|(_, at)| *at > Instant::now())) {
             continue;
         }
-        let forced = prune;
+        // an idle drain (an empty claim, nothing of the archive to prune) assigns no xid and
+        // writes nothing: queues::drain reads through mutating plans run by SpiClient::select
         let outcome = crate::subxact::in_subtransaction(|| {
-            if !forced && !has_runnable_job(&queue) {
-                return None;
-            }
             // a queue is drained by at most `concurrency` workers at once: each holds one of
             // its slot locks until its transaction ends
             let has_slot = (0..concurrency.max(1) as u32)
@@ -336,7 +328,6 @@ fn drain_database(budget: i64) -> i64 {
         match outcome {
             Ok(Some(n)) => {
                 ran += n;
-                prune = false;
                 QUEUE_RETRY.with(|retry| retry.borrow_mut().remove(&queue));
             }
             Ok(None) => {}
@@ -372,63 +363,6 @@ fn drain_database(budget: i64) -> i64 {
         }
     }
     ran
-}
-
-/// Whether `queue` has a job to run now: a read-only look (claiming takes row locks, and so a
-/// transaction id, even when it finds nothing). The same condition as the claim's, or wider.
-fn has_runnable_job(queue: &str) -> bool {
-    let Ok(table) = crate::queues::queue_table(queue) else {
-        return true; // let the drain say what is wrong
-    };
-    Spi::connect(|client| {
-        client
-            .select(
-                &format!(
-                    "SELECT EXISTS (SELECT FROM {table}
-                                     WHERE dead_at IS NULL AND run_at <= $1
-                                       AND (lease_until IS NULL OR lease_until < $1))"
-                ),
-                None,
-                &[pgrx::datum::DatumWithOid::from(clock_timestamp())],
-            )?
-            .first()
-            .get::<bool>(1)
-    })
-    .unwrap_or_else(|err| pgrx::error!("eventic worker: could not look into queue \"{queue}\": {err}"))
-    .unwrap_or(true)
-}
-
-/// At most every few seconds: whether eventic.finished_batches has batches past
-/// eventic.archive_retention (a read-only look through its finished_at index).
-fn archive_has_expired() -> bool {
-    let due = ARCHIVE_CHECKED.with(|checked| {
-        if checked.get().is_some_and(|at| at.elapsed() < ARCHIVE_CHECK_INTERVAL) {
-            false
-        } else {
-            checked.set(Some(Instant::now()));
-            true
-        }
-    });
-    if !due {
-        return false;
-    }
-    Spi::connect(|client| {
-        client
-            .select(
-                "SELECT EXISTS (SELECT FROM eventic.finished_batches
-                                 WHERE finished_at < $1 - $2 * interval '1 second')",
-                None,
-                &[
-                    clock_timestamp().into(),
-                    settings::archive_retention_seconds().into(),
-                ],
-            )?
-            .first()
-            .get::<bool>(1)
-    })
-    .ok()
-    .flatten()
-    .unwrap_or(false)
 }
 
 /// With nothing left to run: truncate the large queue tables that are empty (see
