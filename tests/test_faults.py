@@ -289,7 +289,8 @@ def test_a_job_that_terminates_its_backend_goes_dead_after_max_attempts(cluster,
 def test_a_job_that_crashes_the_cluster_goes_dead_after_max_attempts():
     """Its own cluster: the job kill -9s its backend (each time the whole cluster goes
     through crash recovery); after max_attempts => 2 it is dead and the cluster is up."""
-    crashed = Cluster(os.environ.get("EVENTIC_F_CRASH_DIR", "/tmp/eventic-f-crash"), 5831)
+    crashed = Cluster(os.environ.get("EVENTIC_F_CRASH_DIR", "/tmp/eventic-f-crash"),
+                      int(os.environ.get("EVENTIC_F_CRASH_PORT", "5831")))
     crashed.run("start", crashed.directory, str(crashed.port))
     try:
         with crashed.connect() as conn:
