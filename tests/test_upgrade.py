@@ -423,6 +423,9 @@ def fill(conn, sleep="20 seconds"):
     # ready jobs, held by a paused queue
     ids["held"] = [conn.execute("SELECT eventic.enqueue('held', 'effect(int)', %s)",
                                 (json.dumps([n]),)).fetchone()[0] for n in (11, 12, 13)]
+    # and one that 0.1.0's enqueue accepted but 0.2.0's refuses: run_at => '-infinity'
+    conn.execute("INSERT INTO eventic.queue_held (fn, args, run_at, enqueued_by)"
+                 " VALUES ('effect(int)', '[14]', '-infinity', 'postgres'::regrole)")
     # a scheduled job
     ids["scheduled"] = conn.execute(
         "SELECT eventic.enqueue('mail', 'effect(int)', '[2]', run_at => now() + %s::interval)",
@@ -638,6 +641,8 @@ class TestUpdateFrom010:
         with upgraded["cluster"].connect(dbname=upgraded["a"]) as conn:
             def effects():
                 return sorted(n for (n,) in conn.execute("SELECT n FROM effects"))
+            assert conn.execute("SELECT ready, scheduled, dead FROM eventic.queue_stats"
+                                " WHERE queue_name = 'held'").fetchone() == (4, 0, 0)
             # the held ready jobs run once their queue is unpaused; a new enqueue runs
             conn.execute("SELECT eventic.alter_queue('held', paused => false)")
             conn.execute("SELECT eventic.enqueue('mail', 'effect(int)', '[30]')")
@@ -649,10 +654,10 @@ class TestUpdateFrom010:
             assert conn.execute("SELECT eventic.wait_workflow('napper', '60 seconds')").fetchone()[0] == "rested"
             assert conn.execute("SELECT eventic.wait_workflow('listener', '60 seconds')").fetchone()[0] == {
                 "first": {"n": 1}, "second": {"n": 2}}
-            # 1 finished before, 2 scheduled, 3 retried, 11-13 held, 20/21 the napper's steps, 30 new
-            assert wait_until(lambda: effects() == [1, 2, 3, 11, 12, 13, 20, 21, 30], timeout=60), effects()
+            # 1 finished before, 2 scheduled, 3 retried, 11-14 held, 20/21 the napper's steps, 30 new
+            assert wait_until(lambda: effects() == [1, 2, 3, 11, 12, 13, 14, 20, 21, 30], timeout=60), effects()
             time.sleep(0.5)
-            assert effects() == [1, 2, 3, 11, 12, 13, 20, 21, 30], "a job ran twice"
+            assert effects() == [1, 2, 3, 11, 12, 13, 14, 20, 21, 30], "a job ran twice"
             stats = conn.execute("SELECT queue_name, ready, scheduled, dead FROM eventic.queue_stats"
                                  " WHERE queue_name IN ('mail', 'held', 'flaky') ORDER BY 1").fetchall()
             assert stats == [("flaky", 0, 0, 0), ("held", 0, 0, 0), ("mail", 0, 0, 0)]
@@ -759,14 +764,16 @@ class TestDumpRestore:
             assert new_job > ids["scheduled"], (
                 f"job id {new_job} after the restore: the queue table's identity sequence was not restored"
                 f" (the dumped queue had job {ids['scheduled']})")
+            assert conn.execute("SELECT ready, scheduled, dead FROM eventic.queue_stats"
+                                " WHERE queue_name = 'held'").fetchone() == (4, 0, 0)
             conn.execute("SELECT eventic.alter_queue('held', paused => false)")
             conn.execute("UPDATE switch SET ok = true")
             conn.execute("SELECT eventic.retry_job('flaky', %s)", (ids["dead"],))
             assert conn.execute("SELECT eventic.wait_workflow('napper', '60 seconds')").fetchone()[0] == "rested"
-            # 1 and 20 ran before the dump; 2 scheduled, 3 retried, 11-13 held, 21 the napper, 30 new
-            assert wait_until(lambda: effects() == [1, 2, 3, 11, 12, 13, 20, 21, 30], timeout=60), effects()
+            # 1 and 20 ran before the dump; 2 scheduled, 3 retried, 11-14 held, 21 the napper, 30 new
+            assert wait_until(lambda: effects() == [1, 2, 3, 11, 12, 13, 14, 20, 21, 30], timeout=60), effects()
             time.sleep(0.5)
-            assert effects() == [1, 2, 3, 11, 12, 13, 20, 21, 30], "a job ran twice"
+            assert effects() == [1, 2, 3, 11, 12, 13, 14, 20, 21, 30], "a job ran twice"
 
     def test_restored_subscriber_gets_new_versions(self, restored):
         ids = restored["ids"]
