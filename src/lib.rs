@@ -44,17 +44,17 @@ extension_sql_file!(
 extension_sql_file!(
     "../sql/queues.sql",
     name = "queues_schema",
-    requires = ["records_schema", queues::enqueue_job, queues::dequeue]
+    requires = ["records_schema", queues::enqueue_job, queues::consumers::dequeue]
 );
 extension_sql_file!(
     "../sql/workflows.sql",
     name = "workflows_schema",
     requires = [
         "queues_schema",
-        workflows::start_workflow,
-        workflows::step,
-        workflows::start_child,
-        workflows::fork_workflow
+        workflows::control::start_workflow,
+        workflows::body::step,
+        workflows::body::start_child,
+        workflows::control::fork_workflow
     ]
 );
 extension_sql_file!(
