@@ -7,8 +7,9 @@ CREATE TABLE eventic.classes (
     view_schema  name,
     view_name    name,
     owner        regrole     NOT NULL,
-    subscribers  oid[]       NOT NULL DEFAULT '{}',  -- handler(event jsonb) functions (eventic.subscribe)
-    subscriber_roles oid[]   NOT NULL DEFAULT '{}',  -- who subscribed each handler (it runs as that role)
+    -- (functions and roles by name in a dump: a restore elsewhere maps them to its own oids)
+    subscribers  regprocedure[] NOT NULL DEFAULT '{}',  -- handler(event jsonb) functions (eventic.subscribe)
+    subscriber_roles regrole[]  NOT NULL DEFAULT '{}',  -- who subscribed each handler (it runs as that role)
     tracked_table regclass,                          -- the table of a class made by eventic.track
     created_at   timestamptz NOT NULL DEFAULT now(),
     updated_at   timestamptz NOT NULL DEFAULT now()

@@ -66,7 +66,7 @@ BEGIN
             dedup_key    text,
             attempts     integer      NOT NULL DEFAULT 0,
             max_attempts integer      NOT NULL DEFAULT 5 CHECK (max_attempts > 0),
-            enqueued_by  oid          NOT NULL,
+            enqueued_by  regrole      NOT NULL,  -- a name in a dump: restored elsewhere, the same role
             enqueued_at  timestamptz  NOT NULL DEFAULT now(),
             lease_until  timestamptz,  -- taken (running, or leased to a consumer) until then
             dead_at      timestamptz,  -- gave up after max_attempts; eventic.retry_job revives
@@ -126,7 +126,7 @@ CREATE TABLE eventic.finished_batches (
     job_ids      bigint[]       NOT NULL,
     fns          regprocedure[] NOT NULL,
     args         jsonb[]        NOT NULL,
-    enqueued_by  oid[]          NOT NULL,
+    enqueued_by  regrole[]      NOT NULL,
     enqueued_at  timestamptz[]  NOT NULL,
     attempts     integer[]      NOT NULL
 );

@@ -12,7 +12,7 @@ CREATE TABLE eventic.workflow_runs (
     output       jsonb,
     error        text,
     queue_name   text         NOT NULL,
-    started_by   oid          NOT NULL,
+    started_by   regrole      NOT NULL,  -- a name in a dump: restored elsewhere, the same role
     deadline     timestamptz,
     parent_id    text,         -- started with eventic.start_child by this workflow
     created_at   timestamptz  NOT NULL DEFAULT clock_timestamp(),
@@ -41,7 +41,7 @@ SELECT pg_catalog.pg_extension_config_dump('eventic.workflow_records', '');
 -- The views users read: every workflow with its function's name, and every recorded step.
 CREATE VIEW eventic.workflows WITH (security_barrier) AS
 SELECT w.workflow_id, w.fn::regproc::text AS name, w.status, w.input, w.output, w.error,
-       w.queue_name, w.started_by::regrole AS started_by, w.parent_id, w.deadline,
+       w.queue_name, w.started_by, w.parent_id, w.deadline,
        w.created_at, w.updated_at
   FROM eventic.workflow_runs w
  -- the view reads as its owner: each role sees the workflows it started
@@ -87,6 +87,8 @@ CREATE TABLE eventic.workflow_messages (
 );
 COMMENT ON TABLE eventic.workflow_messages IS 'Messages sent to workflows, not yet received';
 SELECT pg_catalog.pg_extension_config_dump('eventic.workflow_messages', '');
+-- its position too: restored without it, new message ids would collide with restored ones
+SELECT pg_catalog.pg_extension_config_dump('eventic.workflow_messages_message_id_seq', '');
 
 -- Events a workflow publishes (eventic.set_event), read with eventic.get_event.
 CREATE TABLE eventic.workflow_events (

@@ -38,7 +38,7 @@ thread_local! {
 /// The table's oid comes back even when the class is not registered: the invalidation
 /// callback needs it to recognise the registration that will follow.
 const SELECT_CLASS: &str = "SELECT c.class_name IS NOT NULL, c.json_schema, \
-            'eventic.classes'::regclass::oid, c.queue_name, c.subscribers, c.subscriber_roles, \
+            'eventic.classes'::regclass::oid, c.queue_name, c.subscribers::oid[], c.subscriber_roles::oid[], \
             c.owner::oid, \
             array_remove(ARRAY[CASE WHEN c.view_name IS NOT NULL \
                          THEN to_regclass(format('%I.%I', c.view_schema, c.view_name))::oid END, \

@@ -93,9 +93,9 @@ fn change_subscription(class_name: Option<&str>, handler: Option<pg_sys::Oid>, o
     as_extension_owner(|| {
         if on {
             Spi::run_with_args(
-                "UPDATE eventic.classes SET subscribers = subscribers || $2,
-                        subscriber_roles = subscriber_roles || $3
-                  WHERE class_name = $1 AND NOT $2 = ANY (subscribers)",
+                "UPDATE eventic.classes SET subscribers = subscribers || $2::regprocedure,
+                        subscriber_roles = subscriber_roles || $3::regrole
+                  WHERE class_name = $1 AND NOT $2::regprocedure = ANY (subscribers)",
                 &[class_name.into(), handler.into(), subscriber.into()],
             )?;
         } else {
@@ -103,7 +103,7 @@ fn change_subscription(class_name: Option<&str>, handler: Option<pg_sys::Oid>, o
                 "UPDATE eventic.classes c
                     SET subscribers = c.subscribers[:p.i - 1] || c.subscribers[p.i + 1:],
                         subscriber_roles = c.subscriber_roles[:p.i - 1] || c.subscriber_roles[p.i + 1:]
-                   FROM (SELECT array_position(subscribers, $2) AS i FROM eventic.classes
+                   FROM (SELECT array_position(subscribers, $2::regprocedure) AS i FROM eventic.classes
                           WHERE class_name = $1) p
                   WHERE c.class_name = $1 AND p.i IS NOT NULL",
                 &[class_name.into(), handler.into()],

@@ -238,8 +238,19 @@ pub fn column_expression(column: &ViewColumn) -> String {
     };
     match column.sql_type {
         "text" => format!("(l.data ->> {key})"),
-        "bigint" => typed("number", "numeric::bigint"),
-        "double precision" => typed("number", "double precision"),
+        // numbers of any size are stored (exactly): one outside the column's range reads as
+        // NULL, never as an error that would fail every read of the view
+        "bigint" => format!(
+            "CASE WHEN jsonb_typeof(l.data -> {key}) = 'number' \
+                   AND (l.data -> {key})::numeric BETWEEN -9223372036854775808 AND 9223372036854775807 \
+                  THEN (l.data -> {key})::numeric::bigint END"
+        ),
+        "double precision" => format!(
+            "CASE WHEN jsonb_typeof(l.data -> {key}) = 'number' \
+                   AND (abs((l.data -> {key})::numeric) BETWEEN 4.9406564584124654e-324 AND 1.7976931348623157e308 \
+                        OR (l.data -> {key})::numeric = 0) \
+                  THEN (l.data -> {key})::double precision END"
+        ),
         "boolean" => typed("boolean", "boolean"),
         "timestamptz" => format!("(l.data ->> {key})::timestamptz"),
         "uuid" => format!("(l.data ->> {key})::uuid"),
