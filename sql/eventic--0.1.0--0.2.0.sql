@@ -10,11 +10,93 @@
 -- tables with ALTER TABLE (the data stays), new objects get their comments and grants here too.
 -- Everything here can run twice.
 
+-- Workers keep running during the update. Each worker transaction reads eventic.queues before
+-- it touches a queue or workflow table: holding it first, the update waits for the running
+-- worker transactions to end and the next ones wait for the update, instead of deadlocking
+-- with them over the tables it alters.
+LOCK TABLE eventic.queues IN ACCESS EXCLUSIVE MODE;
+
 -- ---------------------------------------------------------------------------------------------
 -- Tables
 
 -- the finished-jobs archive is dumped with the data (pg_dump skips an extension's tables otherwise)
 SELECT pg_catalog.pg_extension_config_dump('eventic.finished_batches', '');
+-- and the position of the message ids (restored without it, new ids collide with restored ones)
+SELECT pg_catalog.pg_extension_config_dump('eventic.workflow_messages_message_id_seq', '');
+
+-- Roles and functions by name in a dump (regrole, regprocedure), not by oid: a restore on
+-- another cluster maps them to its own roles and functions. The views and policies that read
+-- these columns are dropped and made again around the change of type.
+DROP VIEW IF EXISTS eventic.workflows, eventic.workflow_steps, eventic.finished_jobs;
+DROP POLICY IF EXISTS started_by_me ON eventic.workflow_runs;
+ALTER TABLE eventic.workflow_runs ALTER started_by TYPE regrole USING started_by::regrole;
+ALTER TABLE eventic.finished_batches ALTER enqueued_by TYPE regrole[] USING enqueued_by::regrole[];
+DO $$
+BEGIN
+    ALTER TABLE eventic.finished_batches ALTER enqueued_by SET COMPRESSION lz4;  -- as before the change
+EXCEPTION WHEN feature_not_supported THEN
+    NULL;
+END
+$$;
+ALTER TABLE eventic.classes
+    ALTER subscribers DROP DEFAULT,
+    ALTER subscribers TYPE regprocedure[] USING subscribers::regprocedure[],
+    ALTER subscribers SET DEFAULT '{}',
+    ALTER subscriber_roles DROP DEFAULT,
+    ALTER subscriber_roles TYPE regrole[] USING subscriber_roles::regrole[],
+    ALTER subscriber_roles SET DEFAULT '{}';
+CREATE POLICY started_by_me ON eventic.workflow_runs FOR SELECT
+    USING (pg_catalog.pg_has_role(started_by, 'USAGE'));
+CREATE VIEW eventic.workflows WITH (security_barrier) AS
+SELECT w.workflow_id, w.fn::regproc::text AS name, w.status, w.input, w.output, w.error,
+       w.queue_name, w.started_by, w.parent_id, w.deadline,
+       w.created_at, w.updated_at
+  FROM eventic.workflow_runs w
+ -- the view reads as its owner: each role sees the workflows it started
+ WHERE pg_catalog.pg_has_role(w.started_by, 'USAGE');
+COMMENT ON VIEW eventic.workflows IS
+  'Durable workflows: status (ENQUEUED, RUNNING, SLEEPING, WAITING, SUCCESS, ERROR, CANCELLED), input, output, error';
+CREATE VIEW eventic.workflow_steps WITH (security_barrier) AS
+SELECT r.workflow_id, r.position, r.name, r.kind, r.output, r.error, r.attempts,
+       r.attempts = 0 AS waiting, r.created_at
+  FROM eventic.workflow_records r
+ WHERE EXISTS (SELECT FROM eventic.workflow_runs w
+                WHERE w.workflow_id = r.workflow_id AND pg_catalog.pg_has_role(w.started_by, 'USAGE'));
+COMMENT ON VIEW eventic.workflow_steps IS
+  'The recorded steps of each workflow in order (waiting: a recv that has not received yet)';
+GRANT SELECT ON eventic.workflows, eventic.workflow_steps TO PUBLIC;
+CREATE VIEW eventic.finished_jobs WITH (security_barrier) AS
+SELECT b.queue_name, j.job_id, j.fn, j.args, j.enqueued_by, j.enqueued_at, b.finished_at, j.attempts
+  FROM eventic.finished_batches b
+  LEFT JOIN eventic.queues q ON q.queue_name = b.queue_name,
+       unnest(b.job_ids, b.fns, b.args, b.enqueued_by, b.enqueued_at, b.attempts)
+           AS j(job_id, fn, args, enqueued_by, enqueued_at, attempts)
+ WHERE pg_catalog.pg_has_role(j.enqueued_by, 'USAGE')
+    OR (q.owner IS NOT NULL AND pg_catalog.pg_has_role(q.owner, 'USAGE'));
+COMMENT ON VIEW eventic.finished_jobs IS
+  'Jobs that ran successfully (one row per job), kept for eventic.archive_retention';
+GRANT SELECT ON eventic.finished_jobs TO PUBLIC;
+
+-- every queue table (not members of the extension, made by _create_queue): enqueued_by too
+DO $upgrade$
+DECLARE
+    q record;
+BEGIN
+    FOR q IN SELECT queue_name, table_name FROM eventic.queues
+              WHERE pg_catalog.to_regclass(pg_catalog.format('eventic.%I', table_name)) IS NOT NULL LOOP
+        EXECUTE pg_catalog.format('DROP POLICY IF EXISTS jobs_visible ON eventic.%I', q.table_name);
+        EXECUTE pg_catalog.format(
+            'ALTER TABLE eventic.%I ALTER enqueued_by TYPE regrole USING enqueued_by::regrole', q.table_name);
+        EXECUTE pg_catalog.format($ddl$
+        CREATE POLICY jobs_visible ON eventic.%1$I FOR SELECT
+            USING (pg_catalog.pg_has_role(enqueued_by, 'USAGE')
+                   OR EXISTS (SELECT FROM eventic.queues q
+                               WHERE q.queue_name = %2$L AND q.owner IS NOT NULL
+                                 AND pg_catalog.pg_has_role(q.owner, 'USAGE')));
+        $ddl$, q.table_name, q.queue_name);
+    END LOOP;
+END
+$upgrade$;
 
 -- ---------------------------------------------------------------------------------------------
 -- Functions generated by pgrx (src/), new or changed: as in the generated eventic--0.2.0.sql
@@ -69,7 +151,7 @@ BEGIN
             dedup_key    text,
             attempts     integer      NOT NULL DEFAULT 0,
             max_attempts integer      NOT NULL DEFAULT 5 CHECK (max_attempts > 0),
-            enqueued_by  oid          NOT NULL,
+            enqueued_by  regrole      NOT NULL,  -- a name in a dump: restored elsewhere, the same role
             enqueued_at  timestamptz  NOT NULL DEFAULT now(),
             lease_until  timestamptz,  -- taken (running, or leased to a consumer) until then
             dead_at      timestamptz,  -- gave up after max_attempts; eventic.retry_job revives

@@ -472,12 +472,18 @@ def data_snapshot(conn) -> dict:
         "SELECT table_name FROM eventic.queues ORDER BY 1").fetchall()]
     snapshot = {}
     for table in tables:
+        # roles and functions kept as oids before 0.2.0 (regrole/regprocedure since): compared
+        # by name, whichever type the column has (a dangling oid shows as a number)
         extra = ""
-        if table == "eventic.classes" and conn.execute(
-                "SELECT atttypid = 'oid[]'::regtype FROM pg_attribute"
-                " WHERE attrelid = 'eventic.classes'::regclass AND attname = 'subscribers'").fetchone() == (True,):
-            # subscribers kept as function oids: compare them by name (a dangling oid shows as a number)
-            extra = " || jsonb_build_object('subscribers', t.subscribers::regprocedure[]::text)"
+        for column, kind, is_array in conn.execute(
+                "SELECT attname, CASE WHEN attname IN ('subscribers') THEN 'regprocedure' ELSE 'regrole' END,"
+                "       attndims > 0 OR typcategory = 'A'"
+                "  FROM pg_attribute a JOIN pg_type ty ON ty.oid = a.atttypid"
+                " WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped"
+                "   AND attname IN ('enqueued_by', 'started_by', 'subscriber_roles', 'subscribers')",
+                (table,)).fetchall():
+            cast = kind + ("[]" if is_array else "")
+            extra += f" || jsonb_build_object('{column}', to_jsonb(t.{column}::{cast}))"
         rows = conn.execute(f"SELECT to_jsonb(t){extra} FROM {table} t").fetchall()
         snapshot[table] = sorted(json.dumps(r, sort_keys=True) for (r,) in rows)
     return snapshot
