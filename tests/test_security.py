@@ -317,9 +317,11 @@ FLOW_SNIPPETS = {
         PERFORM eventic.random();
         PERFORM eventic.workflow_id();
         r := eventic.await_workflow(eventic.start_child('attacker.KIND_child(jsonb)', '{}'));
-        r := eventic.step('s2', 'attacker.STEP(integer)', '[2]');""",
+        r := eventic.step('s2', 'attacker.STEP(integer)', '[2]');
+        r := eventic.transaction('t3', 'attacker.STEP(integer)', '[3]');""",
     "child": "r := eventic.step('c1', 'attacker.STEP(integer)', '[3]');",
     "step": "r := eventic.step('s1', 'attacker.STEP(integer)', '[1]');",
+    "transaction": "r := eventic.transaction('t1', 'attacker.STEP(integer)', '[1]');",
     "sleep": "PERFORM eventic.sleep('50 milliseconds');",
     "recv": "r := eventic.recv('topic', '5 seconds');",
     "set_event": "PERFORM eventic.set_event('k', '\"v\"');",
@@ -821,7 +823,7 @@ def _body_case(name):
     return case
 
 
-for _name in ("step", "sleep", "recv", "set_event", "start_child", "await_workflow",
+for _name in ("step", "transaction", "sleep", "recv", "set_event", "start_child", "await_workflow",
               "now", "random", "workflow_id"):
     trap_case(_name)(_body_case(_name))
 
