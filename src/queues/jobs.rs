@@ -474,7 +474,13 @@ pub fn same_call(a: &Job, b: &Job) -> bool {
         && a.fn_oid == b.fn_oid
         && a.enqueued_by == b.enqueued_by
         && match Signature::of(a.fn_oid) {
-            Ok(sig) => sig.arity(&a.args).is_some() && sig.arity(&a.args) == sig.arity(&b.args),
+            // eventic's own jobs (a workflow run: a body and its steps, many subtransactions)
+            // run one by one, so that a drain can stop between them (subxid budget)
+            Ok(sig) => {
+                !sig.is_internal()
+                    && sig.arity(&a.args).is_some()
+                    && sig.arity(&a.args) == sig.arity(&b.args)
+            }
             Err(_) => false,
         }
 }
@@ -486,6 +492,13 @@ pub fn run_returning(job: &Job, calls: &mut Calls) -> std::result::Result<Value,
         .map_err(failure_of)?;
     in_subtransaction(|| run_job_as(job.enqueued_by, || calls.query_json(&sql, &texts)))
         .and_then(|outcome| outcome.map_err(failure_of))
+}
+
+/// Like [`run_returning`] without a subtransaction of its own: an error propagates (an
+/// inline workflow step, whose error abandons the body's subtransaction anyway).
+pub fn call_returning(job: &Job, calls: &mut Calls) -> Result<Value> {
+    let (sql, texts) = Signature::of(job.fn_oid)?.call_returning_json(&job.args)?;
+    run_job_as(job.enqueued_by, || calls.query_json(&sql, &texts))
 }
 
 /// Read a claimed job row (job_id, fn, args, enqueued_by).

@@ -143,9 +143,9 @@ fn speculating() -> bool {
     CONTEXT.with(|ctx| ctx.borrow().as_ref().is_some_and(|c| c.speculative))
 }
 
-/// A speculative run: run the new step at `position` here, in its own subtransaction inside
-/// the body's, as the body's role; its record is written only if the whole body returns. A
-/// failing step (it needs retries with backoff) or too many steps end the speculation.
+/// A speculative run: run the new step at `position` here, inside the body's subtransaction,
+/// as the body's role; its record is written only if the whole body returns. A failing step
+/// (it needs retries with backoff) or too many steps end the speculation.
 fn run_inline(position: usize, name: &str, fn_oid: pg_sys::Oid, args: Value) -> Result<JsonB> {
     let too_many = CONTEXT.with(|ctx| {
         ctx.borrow_mut().as_mut().is_none_or(|c| {
@@ -156,12 +156,21 @@ fn run_inline(position: usize, name: &str, fn_oid: pg_sys::Oid, args: Value) -> 
     if too_many {
         return Err(suspend(Pending::Abandon));
     }
-    let job = jobs::Job::new(fn_oid, args, current_role());
-    let Ok(output) = jobs::run_returning(&job, &mut jobs::Calls::default()) else {
-        return Err(suspend(Pending::Abandon));
-    };
+    // no subtransaction of its own (each that writes would keep an xid to the end of the
+    // worker's transaction, 10 per workflow of 10 steps): an error rolls back the body's
+    // subtransaction, and with it the whole speculation, which the flags record even if the
+    // body catches the error
     CONTEXT.with(|ctx| {
         if let Some(ctx) = ctx.borrow_mut().as_mut() {
+            ctx.inline_failed |= ctx.inline_running;
+            ctx.inline_running = true;
+        }
+    });
+    let job = jobs::Job::new(fn_oid, args, current_role());
+    let output = jobs::call_returning(&job, &mut jobs::Calls::default())?;
+    CONTEXT.with(|ctx| {
+        if let Some(ctx) = ctx.borrow_mut().as_mut() {
+            ctx.inline_running = false;
             let record = StepRecord {
                 name: name.to_string(),
                 kind: "transaction".into(),

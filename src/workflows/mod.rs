@@ -84,6 +84,11 @@ struct Context {
     speculative: bool,
     /// Steps run inline by this speculative run.
     inline_steps: usize,
+    /// An inline step is running; still set when it raised an error (which the body may have
+    /// caught): then the speculation cannot count.
+    inline_running: bool,
+    /// An earlier inline step raised an error.
+    inline_failed: bool,
 }
 
 thread_local! {

@@ -59,10 +59,11 @@ fn run_workflow_steps(workflow_id: &str) -> Result<()> {
         let body = jobs::Signature::of(workflow.fn_oid)?;
         let (body_sql, body_args) = body.call_returning_json(&workflow.input)?;
         let mut speculate = may_speculate(workflow.fn_oid);
-        for _ in 0..STEPS_PER_JOB {
+        for replay in 0..STEPS_PER_JOB {
             // every step that wrote keeps a subtransaction xid until the transaction ends:
-            // go on in a fresh job (and transaction) before the subxid cache overflows
-            if crate::subxact::subxid_cache_nearly_full() {
+            // go on in a fresh job (and transaction) before the subxid cache overflows (but
+            // only after a first replay: each job makes progress)
+            if replay > 0 && crate::subxact::subxid_cache_nearly_full() {
                 break;
             }
             CONTEXT.with(|ctx| {
@@ -74,6 +75,8 @@ fn run_workflow_steps(workflow_id: &str) -> Result<()> {
                     pending: None,
                     speculative: speculate,
                     inline_steps: 0,
+                    inline_running: false,
+                    inline_failed: false,
                 })
             });
             // a body that caught the suspension (EXCEPTION WHEN OTHERS around a step) still
@@ -90,7 +93,8 @@ fn run_workflow_steps(workflow_id: &str) -> Result<()> {
             let ctx = CONTEXT.with(|ctx| ctx.borrow_mut().take());
             let Some(ctx) = ctx else { break };
             if ctx.speculative {
-                if let (Ok(Ok(output)), None) = (&outcome, &ctx.pending) {
+                let inline_ok = !ctx.inline_running && !ctx.inline_failed;
+                if let (Ok(Ok(output)), None, true) = (&outcome, &ctx.pending, inline_ok) {
                     // the body returned: its inline steps and their records commit together
                     for (position, record) in &ctx.new_values {
                         write_step(workflow_id, *position, record)?;
