@@ -67,7 +67,7 @@ SELECT queue_name, job_id, fn, args, attempts FROM eventic.finished_jobs ORDER B
 SELECT version AS snapshot_saw_version, taken_by FROM snapshots;
 SELECT queue_name, ready, running, dead, done_last_minute FROM eventic.queue_stats;
 
-\echo '== 10. the demo_flow of the seed as a durable workflow: each step recorded in Postgres,'
+\echo '== 10. the demo_flow of the seed as a durable workflow: each step (database-only: eventic.transaction) recorded in Postgres,'
 \echo '       run once by the worker, replayed from its record after a crash'
 CREATE FUNCTION create_story() RETURNS uuid LANGUAGE sql
     AS $$ SELECT eventic.create('Story', '{"title": "A durable story"}') $$;
@@ -75,9 +75,9 @@ CREATE FUNCTION demo_flow(input jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
 DECLARE
     sid uuid;
 BEGIN
-    sid := (eventic.step('create_story', 'create_story()') #>> '{}')::uuid;
-    PERFORM eventic.step('draft', 'draft(uuid,text)', jsonb_build_array(sid, input ->> 'text'));
-    PERFORM eventic.step('snapshot', 'snapshot(uuid)', jsonb_build_array(sid));
+    sid := (eventic.transaction('create_story', 'create_story()') #>> '{}')::uuid;
+    PERFORM eventic.transaction('draft', 'draft(uuid,text)', jsonb_build_array(sid, input ->> 'text'));
+    PERFORM eventic.transaction('snapshot', 'snapshot(uuid)', jsonb_build_array(sid));
     RETURN jsonb_build_object('id', sid, 'workflow', eventic.workflow_id());
 END
 $$;
