@@ -303,8 +303,9 @@ fn prune_archive() -> Result<()> {
 }
 
 /// Run up to `max_jobs` ready jobs of one queue in this session: each as its enqueuer, in a
-/// subtransaction; its effects commit with its completion. With a `deadline`, no new batch is
-/// claimed after it. Returns how many ran.
+/// subtransaction; its effects commit with its completion. With a `deadline` (a worker), no new
+/// batch is claimed after it, and no job runs once the transaction nears the subxid cache's
+/// size. Returns how many ran.
 pub fn drain(
     queue_name: &str,
     max_jobs: i64,
@@ -316,9 +317,11 @@ pub fn drain(
     let mut calls = jobs::Calls::default();
     let mut grouping = true;
     let mut ran = 0;
-    // each group or job that writes keeps a subtransaction xid until the transaction ends:
-    // stop (the caller commits) before they overflow the subxid cache
-    let room = || !crate::subxact::subxid_cache_nearly_full();
+    // each group or job that writes keeps a subtransaction xid until the transaction ends: a
+    // worker's drain (the one with a deadline, whose caller commits and goes on in a new
+    // transaction) stops before they overflow the subxid cache; run_pending runs what it
+    // was asked to in its caller's one transaction
+    let room = || deadline.is_none() || !crate::subxact::subxid_cache_nearly_full();
     while ran < max_jobs && deadline.is_none_or(|at| std::time::Instant::now() < at) && room() {
         let batch = lock_jobs(
             &table,
