@@ -1,4 +1,5 @@
-//! Jobs that kill the process running them: counted before they can do it again.
+//! Jobs that kill the process running them: noted before they run, so that they can be
+//! counted before they do it again (the counting is the drain's, `drain::recover_dead_workers`).
 //!
 //! A drain's jobs commit or roll back with its transaction, so a job whose backend dies
 //! (a segfault, the OOM killer, `pg_terminate_backend`) leaves no trace in its queue: without
@@ -18,11 +19,9 @@
 use std::cell::{Cell, RefCell};
 use std::time::{Duration, Instant};
 
-use pgrx::prelude::*;
 use pgrx::{pg_sys, register_xact_callback, PgXactCallbackEvent};
 
 use crate::errors::Result;
-use crate::roles::as_extension_owner;
 
 const DIRECTORY: &str = "pg_stat_tmp";
 const PREFIX: &str = "eventic_claims.";
@@ -181,11 +180,19 @@ fn alive(pid: i32) -> Result<bool> {
     .unwrap_or(false))
 }
 
-/// Count an attempt for the jobs dead workers of this database were running (see the module
-/// comment), at most every few seconds; only in workers.
-pub fn recover_dead_workers() -> Result<()> {
+/// What a dead worker of this database was running when it died.
+pub struct DeadWorkerNote {
+    pub pid: i32,
+    pub queue_name: String,
+    pub job_ids: Vec<i64>,
+}
+
+/// The notes of dead workers of this database (see the module comment), taken by this
+/// worker: given back if its transaction rolls back, removed when it commits. At most every
+/// few seconds, and only in workers (elsewhere: none).
+pub fn take_dead_workers_notes() -> Result<Vec<DeadWorkerNote>> {
     if !is_worker() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let due = LAST_RECOVERY.with(|last| match last.get() {
         Some(at) if at.elapsed() < RECOVERY_INTERVAL => false,
@@ -195,14 +202,15 @@ pub fn recover_dead_workers() -> Result<()> {
         }
     });
     if !due {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let mine = format!("{PREFIX}{}.", database_oid());
     let Ok(entries) = std::fs::read_dir(DIRECTORY) else {
-        return Ok(());
+        return Ok(Vec::new());
     };
     // SAFETY: MyProcPid is this process's pid.
     let my_pid = unsafe { pg_sys::MyProcPid };
+    let mut notes = Vec::new();
     for entry in entries.flatten() {
         let file = entry.file_name().to_string_lossy().into_owned();
         let Some(pid) = file.strip_prefix(&mine).and_then(|pid| pid.parse::<i32>().ok()) else {
@@ -225,49 +233,12 @@ pub fn recover_dead_workers() -> Result<()> {
                 let _ = std::fs::rename(&taken, &path);
             });
         }
-        {
-            let taken = taken.clone();
-            register_xact_callback(PgXactCallbackEvent::Commit, move || {
-                let _ = std::fs::remove_file(&taken);
-            });
-        }
-        if let Some((queue_name, ids)) = note {
-            count_attempts(&queue_name, &ids, pid)?;
+        register_xact_callback(PgXactCallbackEvent::Commit, move || {
+            let _ = std::fs::remove_file(&taken);
+        });
+        if let Some((queue_name, job_ids)) = note {
+            notes.push(DeadWorkerNote { pid, queue_name, job_ids });
         }
     }
-    Ok(())
-}
-
-/// One attempt for each of `ids` (dead after max_attempts when it ran alone).
-fn count_attempts(queue_name: &str, ids: &[i64], pid: i32) -> Result<()> {
-    let Ok(table) = crate::queues::queue_table(queue_name) else {
-        return Ok(()); // the queue is gone, and its jobs with it
-    };
-    let alone = ids.len() == 1;
-    let error = if alone {
-        format!("the worker process running this job died (pid {pid}: a crash, a kill or out of memory; see the server log)")
-    } else {
-        format!("the worker process died (pid {pid}) while running this job in a group of {}; it runs alone from now on", ids.len())
-    };
-    pgrx::warning!(
-        "eventic: a worker (pid {pid}) died while running {} job(s) of queue {queue_name}: an attempt is counted for each",
-        ids.len()
-    );
-    as_extension_owner(|| {
-        Spi::run_with_args(
-            &format!(
-                "WITH failed AS (
-                   UPDATE {table} SET attempts = attempts + 1, last_error = $2,
-                          run_at = clock_timestamp() + least(3600, power(2, attempts + 1)) * interval '1 second',
-                          dead_at = CASE WHEN $3 AND attempts + 1 >= max_attempts THEN clock_timestamp() END
-                    WHERE job_id = ANY ($1) AND dead_at IS NULL
-                RETURNING job_id, fn, args, dead_at IS NOT NULL AS dead, attempts)
-                 {}
-                 SELECT count(*) FROM failed",
-                crate::queues::END_STUCK_WORKFLOWS
-            ),
-            &[ids.to_vec().into(), error.as_str().into(), alone.into()],
-        )?;
-        Ok(())
-    })
+    Ok(notes)
 }

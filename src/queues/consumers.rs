@@ -8,7 +8,7 @@ use crate::errors::{required, EventicError, OrReport, Result};
 use crate::roles::{as_extension_owner, is_superuser};
 use crate::spi_plans::optional_value;
 
-use super::drain::{fail, finish, lease_jobs, Finished, Taken};
+use super::drain::{fail, finish, lease_jobs, Death, Finished, Taken};
 use super::{lookup, queue_table, require_queue_owner};
 
 /// External consumers: take up to `batch` ready jobs, invisible to others for `lease`.
@@ -117,7 +117,8 @@ fn nack(queue_name: Option<&str>, job_id: Option<i64>, error: default!(Option<&s
         let (name, job_id) = (required(queue_name, "queue")?, required(job_id, "job_id")?);
         let table = queue_table(name)?;
         require_consumer(name)?;
-        if fail(&table, job_id, error.unwrap_or("nack"), Taken::Leased, false)? {
+        let failed = fail(&table, &[job_id], error.unwrap_or("nack"), Taken::Leased, Death::AtMaxAttempts)?;
+        if failed == 1 {
             Ok(())
         } else {
             Err(unknown_job(name, job_id))

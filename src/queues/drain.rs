@@ -13,7 +13,7 @@ use crate::roles::{as_extension_owner, current_role, is_superuser};
 use crate::spi_plans::optional_value;
 
 use super::jobs::{self, Job};
-use super::{claims, queue_table, CLAIM_BATCH, END_STUCK_WORKFLOWS};
+use super::{claims, queue_table, CLAIM_BATCH};
 
 /// How long one claimed batch should take to run. The batch size follows the queue's job
 /// duration: no-op jobs are taken 512 at a time, jobs of 50 ms or more one at a time, so a
@@ -240,27 +240,74 @@ pub(super) fn finish(queue_name: &str, table: &str, finished: Finished<'_>) -> R
     })
 }
 
-/// A job that failed: retried after a backoff, or dead after max_attempts (at once with
-/// `give_up`: it can never succeed). False if absent. A workflow whose run job goes dead
-/// ends in ERROR (it would otherwise wait forever for a run that never comes).
-pub(super) fn fail(table: &str, job_id: i64, error: &str, taken: Taken, give_up: bool) -> Result<bool> {
+/// When a failed job is dead.
+#[derive(Clone, Copy)]
+pub(super) enum Death {
+    /// After max_attempts (a job's own failure).
+    AtMaxAttempts,
+    /// Now: it can never succeed (args eventic cannot read).
+    Now,
+    /// Not for this failure, which may not be its own (its group's process died): the
+    /// attempt counts, and it runs alone next time.
+    Never,
+}
+
+/// Jobs that failed: an attempt counted, retried after a backoff, or dead (see [`Death`]).
+/// Returns how many there were. A workflow whose run job goes dead ends in ERROR (it would
+/// otherwise wait forever for a run that never comes).
+pub(super) fn fail(table: &str, job_ids: &[i64], error: &str, taken: Taken, death: Death) -> Result<i64> {
     let (attempts, condition) = (taken.attempts_sql(), taken.condition_sql());
+    let (now, at_max) = match death {
+        Death::AtMaxAttempts => (false, true),
+        Death::Now => (true, false),
+        Death::Never => (false, false),
+    };
     as_extension_owner(|| {
-        let updated = optional_value::<i64>(
+        let failed = optional_value::<i64>(
             &format!(
                 "WITH failed AS (
                    UPDATE {table} SET lease_until = NULL, last_error = $2, attempts = {attempts},
                           run_at = clock_timestamp() + least(3600, power(2, {attempts})) * (0.5 + random() / 2) * interval '1 second',
-                          dead_at = CASE WHEN $3 OR {attempts} >= max_attempts THEN clock_timestamp() END
-                    WHERE job_id = $1 AND dead_at IS NULL {condition}
-                RETURNING job_id, fn, args, dead_at IS NOT NULL AS dead, attempts)
-                 {END_STUCK_WORKFLOWS}
-                 SELECT job_id FROM failed"
+                          dead_at = CASE WHEN $3 OR ($4 AND {attempts} >= max_attempts) THEN clock_timestamp() END
+                    WHERE job_id = ANY ($1) AND dead_at IS NULL {condition}
+                RETURNING job_id, fn, args, dead_at IS NOT NULL AS dead, attempts),
+                 stuck AS (
+                   UPDATE eventic.workflow_runs w
+                      SET status = 'ERROR', updated_at = pg_catalog.clock_timestamp(),
+                          error = 'the job running this workflow failed ' || f.attempts || ' times: ' || $2
+                     FROM failed f
+                    WHERE f.dead AND f.fn = pg_catalog.to_regprocedure('eventic._run_workflow(text)')
+                      AND w.workflow_id = f.args ->> 0
+                      AND w.status NOT IN ('SUCCESS', 'ERROR', 'CANCELLED'))
+                 SELECT count(*) FROM failed"
             ),
-            &[job_id.into(), error.into(), give_up.into()],
+            &[job_ids.to_vec().into(), error.into(), now.into(), at_max.into()],
         );
-        Ok(updated?.is_some())
+        Ok(failed?.unwrap_or(0))
     })
+}
+
+/// Count an attempt for the jobs that dead workers of this database were running (their
+/// notes, see [`claims`]): a job that ran alone is dead after max_attempts, like any failing
+/// job; each job of a group gets an attempt and runs alone from then on.
+fn recover_dead_workers() -> Result<()> {
+    for note in claims::take_dead_workers_notes()? {
+        let Ok(table) = queue_table(&note.queue_name) else {
+            continue; // the queue is gone, and its jobs with it
+        };
+        let (pid, count) = (note.pid, note.job_ids.len());
+        let (error, death) = if count == 1 {
+            (format!("the worker process running this job died (pid {pid}: a crash, a kill or out of memory; see the server log)"), Death::AtMaxAttempts)
+        } else {
+            (format!("the worker process died (pid {pid}) while running this job in a group of {count}; it runs alone from now on"), Death::Never)
+        };
+        pgrx::warning!(
+            "eventic: a worker (pid {pid}) died while running {count} job(s) of queue {}: an attempt is counted for each",
+            note.queue_name
+        );
+        fail(&table, &note.job_ids, &error, Taken::Locked, death)?;
+    }
+    Ok(())
 }
 
 const PRUNE_ARCHIVE: &str =
@@ -313,7 +360,7 @@ pub fn drain(
     deadline: Option<std::time::Instant>,
 ) -> Result<i64> {
     let table = queue_table(queue_name)?;
-    claims::recover_dead_workers()?;
+    recover_dead_workers()?;
     let mut calls = jobs::Calls::default();
     let mut grouping = true;
     let mut ran = 0;
@@ -369,12 +416,17 @@ pub fn drain(
                 match outcome {
                     Ok(()) => succeeded.push(*tid),
                     Err(failure) => {
+                        let death = if job.unreadable.is_some() {
+                            Death::Now
+                        } else {
+                            Death::AtMaxAttempts
+                        };
                         fail(
                             &table,
-                            job.job_id,
+                            &[job.job_id],
                             &format!("{}: {}", failure.sqlstate, failure.message),
                             Taken::Locked,
-                            job.unreadable.is_some(),
+                            death,
                         )?;
                     }
                 }

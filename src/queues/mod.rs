@@ -452,13 +452,3 @@ pub fn check_run_at(run_at: Option<TimestampWithTimeZone>) -> Result<()> {
 /// one by one, each group or job in its own subtransaction; their ends are written together).
 pub const CLAIM_BATCH: i64 = 512;
 
-/// Part of a statement that has `failed(job_id, fn, args, dead, attempts)`: the workflows
-/// whose run job is among the dead ones end in ERROR.
-pub const END_STUCK_WORKFLOWS: &str = ", stuck AS (
-       UPDATE eventic.workflow_runs w
-          SET status = 'ERROR', updated_at = pg_catalog.clock_timestamp(),
-              error = 'the job running this workflow failed ' || f.attempts || ' times: ' || $2
-         FROM failed f
-        WHERE f.dead AND f.fn = pg_catalog.to_regprocedure('eventic._run_workflow(text)')
-          AND w.workflow_id = f.args ->> 0
-          AND w.status NOT IN ('SUCCESS', 'ERROR', 'CANCELLED'))";
