@@ -101,11 +101,12 @@ fn reload_config_if_asked() {
     }
 }
 
-/// Sleep on the latch for up to `timeout`: a SIGTERM (die) ends the process at the interrupt
-/// check after it, the postmaster's death at once; a SIGHUP rereads the configuration.
-fn wait(timeout: Duration) {
+/// Sleep on this process's latch for up to `timeout` (until it is set), then handle
+/// interrupts: the postmaster's death ends the process at once, a pending die (SIGTERM) or
+/// query cancel at the interrupt check. For workers and for backends waiting for a workflow.
+pub fn sleep_on_latch(timeout: Duration) {
     let millis = timeout.as_millis().clamp(1, i32::MAX as u128) as std::ffi::c_long;
-    // SAFETY: waits on this process's latch, as every background worker does.
+    // SAFETY: a timed wait on this process's latch, as pg_sleep and background workers do.
     unsafe {
         pg_sys::WaitLatch(
             pg_sys::MyLatch,
@@ -116,6 +117,12 @@ fn wait(timeout: Duration) {
         pg_sys::ResetLatch(pg_sys::MyLatch);
     }
     pgrx::check_for_interrupts!();
+}
+
+/// A worker's or the launcher's wait: [`sleep_on_latch`], then a SIGHUP rereads the
+/// configuration.
+fn wait(timeout: Duration) {
+    sleep_on_latch(timeout);
     reload_config_if_asked();
 }
 

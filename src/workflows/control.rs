@@ -116,17 +116,7 @@ fn wait_for<T>(seconds: f64, mut check: impl FnMut() -> Result<Option<T>>) -> Re
         if std::time::Instant::now() >= deadline {
             return Ok(None);
         }
-        // SAFETY: a timed wait on this backend's latch, as pg_sleep does.
-        unsafe {
-            pg_sys::WaitLatch(
-                pg_sys::MyLatch,
-                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
-                pause_ms,
-                pg_sys::PG_WAIT_EXTENSION,
-            );
-            pg_sys::ResetLatch(pg_sys::MyLatch);
-        }
-        pgrx::check_for_interrupts!();
+        crate::worker::sleep_on_latch(std::time::Duration::from_millis(pause_ms));
         // 1 ms steps for the first ~20 ms (short workflows are seen as soon as they end),
         // then growing to 50 ms
         waited_ms += pause_ms;
