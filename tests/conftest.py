@@ -4,12 +4,25 @@ clients from outside. The cluster is started once per test session by scripts/cl
 import os
 import pathlib
 import subprocess
+import time
 
 import psycopg
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CLUSTER = ROOT / "scripts" / "cluster"
+
+
+def wait_until(predicate, timeout=30.0, interval=0.05):
+    """Poll `predicate` until it is true (True) or `timeout` seconds pass (False; it is asked
+    once more at the deadline)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
 
 
 class Cluster:

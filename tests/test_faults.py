@@ -27,21 +27,13 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from conftest import Cluster
+from conftest import Cluster, wait_until
 
 DEEP_ARRAY = "[" * 200 + "]" * 200
 DEEP_OBJECT = '{"a": ' * 200 + "1" + "}" * 200
 BIG_NUMBERS = ["1e400", "-1e400", "1e-400"]
 
 
-def wait_until(predicate, timeout=30.0, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
 
 
 def one(conn, sql, params=None):

@@ -2,6 +2,7 @@
 exactly once, as the role that enqueued them, also when the server is killed mid-drain;
 external consumers never get the same job twice; failing jobs retry, die, and revive."""
 
+import functools
 import os
 import threading
 import time
@@ -9,16 +10,12 @@ import time
 import psycopg
 import pytest
 
+import conftest
 from conftest import Cluster
 
 
-def wait_until(predicate, timeout=120.0, interval=0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return False
+# polling with this file's defaults
+wait_until = functools.partial(conftest.wait_until, timeout=120.0, interval=0.2)
 
 
 def setup_effects(conn):

@@ -39,6 +39,7 @@ the difference and exits 1 when there is one; --sql adds statements for the func
 import argparse
 import difflib
 import filecmp
+import functools
 import json
 import os
 import pathlib
@@ -52,6 +53,8 @@ import time
 import psycopg
 import psycopg.sql
 import pytest
+
+import conftest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PG_BIN = pathlib.Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
@@ -68,13 +71,8 @@ NEW_VERSION = current_version()
 UPGRADE_SCRIPT = ROOT / "sql" / f"eventic--{OLD_VERSION}--{NEW_VERSION}.sql"
 
 
-def wait_until(predicate, timeout=60.0, interval=0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return False
+# polling with this file's defaults
+wait_until = functools.partial(conftest.wait_until, timeout=60.0, interval=0.2)
 
 
 # --------------------------------------------------------------------------------------------

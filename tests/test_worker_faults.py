@@ -14,18 +14,11 @@ import time
 import psycopg
 import pytest
 
-from conftest import Cluster
+from conftest import Cluster, wait_until
 
 PG_BIN = os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin")
 
 
-def wait_until(predicate, timeout=30.0, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return False
 
 
 @pytest.fixture(scope="module")
