@@ -487,11 +487,7 @@ pub fn same_call(a: &Job, b: &Job) -> bool {
 
 /// Run `job` like [`run`] and return its function's result as JSON (a workflow step).
 pub fn run_returning(job: &Job, calls: &mut Calls) -> std::result::Result<Value, Failure> {
-    let (sql, texts) = Signature::of(job.fn_oid)
-        .and_then(|sig| sig.call_returning_json(&job.args))
-        .map_err(failure_of)?;
-    in_subtransaction(|| run_job_as(job.enqueued_by, || calls.query_json(&sql, &texts)))
-        .and_then(|outcome| outcome.map_err(failure_of))
+    in_subtransaction(|| call_returning(job, calls)).and_then(|outcome| outcome.map_err(failure_of))
 }
 
 /// Like [`run_returning`] without a subtransaction of its own: an error propagates (an
