@@ -21,50 +21,53 @@ use serde_json::Value;
 
 use crate::errors::{EventicError, Result};
 
-/// How deeply eventic's JSON may nest (serde_json's recursion limit).
-pub const MAX_DEPTH: usize = 128;
+/// How deeply eventic's JSON may nest: serde_json's recursion limit (128) refuses 128 levels.
+pub const MAX_DEPTH: usize = 127;
 
-/// A jsonb datum smaller than this cannot nest deeper than [`MAX_DEPTH`]: every level costs
-/// a container header and the parent's entry for it, 8 bytes (and numbers are held at any
-/// size), so small values need no parse to be known holdable.
+/// A jsonb datum smaller than this cannot nest deeper than [`MAX_DEPTH`] (8 bytes less per
+/// level it sits below the top of what is stored): every level costs a container header and
+/// the parent's entry for it, 8 bytes (and numbers are held at any size), so small values
+/// need no parse to be known holdable.
 const SURELY_HOLDABLE_BYTES: usize = 8 * MAX_DEPTH;
 
 #[derive(Clone, Copy)]
 pub struct RawJsonb(pg_sys::Datum);
 
 impl RawJsonb {
-    /// The value as serde JSON (one text round trip); 22023 for JSON eventic cannot hold.
-    pub fn to_value(self) -> Result<Value> {
-        // SAFETY: the datum is a non-null jsonb (an argument, or a row still in SPI memory);
-        // jsonb_out returns a palloc'd C string.
+    fn text(self) -> String {
         // SAFETY: the datum is a non-null jsonb (an argument, or a row still in SPI memory).
-        let text = unsafe {
-            pgrx::direct_function_call::<&std::ffi::CStr>(pg_sys::jsonb_out, &[Some(self.0)])
-        }
-        .map(|cstr| cstr.to_string_lossy().into_owned())
-        .unwrap_or_default();
-        parse(&text)
+        unsafe { pgrx::direct_function_call::<&std::ffi::CStr>(pg_sys::jsonb_out, &[Some(self.0)]) }
+            .map(|cstr| cstr.to_string_lossy().into_owned())
+            .unwrap_or_default()
     }
 
-    /// 22023 unless eventic can hold the value; parses only values large enough to nest
-    /// too deeply (the write paths pass small values on without a parse).
-    pub fn check_holdable(self) -> Result<()> {
+    /// The value as serde JSON (one text round trip); 22023 for JSON eventic cannot hold.
+    pub fn to_value(self) -> Result<Value> {
+        parse(&self.text())
+    }
+
+    /// 22023 unless eventic can hold the value where it will sit: `levels_above` levels down
+    /// in what is stored (0: stored whole; a record's field: 1; a property's value: 2).
+    /// Parses only values large enough to nest too deeply (the write paths pass small values
+    /// on without a parse).
+    pub fn check_holdable_at(self, levels_above: usize) -> Result<()> {
         // SAFETY: a non-null jsonb datum; reads its (uncompressed) size from the header.
         let size = unsafe { pg_sys::toast_raw_datum_size(self.0) };
-        if size < SURELY_HOLDABLE_BYTES {
+        if size < SURELY_HOLDABLE_BYTES.saturating_sub(8 * levels_above) {
             return Ok(());
         }
-        self.to_value().map(|_| ())
+        let (open, close) = ("[".repeat(levels_above), "]".repeat(levels_above));
+        parse(&format!("{open}{}{close}", self.text())).map(|_| ())
     }
 }
 
 /// Parse JSON text as eventic holds it (22023 when it cannot).
-pub fn parse(text: &str) -> Result<Value> {
+fn parse(text: &str) -> Result<Value> {
     serde_json::from_str(text).map_err(|err| {
         if err.to_string().contains("recursion limit") {
             EventicError::invalid(
                 format!("JSON nested deeper than {MAX_DEPTH} levels cannot be stored by eventic"),
-                format!("Keep documents, arguments and messages within {MAX_DEPTH} levels of arrays and objects (or store the deep part as text)."),
+                format!("Keep documents, arguments and messages within {MAX_DEPTH} levels of arrays and objects, counted from the document (a record's field within {}, a property's value within {}), or store the deep part as text.", MAX_DEPTH - 1, MAX_DEPTH - 2),
             )
         } else {
             EventicError::invalid(

@@ -114,6 +114,35 @@ def test_json_nested_deeper_than_128_is_refused_with_22023(cluster, db, statemen
         assert one(conn, "SELECT count(*) FROM tracked") == 0
 
 
+def nested(levels):
+    return "[" * levels + "]" * levels
+
+
+# (call, the deepest value it accepts): a value sits 1 level (a field) or 2 levels (a
+# property: properties → key) down in the document, which holds 127
+EDGE_CASES = [
+    ("SELECT eventic.set_field(%s, 'tags', %s::jsonb)", 126),
+    ("SELECT eventic.set_field(%s, 'properties', jsonb_build_object('p', %s::jsonb))", 125),
+    ("SELECT eventic.add_property(%s, 'p', %s::jsonb)", 125),
+    ("SELECT eventic.set_fields(%s, jsonb_build_object('tags', %s::jsonb))", 126),
+]
+
+
+@pytest.mark.parametrize("call,deepest", EDGE_CASES, ids=["set_field", "set_field_properties",
+                                                           "add_property", "set_fields"])
+def test_json_at_the_depth_limit_is_stored_readable_or_refused(cluster, db, call, deepest):
+    """What is accepted can always be read back (history, diff): a value one level deeper than
+    the document holds is refused with 22023, not stored to fail every later read."""
+    with cluster.connect(dbname=db) as conn:
+        conn.execute("SELECT eventic.register_class('Story')")
+        story = one(conn, "SELECT eventic.create('Story', '{\"title\": \"t\"}')")
+        expect_sqlstate(conn, "22023", call, (story, nested(deepest + 1)))
+        assert one(conn, "SELECT max(version) FROM eventic.records WHERE id = %s", (story,)) == 0
+        assert one(conn, call, (story, nested(deepest))) == 1
+        assert one(conn, "SELECT count(*) FROM eventic.history(%s)", (story,)) == 2
+        assert one(conn, "SELECT eventic.diff(%s, 0, 1) IS NOT NULL", (story,)) is True
+
+
 @pytest.mark.parametrize("number", BIG_NUMBERS)
 def test_numbers_beyond_float_range_round_trip_exactly(cluster, db, number):
     with cluster.connect(dbname=db) as conn:

@@ -405,7 +405,7 @@ fn enqueue_job(
             ));
         }
         if signature.takes_whole_jsonb() {
-            args.check_holdable()?;
+            args.check_holdable_at(0)?;
         } else {
             signature.check_args(&args.to_value()?)?;
         }

@@ -71,10 +71,9 @@ fn set_field(
         let (id, field) = (required(id, "id")?, required(field, "field")?);
         let value = required(value, "value")?;
         check_field_name(field, strict_field_names())?;
+        value.check_holdable_at(1)?; // a field of the document
         if field == PROPERTIES {
             check_field(field, &value.to_value()?, strict_field_names())?;
-        } else {
-            value.check_holdable()?;
         }
         let change = Change {
             set: FieldValues::One(field.to_string(), value),
@@ -278,6 +277,7 @@ fn add_property(
         let value = required(value, "value")?;
         check_property_key(key)?;
         let mut set = Map::new();
+        value.check_holdable_at(2)?; // document → properties → key
         set.insert(key.to_string(), value.to_value()?);
         let change = Change {
             properties: Patch {

@@ -20,7 +20,7 @@ fn send(workflow_id: Option<&str>, topic: Option<&str>, message: default!(Option
         let id = required(workflow_id, "workflow_id")?;
         let topic = required(topic, "topic")?;
         if let Some(message) = message {
-            message.check_holdable()?;
+            message.check_holdable_at(0)?;
         }
         let workflow = workflow_for(id, "send a message to")?;
         // the message first, then the workflow's row lock: a run in progress holds it until
