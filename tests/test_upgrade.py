@@ -68,7 +68,10 @@ def current_version() -> str:
 
 
 NEW_VERSION = current_version()
-UPGRADE_SCRIPT = ROOT / "sql" / f"eventic--{OLD_VERSION}--{NEW_VERSION}.sql"
+# 0.1.0 -> 0.2.0 -> ... -> NEW_VERSION: Postgres chains them; the last one is the one being written
+UPGRADE_SCRIPTS = sorted((ROOT / "sql").glob("eventic--*--*.sql"),
+                         key=lambda p: [int(x) for x in re.findall(r"\d+", p.name.split("--")[2])])
+UPGRADE_SCRIPT = UPGRADE_SCRIPTS[-1]
 
 
 # polling with this file's defaults
@@ -101,7 +104,7 @@ def prepare_scripts() -> list:
         raise RuntimeError("eventic " + NEW_VERSION + " is not installed (run `cargo pgrx install`"
                            " or scripts/test): " + "; ".join(problems))
     done = []
-    for source in (FIXTURE, UPGRADE_SCRIPT):
+    for source in (FIXTURE, *UPGRADE_SCRIPTS):
         target = ext / source.name
         if not target.exists() or not filecmp.cmp(source, target, shallow=False):
             if os.access(ext, os.W_OK):
