@@ -1,0 +1,1 @@
+"""eventic for Python: Pydantic records, jobs and durable workflows on the eventic extension."""
