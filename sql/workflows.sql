@@ -20,6 +20,9 @@ CREATE TABLE eventic.workflow_runs (
 );
 COMMENT ON TABLE eventic.workflow_runs IS
   'Durable workflows: status, input, output, error; started with eventic.start_workflow';
+-- what eventic.workflow_retention removes, oldest first
+CREATE INDEX workflow_runs_finished ON eventic.workflow_runs (updated_at)
+ WHERE status IN ('SUCCESS', 'ERROR', 'CANCELLED');
 SELECT pg_catalog.pg_extension_config_dump('eventic.workflow_runs', '');
 
 CREATE TABLE eventic.workflow_records (

@@ -58,6 +58,7 @@ pub fn init() {
     }
     PRELOADED.store(true, Ordering::Relaxed);
     board::init();
+    crate::progress::init();
     BackgroundWorkerBuilder::new(LAUNCHER_TYPE)
         .set_type(LAUNCHER_TYPE)
         .set_library("eventic")
