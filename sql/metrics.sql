@@ -23,13 +23,11 @@ SELECT 'eventic_workflows_count', pg_catalog.jsonb_build_object('status', s.stat
   LEFT JOIN eventic.workflows w ON w.status = s.status
  GROUP BY s.status
 UNION ALL
-SELECT 'eventic_workers', '{}'::jsonb,
-       (SELECT count(*) FROM pg_catalog.pg_stat_activity a
-         WHERE a.backend_type = 'eventic worker' AND a.datname = pg_catalog.current_database())::float8
-UNION ALL
-SELECT 'eventic_launcher_up', '{}'::jsonb,
-       (SELECT count(*) FROM pg_catalog.pg_stat_activity a
-         WHERE a.backend_type = 'eventic launcher')::float8;
+-- from the workers' shared board: pg_stat_activity hides other roles' backend types
+SELECT v.name, '{}'::jsonb, v.value
+  FROM eventic.worker_liveness() l,
+       LATERAL (VALUES ('eventic_workers', l.workers::float8),
+                       ('eventic_launcher_up', CASE WHEN l.launcher_up THEN 1 ELSE 0 END::float8)) AS v(name, value);
 COMMENT ON VIEW eventic.metrics IS
   'Monitoring metrics (name, labels, value): queue depths and rates, dead jobs, workflows by status, workers running';
 GRANT SELECT ON eventic.metrics TO PUBLIC;

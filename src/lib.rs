@@ -10,6 +10,7 @@ use pgrx::prelude::*;
 pub mod catalog_cache;
 pub mod classes;
 pub mod errors;
+pub mod metrics;
 pub mod outbox;
 pub mod progress;
 pub mod queues;
@@ -76,7 +77,7 @@ extension_sql_file!(
 extension_sql_file!(
     "../sql/metrics.sql",
     name = "metrics_schema",
-    requires = ["queues_schema", "workflows_schema"]
+    requires = ["queues_schema", "workflows_schema", metrics::worker_liveness]
 );
 extension_sql_file!("../sql/comments.sql", name = "comments", finalize);
 

@@ -22,7 +22,7 @@
 //! Workers connect as the bootstrap superuser and run every job as the role that enqueued it
 //! (see `queues::jobs`).
 
-mod board;
+pub(crate) mod board;
 mod database;
 mod launcher;
 
