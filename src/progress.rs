@@ -3,13 +3,14 @@
 //!
 //! A job runs inside its worker's open transaction, so a row it updates is invisible to
 //! everyone else until the whole batch commits: too late for progress. An autonomous write
-//! (dblink, a second connection) would cost a connection and a commit per call. Instead each
-//! process that reports progress takes a slot in shared memory (claimed by its pid, freed when
-//! it exits) and writes there: no transaction, no WAL, no lock, seen at once by every session.
-//! The slot says whose job it is (queue and job id, workflow and step, the role it runs as)
-//! and is cleared when the job or step returns; progress is not durable (a restart forgets
-//! it, and the finished job keeps none of it). Writes go through a sequence counter (odd
-//! while writing) that readers check, so a reader never sees half of a write.
+//! (dblink, a second connection) would cost a connection and a commit per call. Instead a job
+//! that reports progress takes a slot in shared memory (claimed with its process's pid) and
+//! writes there: no transaction, no WAL, no lock, seen at once by every session. The slot says
+//! whose job it is (queue and job id, workflow and step, the role it runs as) and is given
+//! back when the job or step returns (or its transaction aborts, or its process exits);
+//! progress is not durable (a restart forgets it, and the finished job keeps none of it).
+//! Writes go through a sequence counter (odd while writing) that readers check, so a reader
+//! never sees half of a write.
 
 use std::cell::RefCell;
 use std::collections::HashSet;
@@ -18,14 +19,15 @@ use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::shmem::PGRXSharedMemory;
-use pgrx::PgAtomic;
+use pgrx::{register_xact_callback, PgAtomic, PgXactCallbackEvent};
 use serde_json::{json, Value};
 
 use crate::errors::{required, EventicError, OrReport, Result};
 use crate::raw_jsonb::RawJsonb;
 
-/// Processes that can report progress at once (workers and sessions in eventic.run_pending).
-pub const SLOTS: usize = 256;
+/// Jobs and steps whose progress shows at once (a slot is held from a job's first
+/// set_progress until it returns).
+pub const SLOTS: usize = 1024;
 /// A slot's text (what runs and its progress, as JSON): this many bytes at most.
 const TEXT_BYTES: usize = 1024;
 const WORDS: usize = TEXT_BYTES / 8;
@@ -104,10 +106,12 @@ struct Step {
 
 thread_local! {
     static RUNNING: RefCell<Option<Running>> = const { RefCell::new(None) };
-    /// This process's slot, once it took one.
+    /// The slot this process holds while its job shows progress.
     static MY_SLOT: RefCell<Option<usize>> = const { RefCell::new(None) };
-    /// The slot shows something (cleared when the job or step returns).
-    static SHOWING: RefCell<bool> = const { RefCell::new(false) };
+    /// The exit callback that gives the slot back is registered.
+    static EXIT_HOOKED: RefCell<bool> = const { RefCell::new(false) };
+    /// This transaction's abort callback that gives the slot back is registered.
+    static ABORT_HOOKED: RefCell<bool> = const { RefCell::new(false) };
     /// Functions that reported progress: their jobs run one by one, never in a group (a
     /// group's progress would belong to no one job).
     static RUN_ALONE: RefCell<HashSet<u32>> = RefCell::new(HashSet::new());
@@ -120,6 +124,7 @@ fn now_us() -> i64 {
 
 /// The drain is about to run `job_ids` of `queue` (one job, or a group) as `role`.
 pub fn job_running(queue: &str, job_ids: &[i64], fn_oid: pg_sys::Oid, role: pg_sys::Oid) {
+    release_slot();
     RUNNING.with(|running| {
         *running.borrow_mut() = Some(Running {
             queue: queue.to_string(),
@@ -135,7 +140,7 @@ pub fn job_running(queue: &str, job_ids: &[i64], fn_oid: pg_sys::Oid, role: pg_s
 /// The job (or group) noted by [`job_running`] returned.
 pub fn job_done() {
     RUNNING.with(|running| running.borrow_mut().take());
-    clear_slot();
+    release_slot();
 }
 
 /// Run a workflow step (`f`) with its progress shown under the workflow and step.
@@ -158,7 +163,7 @@ pub fn in_step<T>(workflow_id: &str, position: usize, name: &str, f: impl FnOnce
             running.step = before;
         }
     });
-    clear_slot();
+    release_slot();
     result
 }
 
@@ -167,49 +172,55 @@ pub fn runs_alone(fn_oid: pg_sys::Oid) -> bool {
     RUN_ALONE.with(|alone| alone.borrow().contains(&fn_oid.to_u32()))
 }
 
-fn clear_slot() {
-    if !SHOWING.with(|showing| showing.replace(false)) {
-        return;
-    }
-    if let Some(index) = MY_SLOT.with(|slot| *slot.borrow()) {
+/// Give back the slot this process holds, if it holds one (its progress disappears).
+fn release_slot() {
+    if let Some(index) = MY_SLOT.with(|slot| slot.borrow_mut().take()) {
         let slot = &PROGRESS.get().slots[index];
         slot.seq.fetch_add(1, Ordering::AcqRel);
         slot.role.store(0, Ordering::Relaxed);
         slot.len.store(0, Ordering::Relaxed);
+        slot.database.store(0, Ordering::Relaxed);
         slot.seq.fetch_add(1, Ordering::Release);
+        slot.pid.store(0, Ordering::Release);
     }
 }
 
-unsafe extern "C-unwind" fn free_slot(_code: std::ffi::c_int, index: pg_sys::Datum) {
-    let slot = &PROGRESS.get().slots[index.value()];
-    slot.role.store(0, Ordering::Release);
-    slot.pid.store(0, Ordering::Release);
+unsafe extern "C-unwind" fn release_at_exit(_code: std::ffi::c_int, _arg: pg_sys::Datum) {
+    release_slot();
 }
 
-/// This process's slot: the one it took, or a free one (taken by its pid until it exits).
-fn my_slot() -> Result<usize> {
+/// The slot this process holds, or a free one (None when all are taken: the progress is not
+/// shown, the job goes on).
+fn my_slot() -> Option<usize> {
     if let Some(index) = MY_SLOT.with(|slot| *slot.borrow()) {
-        return Ok(index);
+        return Some(index);
     }
     // SAFETY: plain reads of this process's pid and database.
     let (pid, database) = unsafe { (pg_sys::MyProcPid, pg_sys::MyDatabaseId.to_u32()) };
     let slots = &PROGRESS.get().slots;
-    let index = slots
-        .iter()
-        .position(|slot| {
-            slot.pid
-                .compare_exchange(0, pid, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-        })
-        .ok_or_else(|| EventicError::NotReady {
-            message: format!("all {SLOTS} progress slots are taken by other processes"),
-            hint: "Progress is shown for at most that many running jobs at once; try again when some have finished.".into(),
-        })?;
+    let index = slots.iter().position(|slot| {
+        slot.pid
+            .compare_exchange(0, pid, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+    })?;
     slots[index].database.store(database, Ordering::Release);
-    // SAFETY: registers a callback with its slot number, run when this process exits.
-    unsafe { pg_sys::before_shmem_exit(Some(free_slot), pg_sys::Datum::from(index)) };
     MY_SLOT.with(|slot| *slot.borrow_mut() = Some(index));
-    Ok(index)
+    if !EXIT_HOOKED.with(|hooked| hooked.replace(true)) {
+        // SAFETY: registers a callback run when this process exits.
+        unsafe { pg_sys::before_shmem_exit(Some(release_at_exit), pg_sys::Datum::from(0)) };
+    }
+    // a transaction that aborts (an error past the job's own subtransaction, a cancel) ends
+    // the job without job_done
+    if !ABORT_HOOKED.with(|hooked| hooked.replace(true)) {
+        register_xact_callback(PgXactCallbackEvent::Abort, || {
+            ABORT_HOOKED.with(|hooked| hooked.replace(false));
+            release_slot();
+        });
+        register_xact_callback(PgXactCallbackEvent::Commit, || {
+            ABORT_HOOKED.with(|hooked| hooked.replace(false));
+        });
+    }
+    Some(index)
 }
 
 fn outside_a_job() -> EventicError {
@@ -272,7 +283,10 @@ fn set_progress(progress: Option<RawJsonb>) {
                 "Report a small summary such as {\"done\": 40, \"total\": 100}.",
             ));
         }
-        let slot = &PROGRESS.get().slots[my_slot()?];
+        let Some(index) = my_slot() else {
+            return Ok(());
+        };
+        let slot = &PROGRESS.get().slots[index];
         let mut words = [0u64; WORDS];
         for (i, chunk) in text.as_bytes().chunks(8).enumerate() {
             let mut word = [0u8; 8];
@@ -288,7 +302,6 @@ fn set_progress(progress: Option<RawJsonb>) {
         slot.started_at.store(started_at, Ordering::Relaxed);
         slot.updated_at.store(now_us(), Ordering::Relaxed);
         slot.seq.fetch_add(1, Ordering::Release);
-        SHOWING.with(|showing| showing.replace(true));
         Ok(())
     })()
     .or_report()

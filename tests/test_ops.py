@@ -420,6 +420,7 @@ def test_retention_removes_old_finished_workflows_only(cluster, db):
             assert wait_until(lambda: pg.execute(
                 "SELECT count(*) FROM eventic.workflow_runs WHERE workflow_id = ANY(%s)", (list(gone),)
             ).fetchone()[0] == 0, timeout=20)
+            assert sqlstate(pg, "SELECT eventic.workflow_status('old-err')") == "P0002"
             left = {r[0] for r in pg.execute("SELECT workflow_id FROM eventic.workflow_runs")}
             # never one still waiting or sleeping, nor a finished child of a waiting parent
             assert left == {"new-ok", "old-waiting", "old-sleeping", "parent", child}
