@@ -29,7 +29,7 @@ CREATE TABLE eventic.workflow_records (
     workflow_id  text         NOT NULL REFERENCES eventic.workflow_runs ON DELETE CASCADE,
     position     integer      NOT NULL,
     name         text         NOT NULL,
-    kind         text         NOT NULL,   -- step, sleep, now, random
+    kind         text         NOT NULL,   -- step, transaction, sleep, recv, now, random, patch, …
     output       jsonb,
     error        text,
     attempts     integer      NOT NULL DEFAULT 1,
