@@ -367,7 +367,13 @@ fn progress_rows() -> TableIterator<
         .filter(|(_, role, ..)| crate::roles::may_manage(pg_sys::Oid::from(*role)))
         .filter_map(|(pid, role, text, started, updated)| {
             let detail: Value = serde_json::from_str(&text).ok()?;
-            Some((pid, pg_sys::Oid::from(role), pgrx::JsonB(detail), started, updated))
+            Some((
+                pid,
+                pg_sys::Oid::from(role),
+                pgrx::JsonB(detail),
+                started,
+                updated,
+            ))
         })
         .collect();
     TableIterator::new(rows)

@@ -40,7 +40,9 @@ fn patched(name: Option<&str>) -> bool {
         }
         CONTEXT.with(|ctx| {
             let mut ctx = ctx.borrow_mut();
-            let ctx = ctx.as_mut().ok_or_else(|| outside_workflow("eventic.patched"))?;
+            let ctx = ctx
+                .as_mut()
+                .ok_or_else(|| outside_workflow("eventic.patched"))?;
             // markers of other patches here are retired ones (or ones the body asks for after
             // this one): look past them for this one
             let mut at = ctx.position;

@@ -60,7 +60,11 @@ pub fn prune_if_due() {
             false
         }
     };
-    let next = if full { Instant::now() } else { Instant::now() + INTERVAL };
+    let next = if full {
+        Instant::now()
+    } else {
+        Instant::now() + INTERVAL
+    };
     NEXT_PRUNE.with(|at| at.set(Some(next)));
 }
 
