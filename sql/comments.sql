@@ -59,6 +59,10 @@ COMMENT ON FUNCTION eventic.await_workflow(text) IS 'Inside a workflow: wait for
 COMMENT ON FUNCTION eventic.now() IS 'Inside a workflow: the time, recorded for replays';
 COMMENT ON FUNCTION eventic.random() IS 'Inside a workflow: a random number, recorded for replays';
 COMMENT ON FUNCTION eventic.workflow_id() IS 'Inside a workflow: its id';
+COMMENT ON FUNCTION eventic.patched(text) IS 'Inside a workflow: true if this run reaches the patch for the first time (recorded), false if it passed this point before the patch existed';
+COMMENT ON FUNCTION eventic.set_progress(jsonb) IS 'Inside a job or a workflow step: show progress to other sessions now (eventic.progress), with the time (a heartbeat)';
+COMMENT ON FUNCTION eventic.worker_liveness() IS 'How many eventic workers are connected to this database, and whether the launcher runs (for eventic.metrics)';
+COMMENT ON FUNCTION eventic.progress_rows() IS 'What eventic.progress shows: the progress of running jobs that run as a role the caller has the privileges of';
 COMMENT ON FUNCTION eventic.send(text, text, jsonb) IS 'Send a message to a workflow';
 COMMENT ON FUNCTION eventic.get_event(text, text, interval) IS 'A value a workflow published, waiting up to the timeout';
 COMMENT ON FUNCTION eventic.wait_workflow(text, interval) IS 'Wait for a workflow''s output (NULL on timeout)';

@@ -20,13 +20,16 @@ CREATE TABLE eventic.workflow_runs (
 );
 COMMENT ON TABLE eventic.workflow_runs IS
   'Durable workflows: status, input, output, error; started with eventic.start_workflow';
+-- what eventic.workflow_retention removes, oldest first
+CREATE INDEX workflow_runs_finished ON eventic.workflow_runs (updated_at)
+ WHERE status IN ('SUCCESS', 'ERROR', 'CANCELLED');
 SELECT pg_catalog.pg_extension_config_dump('eventic.workflow_runs', '');
 
 CREATE TABLE eventic.workflow_records (
     workflow_id  text         NOT NULL REFERENCES eventic.workflow_runs ON DELETE CASCADE,
     position     integer      NOT NULL,
     name         text         NOT NULL,
-    kind         text         NOT NULL,   -- step, sleep, now, random
+    kind         text         NOT NULL,   -- step, transaction, sleep, recv, now, random, patch, …
     output       jsonb,
     error        text,
     attempts     integer      NOT NULL DEFAULT 1,

@@ -10,7 +10,9 @@ use pgrx::prelude::*;
 pub mod catalog_cache;
 pub mod classes;
 pub mod errors;
+pub mod metrics;
 pub mod outbox;
+pub mod progress;
 pub mod queues;
 pub mod raw_jsonb;
 pub mod records;
@@ -66,6 +68,16 @@ extension_sql_file!(
         classes::subscribe,
         classes::unsubscribe
     ]
+);
+extension_sql_file!(
+    "../sql/progress.sql",
+    name = "progress_schema",
+    requires = ["queues_schema", progress::progress_rows]
+);
+extension_sql_file!(
+    "../sql/metrics.sql",
+    name = "metrics_schema",
+    requires = ["queues_schema", "workflows_schema", metrics::worker_liveness]
 );
 extension_sql_file!("../sql/comments.sql", name = "comments", finalize);
 

@@ -8,6 +8,7 @@ use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 static STRICT_FIELD_NAMES: GucSetting<bool> = GucSetting::<bool>::new(true);
 static SPECULATIVE_WORKFLOWS: GucSetting<bool> = GucSetting::<bool>::new(true);
 static ARCHIVE_RETENTION: GucSetting<i32> = GucSetting::<i32>::new(86_400);
+static WORKFLOW_RETENTION: GucSetting<i32> = GucSetting::<i32>::new(7 * 86_400);
 static POLL_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(1_000);
 static MAX_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(8);
 static WORKERS_PER_DATABASE: GucSetting<i32> = GucSetting::<i32>::new(2);
@@ -45,6 +46,19 @@ pub fn init() {
           without bound. 0 keeps none.",
         &ARCHIVE_RETENTION,
         0,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"eventic.workflow_retention",
+        c"How long finished workflows (and their steps, messages, events) are kept.",
+        c"The workers remove workflows that ended (SUCCESS, ERROR, CANCELLED) longer ago than \
+          this, with their step records, messages and events; never one that is still \
+          running, sleeping or waiting, nor a child whose parent has not ended. -1 keeps them \
+          all.",
+        &WORKFLOW_RETENTION,
+        -1,
         i32::MAX,
         GucContext::Sighup,
         GucFlags::UNIT_S,
@@ -144,4 +158,9 @@ pub fn launcher_database() -> String {
 /// `eventic.workers_per_database`
 pub fn workers_per_database() -> i32 {
     WORKERS_PER_DATABASE.get()
+}
+
+/// `eventic.workflow_retention`, in seconds; -1 keeps finished workflows for ever
+pub fn workflow_retention_seconds() -> i32 {
+    WORKFLOW_RETENTION.get()
 }

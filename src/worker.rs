@@ -22,7 +22,7 @@
 //! Workers connect as the bootstrap superuser and run every job as the role that enqueued it
 //! (see `queues::jobs`).
 
-mod board;
+pub(crate) mod board;
 mod database;
 mod launcher;
 
@@ -58,6 +58,7 @@ pub fn init() {
     }
     PRELOADED.store(true, Ordering::Relaxed);
     board::init();
+    crate::progress::init();
     BackgroundWorkerBuilder::new(LAUNCHER_TYPE)
         .set_type(LAUNCHER_TYPE)
         .set_library("eventic")

@@ -331,6 +331,11 @@ FLOW_SNIPPETS = {
     "random": "PERFORM eventic.random();",
     "workflow_id": "PERFORM eventic.workflow_id();",
     "wait": "r := eventic.recv('never', '1 hour');",
+    "patched": """IF eventic.patched('p1') THEN
+            r := eventic.step('s1', 'attacker.STEP(integer)', '[1]');
+        END IF;""",
+    "set_progress": """PERFORM eventic.set_progress('{"at": "body"}');
+        r := eventic.step('s1', 'attacker.progress_step(integer)', '[1]');""",
 }
 
 
@@ -353,6 +358,13 @@ ATTACKER_OBJECTS = [
               RETURN n; END $$""",
     """CREATE FUNCTION attacker.plain_step(n integer) RETURNS integer LANGUAGE sql
         AS $$ INSERT INTO public.effects (who, what) VALUES (current_user, 'step') RETURNING n $$""",
+    f"""CREATE FUNCTION attacker.progress_job(n integer) RETURNS void LANGUAGE plpgsql AS $$
+        BEGIN PERFORM eventic.set_progress(pg_catalog.jsonb_build_object('n', n));
+              INSERT INTO public.effects (who, what) VALUES (current_user, 'progress job'); {LEAK_PATH} END $$""",
+    f"""CREATE FUNCTION attacker.progress_step(n integer) RETURNS integer LANGUAGE plpgsql AS $$
+        BEGIN PERFORM eventic.set_progress(pg_catalog.jsonb_build_object('step', n));
+              INSERT INTO public.effects (who, what) VALUES (current_user, 'progress step'); {LEAK_PATH}
+              RETURN n; END $$""",
 ] + [_flow(kind, name, snippet) for kind in ("flow", "plain") for name, snippet in FLOW_SNIPPETS.items()]
 
 SCHEMA = json.dumps({"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}})
@@ -824,8 +836,39 @@ def _body_case(name):
 
 
 for _name in ("step", "transaction", "sleep", "recv", "set_event", "start_child", "await_workflow",
-              "now", "random", "workflow_id"):
+              "now", "random", "workflow_id", "patched"):
     trap_case(_name)(_body_case(_name))
+
+
+@trap_case("set_progress")
+def _(t):
+    t.queue()
+    t.arm()
+    # in a job (several of one function: a group that falls back to one by one), in a body,
+    # in a step, and through run_pending in the attacker's own session
+    t.ok("SELECT eventic.enqueue_batch('aq', 'attacker.progress_job(integer)', '{[1],[2],[3],[4]}')")
+    t.finished(t.start("flow_set_progress"))
+    t.ok("SELECT eventic.create_queue('aq_local', worker => false)")
+    t.ok("SELECT eventic.enqueue('aq_local', 'attacker.progress_job(integer)', '[5]')")
+    t.ok("SELECT eventic.run_pending('aq_local')")
+    t.expect_effect("progress job", 5)
+    t.expect_effect("progress step", 1)
+
+
+@trap_case("progress_rows")
+def _(t):
+    t.arm()
+    t.ok("SELECT * FROM eventic.progress_rows()")
+    t.ok("SELECT * FROM eventic.progress")
+
+
+@trap_case("worker_liveness")
+def _(t):
+    t.queue()
+    t.ok("SELECT eventic.enqueue('aq', 'attacker.job(integer)', '[1]')")
+    t.arm()
+    t.ok("SELECT * FROM eventic.worker_liveness()")
+    t.ok("SELECT * FROM eventic.metrics")
 
 
 # -- write paths through views and tables (their triggers) ----------------------------------------
@@ -1526,6 +1569,37 @@ def test_jobs_and_workflow_data_of_another_role_invisible(env):
         except psycopg.Error as e:
             leaks[relation + " (victim)"] = f"the victim cannot read its own rows: {e.sqlstate}"
     assert not leaks, f"the attacker sees the victim's jobs and workflows: {leaks}"
+
+
+def test_progress_and_metrics_of_another_role_invisible(env):
+    """The victim's running job reports progress: the attacker sees none of it (eventic.progress,
+    eventic.progress_rows) and counts none of the victim's jobs or workflows in eventic.metrics."""
+    v = env.as_victim()
+    v.execute("""CREATE FUNCTION victim.slow(n integer) RETURNS void LANGUAGE plpgsql AS $$
+                 BEGIN
+                     FOR i IN 1..n LOOP
+                         PERFORM eventic.set_progress(pg_catalog.jsonb_build_object('secret', i));
+                         PERFORM pg_catalog.pg_sleep(0.2);
+                     END LOOP;
+                 END $$""")
+    v.execute("""CREATE FUNCTION victim.flow(input jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
+                 BEGIN RETURN eventic.recv('never', '1 hour'); END $$""")
+    v.execute("SELECT eventic.create_queue('vq')")
+    v.execute("SELECT eventic.enqueue('vq', 'victim.slow(integer)', '[40]')")
+    v.execute("SELECT eventic.enqueue('vq', 'victim.slow(integer)', '[1]', run_at => now() + interval '1 hour')")
+    v.execute("SELECT eventic.start_workflow('victim.flow(jsonb)', '{}', 'victim-wf')")
+    assert wait_until(lambda: one(v, "SELECT count(*) FROM eventic.progress") == 1, timeout=10)
+    wait_workflow_state(env.pg, "victim-wf", {"WAITING"})
+    a = env.as_attacker()
+    assert one(env.pg, "SELECT count(*) FROM eventic.progress") == 1
+    assert one(a, "SELECT count(*) FROM eventic.progress") == 0
+    assert one(a, "SELECT count(*) FROM eventic.progress_rows()") == 0
+    # the victim sees its own numbers; the attacker the queue with nothing in it
+    mine = dict(rows(v, "SELECT name, value FROM eventic.metrics WHERE labels IN ('{\"queue\": \"vq\"}', '{\"status\": \"WAITING\"}')"))
+    seen = dict(rows(a, "SELECT name, value FROM eventic.metrics WHERE labels IN ('{\"queue\": \"vq\"}', '{\"status\": \"WAITING\"}')"))
+    assert mine["eventic_queue_scheduled"] == 1 and mine["eventic_workflows_count"] == 1
+    assert seen["eventic_queue_scheduled"] == 0 and seen["eventic_workflows_count"] == 0
+    assert seen["eventic_queue_ready"] == 0 and seen["eventic_queue_done_last_minute"] == 0
 
 
 # ---------------------------------------------------------------------------------------------

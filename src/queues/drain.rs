@@ -9,6 +9,7 @@ use pgrx::pg_sys::{PgBuiltInOids, PgOid};
 use pgrx::prelude::*;
 
 use crate::errors::{required, EventicError, OrReport, Result};
+use crate::progress;
 use crate::roles::{as_extension_owner, current_role, is_superuser};
 use crate::spi_plans::optional_value;
 
@@ -392,7 +393,9 @@ pub fn drain(
             if grouping && group.len() > 1 {
                 let ids: Vec<i64> = group.iter().map(|job| job.job_id).collect();
                 claims::running(queue_name, &ids);
+                progress::job_running(queue_name, &ids, group[0].fn_oid, group[0].enqueued_by);
                 let outcome = jobs::run_group(group, &mut calls);
+                progress::job_done();
                 claims::done();
                 if outcome.is_ok() {
                     succeeded.extend_from_slice(&tids[rows]);
@@ -411,7 +414,9 @@ pub fn drain(
                 }
                 ran_in_batch += 1;
                 claims::running(queue_name, &[job.job_id]);
+                progress::job_running(queue_name, &[job.job_id], job.fn_oid, job.enqueued_by);
                 let outcome = jobs::run(job, &mut calls);
+                progress::job_done();
                 claims::done();
                 match outcome {
                     Ok(()) => succeeded.push(*tid),

@@ -473,6 +473,7 @@ pub fn same_call(a: &Job, b: &Job) -> bool {
         && !b.retried
         && a.fn_oid == b.fn_oid
         && a.enqueued_by == b.enqueued_by
+        && !crate::progress::runs_alone(a.fn_oid)
         && match Signature::of(a.fn_oid) {
             // eventic's own jobs (a workflow run: a body and its steps, many subtransactions)
             // run one by one, so that a drain can stop between them (subxid budget)

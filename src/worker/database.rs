@@ -199,7 +199,11 @@ impl Worker {
         }
         match self.paused {
             Some(why) => Pass::Paused(why),
-            None => Pass::Ran(drain_database(JOBS_PER_TRANSACTION)),
+            None => {
+                let ran = drain_database(JOBS_PER_TRANSACTION);
+                crate::workflows::retention::prune_if_due();
+                Pass::Ran(ran)
+            }
         }
     }
 

@@ -19,7 +19,7 @@ use super::{
     interval_seconds, negative, Pending, StepRecord, CONTEXT, STEPS_PER_JOB, STEP_ATTEMPTS, SUSPEND,
 };
 
-fn outside_workflow(what: &str) -> EventicError {
+pub(super) fn outside_workflow(what: &str) -> EventicError {
     EventicError::invalid(
         format!("{what} can only be called inside a workflow body"),
         "Start the function with eventic.start_workflow(fn, input).",
@@ -32,6 +32,13 @@ fn next_record(name: &str, kind: &str) -> Result<(usize, Option<StepRecord>)> {
     CONTEXT.with(|ctx| {
         let mut ctx = ctx.borrow_mut();
         let ctx = ctx.as_mut().ok_or_else(|| outside_workflow(kind))?;
+        // a patch marker where the body asks for something else: a retired patch (its
+        // patched() call removed from the body), skipped (see super::patches)
+        while kind != super::patches::KIND
+            && ctx.records.get(ctx.position).is_some_and(|r| r.kind == super::patches::KIND)
+        {
+            ctx.position += 1;
+        }
         let position = ctx.position;
         ctx.position += 1;
         match ctx.records.get(position) {
@@ -167,7 +174,10 @@ fn run_inline(position: usize, name: &str, fn_oid: pg_sys::Oid, args: Value) -> 
         }
     });
     let job = jobs::Job::new(fn_oid, args, current_role());
-    let output = jobs::call_returning(&job, &mut jobs::Calls::default())?;
+    let workflow_id = CONTEXT.with(|ctx| ctx.borrow().as_ref().map(|c| c.workflow_id.clone()));
+    let output = crate::progress::in_step(&workflow_id.unwrap_or_default(), position, name, || {
+        jobs::call_returning(&job, &mut jobs::Calls::default())
+    })?;
     CONTEXT.with(|ctx| {
         if let Some(ctx) = ctx.borrow_mut().as_mut() {
             ctx.inline_running = false;

@@ -12,6 +12,8 @@
 
 mod body;
 mod control;
+mod patches;
+pub mod retention;
 mod runner;
 mod store;
 
@@ -105,4 +107,9 @@ fn negative(what: &str) -> EventicError {
 fn interval_seconds(interval: Interval) -> f64 {
     (i64::from(interval.months()) * 30 * 86_400 + i64::from(interval.days()) * 86_400) as f64
         + interval.micros() as f64 / 1e6
+}
+
+/// The workflow whose body is running in this backend, if one is.
+pub fn current_workflow_id() -> Option<String> {
+    CONTEXT.with(|ctx| ctx.borrow().as_ref().map(|c| c.workflow_id.clone()))
 }

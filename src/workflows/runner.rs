@@ -289,7 +289,9 @@ fn run_workflow_steps(workflow_id: &str) -> Result<()> {
                 (_, Some((position, Pending::Call { name, kind, fn_oid, args }))) => {
                     let previous_attempts = records.get(position).map(|r| r.attempts).unwrap_or(0);
                     let job = jobs::Job::new(fn_oid, args, workflow.started_by);
-                    let result = jobs::run_returning(&job, &mut calls);
+                    let result = crate::progress::in_step(workflow_id, position, &name, || {
+                        jobs::run_returning(&job, &mut calls)
+                    });
                     let record = match result {
                         Ok(output) => StepRecord {
                             name,
