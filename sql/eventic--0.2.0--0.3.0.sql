@@ -8,3 +8,9 @@
 -- Everything here can run twice.
 
 LOCK TABLE eventic.queues IN ACCESS EXCLUSIVE MODE;
+
+-- Dashboard (issue 15): indexes for its paginated lists of finished jobs and workflows.
+CREATE INDEX IF NOT EXISTS finished_batches_by_queue ON eventic.finished_batches (queue_name, finished_at);
+CREATE INDEX IF NOT EXISTS workflow_runs_by_time ON eventic.workflow_runs (created_at, workflow_id);
+CREATE INDEX IF NOT EXISTS workflow_runs_by_status ON eventic.workflow_runs (status, created_at, workflow_id);
+CREATE INDEX IF NOT EXISTS workflow_runs_by_fn ON eventic.workflow_runs (fn, created_at, workflow_id);
