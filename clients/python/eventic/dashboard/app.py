@@ -95,7 +95,7 @@ def create_app(database_url: str, read_only: bool = False, db: Database | None =
     # --- overview -------------------------------------------------------------------------
     def overview(request):
         data = queues.overview(db)
-        data["plot"] = throughput_svg(data["throughput"], data["now"])
+        data["plot"], data["jobs_last_hour"] = throughput_svg(data["throughput"], data["now"])
         return data
 
     app.get("/", response_class=HTMLResponse)(page("overview.html", overview))
@@ -136,7 +136,7 @@ def create_app(database_url: str, read_only: bool = False, db: Database | None =
     app.get("/workflows", response_class=HTMLResponse)(page("workflows.html", workflow_list))
 
     def workflow(request, workflow_id: str):
-        start = _int(request.query_params.get("from", "1"), "from")
+        start = _int(request.query_params.get("from", "0"), "from")
         return workflows.workflow_page(db, workflow_id, start)
 
     app.get("/workflows/{workflow_id:path}", response_class=HTMLResponse)(page("workflow.html", workflow))

@@ -6,8 +6,9 @@ from html import escape
 W, H, LEFT, BOTTOM, TOP = 720, 180, 48, 22, 10
 
 
-def throughput_svg(rows: list[dict], now: datetime) -> str:
-    """Jobs finished per second, one bar per minute of the last hour (rows: minute, jobs)."""
+def throughput_svg(rows: list[dict], now: datetime) -> tuple[str, int]:
+    """Jobs finished per second, one bar per minute of the last hour (rows: minute, jobs); and
+    how many jobs finished in that hour."""
     end = now.replace(second=0, microsecond=0)
     minutes = [end - timedelta(minutes=59 - i) for i in range(60)]
     by_minute = {r["minute"]: r["jobs"] for r in rows}
@@ -30,10 +31,8 @@ def throughput_svg(rows: list[dict], now: datetime) -> str:
     for i in (0, 15, 30, 45, 59):
         x = LEFT + i * bar + bar / 2
         parts.append(f'<text x="{x:.1f}" y="{H - 6}" text-anchor="middle">{minutes[i]:%H:%M}</text>')
-    parts.append(f'<text x="{W - 8}" y="{TOP + 10}" text-anchor="end" class="total">'
-                 f'{sum(by_minute.get(m, 0) for m in minutes)} jobs in the last hour</text>')
     parts.append("</svg>")
-    return "".join(parts)
+    return "".join(parts), sum(by_minute.get(m, 0) for m in minutes)
 
 
 def _fmt(v: float) -> str:

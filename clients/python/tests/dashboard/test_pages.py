@@ -1,0 +1,240 @@
+"""What a person sees in the dashboard, in headless Chromium: queue counts, a dead job's error and
+its retry, a workflow's timeline, cancel/resume/fork, filters, a record's diff, auto-refresh,
+--read-only, CSRF refusals and an unprivileged role's view. Screenshots of each page go to the
+output folder (conftest.py)."""
+
+import re
+
+import httpx
+from conftest import wait_until
+from selenium.webdriver.common.by import By
+
+
+def visit(browser, url, output_dir, shot=None):
+    browser.get(url)
+    if shot:
+        browser.save_screenshot(str(output_dir / f"{shot}.png"))
+    return browser
+
+
+def text(browser, css):
+    return browser.find_element(By.CSS_SELECTOR, css).text.strip()
+
+
+def texts(browser, css):
+    return [e.text.strip() for e in browser.find_elements(By.CSS_SELECTOR, css)]
+
+
+def no_trace(browser):
+    assert "Traceback" not in browser.page_source and 'File "' not in browser.page_source
+
+
+def test_overview_shows_each_queue_and_workflows_by_status(cluster, dashboards, browser, output_dir):
+    visit(browser, dashboards["app"].url + "/", output_dir, "overview")
+    with cluster.connect(user="app") as conn:
+        stats = {r[0]: r[1:] for r in conn.execute(
+            "SELECT queue_name, ready, scheduled, running, dead FROM eventic.queue_stats")}
+    assert set(texts(browser, "#queues td:first-child a")) == set(stats) == {
+        "held", "long", "mail", "story", "workflows"}
+    mail = "#queues tr[data-queue=mail] "
+    assert (text(browser, mail + ".scheduled"), text(browser, mail + ".dead")) == ("1", "1")
+    for name, (ready, scheduled, running, dead) in stats.items():
+        row = f"#queues tr[data-queue={name}] "
+        assert [text(browser, row + c) for c in (".ready", ".scheduled", ".running", ".dead")] == \
+            [str(ready), str(scheduled), str(running), str(dead)]
+    assert "paused" in text(browser, "#queues tr[data-queue=held] .state")
+    assert text(browser, "#queues tr[data-queue=held] .age").endswith(("s", "min"))
+    # the plot: 60 bars (minutes), and the jobs that ran are counted
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#throughput svg rect.bar")) == 60
+    assert int(text(browser, "#jobs-last-hour")) >= 3
+    cards = {e.get_attribute("data-status"): e.find_element(By.CSS_SELECTOR, ".count").text
+             for e in browser.find_elements(By.CSS_SELECTOR, "#workflow-statuses a")}
+    assert cards == {"ENQUEUED": "1", "RUNNING": "1", "SLEEPING": "2", "WAITING": "1", "SUCCESS": "1",
+                     "ERROR": "1", "CANCELLED": "1"}
+    assert text(browser, "#role") == "app"
+
+
+def test_a_dead_job_shows_its_error_and_retry_makes_it_run(cluster, dashboards, browser, output_dir):
+    url = dashboards["app"].url
+    visit(browser, url + "/queues/mail?tab=dead", output_dir, "queue-dead")
+    rows = browser.find_elements(By.CSS_SELECTOR, "#jobs tbody tr[data-job]")
+    assert len(rows) == 1
+    job = rows[0].get_attribute("data-job")
+    assert "mailbox bob@example.com does not exist" in rows[0].find_element(By.CSS_SELECTOR, ".job-error").text
+    assert "send_mail(text)" in rows[0].text and '["bob@example.com"]' in rows[0].text
+    with cluster.connect(user="app") as conn:
+        conn.execute("INSERT INTO app.mailboxes VALUES ('bob@example.com')")
+        rows[0].find_element(By.CSS_SELECTOR, "button.retry").click()
+        assert text(browser, "#flash") == f"job {job} will run again"
+        assert wait_until(lambda: conn.execute(
+            "SELECT count(*) FROM app.sent WHERE address = 'bob@example.com'").fetchone()[0] == 1, 30)
+    visit(browser, url + "/queues/mail?tab=dead", output_dir)
+    assert browser.find_elements(By.CSS_SELECTOR, "#jobs tbody tr[data-job]") == []
+    visit(browser, url + "/queues/mail?tab=finished", output_dir, "queue-finished")
+    assert job in texts(browser, "#jobs tbody tr[data-job] td:first-child")
+    visit(browser, url + "/queues/mail", output_dir, "queue")
+    assert texts(browser, "#jobs tbody tr[data-job] .badge") == ["scheduled"]
+
+
+def test_pause_and_resume_a_queue(cluster, dashboards, browser, output_dir):
+    visit(browser, dashboards["app"].url + "/queues/story", output_dir)
+    browser.find_element(By.ID, "pause-queue").click()
+    assert text(browser, "#flash") == "queue story paused"
+    with cluster.connect(user="app") as conn:
+        paused = lambda: conn.execute("SELECT paused FROM eventic.queues WHERE queue_name = 'story'").fetchone()[0]
+        assert paused() is True
+        assert text(browser, "#queue-counts .paused") == "paused"
+        browser.find_element(By.ID, "resume-queue").click()
+        assert text(browser, "#flash") == "queue story resumed" and paused() is False
+
+
+def test_a_workflow_timeline_shows_its_steps(dashboards, browser, output_dir):
+    visit(browser, dashboards["app"].url + "/workflows/order-1-success", output_dir, "workflow")
+    assert text(browser, "#workflow-status") == "SUCCESS"
+    assert texts(browser, "#steps .step-name") == ["fetch_order", "stage", "charge"]
+    assert texts(browser, "#steps .kind") == ["step", "set_event", "step"]
+    assert all(re.fullmatch(r"[\d.]+ (ms|s)", d) for d in texts(browser, "#steps .duration"))
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#steps .tbar")) == 3
+    assert '"charged": 1' in browser.find_element(By.CSS_SELECTOR, "#steps tr[data-position='2']").text
+    assert '"done": 1' in text(browser, "#workflow-output")
+    assert texts(browser, "#events td:first-child") == ["stage"]
+    visit(browser, dashboards["app"].url + "/workflows/order-2-error", output_dir, "workflow-error")
+    assert text(browser, "#workflow-status") == "ERROR"
+    assert "card declined for order 2" in text(browser, "#workflow-error")
+    assert browser.find_elements(By.ID, "cancel") == [] and browser.find_elements(By.ID, "resume")
+
+
+def test_cancel_resume_and_fork_change_what_the_page_shows(cluster, dashboards, browser, output_dir):
+    url = dashboards["app"].url
+    visit(browser, url + "/workflows/order-8-to-cancel", output_dir)
+    assert text(browser, "#workflow-status") == "SLEEPING"
+    browser.find_element(By.ID, "cancel").click()
+    assert text(browser, "#flash") == "workflow order-8-to-cancel cancelled"
+    assert text(browser, "#workflow-status") == "CANCELLED"
+    with cluster.connect(user="app") as conn:
+        status = lambda wid: conn.execute("SELECT eventic.workflow_status(%s)", (wid,)).fetchone()[0]
+        assert status("order-8-to-cancel") == "CANCELLED"
+        browser.find_element(By.ID, "resume").click()
+        assert text(browser, "#flash") == "workflow order-8-to-cancel resumed"
+        assert wait_until(lambda: status("order-8-to-cancel") == "SLEEPING", 30)
+        # fork the finished workflow from its last step: a new workflow, which the page (auto-
+        # refreshed, not reloaded) shows finishing
+        visit(browser, url + "/workflows/order-1-success", output_dir)
+        browser.find_element(By.CSS_SELECTOR, "#steps tr[data-position='2'] button.fork").click()
+        assert text(browser, "#flash") == "forked from order-1-success at step 2"
+        new_id = text(browser, "#workflow-id")
+        assert new_id != "order-1-success"
+        browser.execute_script("window.__same_page = true")
+        assert wait_until(lambda: text(browser, "#workflow-status") == "SUCCESS", 30)
+        assert browser.execute_script("return window.__same_page") is True
+        assert status(new_id) == "SUCCESS"
+        assert texts(browser, "#steps .step-name") == ["fetch_order", "stage", "charge"]
+
+
+def test_workflow_list_filters_by_status_and_name(dashboards, browser, output_dir):
+    url = dashboards["app"].url
+    visit(browser, url + "/workflows?status=ERROR", output_dir)
+    assert texts(browser, "#workflows tbody tr[data-workflow] td:first-child") == ["order-2-error"]
+    visit(browser, url + "/workflows", output_dir)
+    browser.find_element(By.CSS_SELECTOR, "#status-filter option[value='']").click()
+    name = browser.find_element(By.ID, "name-filter")
+    name.send_keys("app.checkout")
+    name.submit()
+    shown = texts(browser, "#workflows tbody tr[data-workflow] td:first-child")
+    assert "order-7-running" in shown and "viewer-own" not in shown and len(shown) >= 8
+    browser.save_screenshot(str(output_dir / "workflows.png"))
+    visit(browser, url + "/workflows?name=nosuchflow", output_dir)
+    assert "no workflow function named" in text(browser, "#error .message")
+
+
+def test_a_record_history_highlights_each_change(cluster, dashboards, browser, output_dir):
+    url, story = dashboards["app"].url, cluster.data["story"]
+    visit(browser, url + "/records", output_dir, "records")
+    box = browser.find_element(By.ID, "q")
+    box.send_keys(story)
+    box.submit()
+    assert text(browser, "#record-id") == story and text(browser, "#latest-version") == "3"
+    browser.save_screenshot(str(output_dir / "record.png"))
+    v2 = "section[data-version='2'] "
+    assert text(browser, v2 + "tr[data-field=title] del") == '"The Hare"'
+    assert text(browser, v2 + "tr[data-field=title] ins") == '"The Hare and the Tortoise"'
+    assert text(browser, v2 + "tr[data-field=words] ins") == "4"
+    assert browser.find_elements(By.CSS_SELECTOR, v2 + "tr[data-field=words] del") == []
+    assert texts(browser, "section[data-version='1'] tr[data-field] .field") == ["body"]
+    # a version's full document, with that version's changes highlighted
+    visit(browser, url + f"/records/{story}/versions/2", output_dir, "record-version")
+    changed = {e.get_attribute("data-field") for e in browser.find_elements(By.CSS_SELECTOR, "#document .changed")}
+    assert changed == {"title", "words"}
+    assert '"body": "Once upon a time"' in text(browser, "#document")
+    # a class: its JSON Schema and records
+    visit(browser, url + "/records?q=Story", output_dir, "class")
+    assert '"minimum": 0' in text(browser, "#json-schema")
+    assert texts(browser, "#class-records td:first-child") == [story]
+
+
+def test_the_live_part_refreshes_without_a_reload(cluster, dashboards, browser, output_dir):
+    visit(browser, dashboards["app"].url + "/", output_dir)
+    browser.execute_script("window.__same_page = true")
+    before = int(text(browser, "#queues tr[data-queue=held] .ready"))
+    with cluster.connect(user="app") as conn:
+        conn.execute("SELECT eventic.enqueue('held', 'app.send_mail(text)', '[\"ada@example.com\"]')")
+    assert wait_until(lambda: text(browser, "#queues tr[data-queue=held] .ready") == str(before + 1), 15)
+    assert browser.execute_script("return window.__same_page") is True
+
+
+def test_read_only_hides_and_refuses_actions(cluster, dashboards, browser, output_dir):
+    url = dashboards["read_only"].url
+    visit(browser, url + "/queues/held", output_dir, "read-only-queue")
+    assert text(browser, "#read-only") == "read-only"
+    assert browser.find_elements(By.CSS_SELECTOR, "form, button.retry, #pause-queue") == []
+    visit(browser, url + "/workflows/order-3-sleeping", output_dir)
+    assert browser.find_elements(By.CSS_SELECTOR, "#cancel, button.fork, form") == []
+    # a hand-made POST is refused by the server too, and changes nothing
+    r = httpx.post(url + "/workflow-actions/cancel", data={"workflow_id": "order-3-sleeping"})
+    assert r.status_code == 403 and "read-only" in r.text
+    r = httpx.post(url + "/queues/held/pause", data={"paused": "false"})
+    assert r.status_code == 403
+    with cluster.connect(user="app") as conn:
+        assert conn.execute("SELECT eventic.workflow_status('order-3-sleeping')").fetchone()[0] == "SLEEPING"
+        assert conn.execute("SELECT paused FROM eventic.queues WHERE queue_name = 'held'").fetchone()[0]
+
+
+def test_actions_need_the_pages_token_and_origin(cluster, dashboards):
+    url = dashboards["app"].url
+    page = httpx.get(url + "/workflows/order-3-sleeping").text
+    token = re.search(r'name="csrf" value="([0-9a-f]+)"', page).group(1)
+    form = {"workflow_id": "order-3-sleeping"}
+    r = httpx.post(url + "/workflow-actions/cancel", data=form)
+    assert r.status_code == 403 and "security token" in r.text
+    r = httpx.post(url + "/workflow-actions/cancel", data={**form, "csrf": token},
+                   headers={"Origin": "https://evil.example"})
+    assert r.status_code == 403 and "another site" in r.text
+    with cluster.connect(user="app") as conn:
+        assert conn.execute("SELECT eventic.workflow_status('order-3-sleeping')").fetchone()[0] == "SLEEPING"
+
+
+def test_an_unprivileged_role_sees_only_its_own(cluster, dashboards, browser, output_dir):
+    url = dashboards["viewer"].url
+    visit(browser, url + "/", output_dir, "viewer-overview")
+    assert text(browser, "#role") == "viewer"
+    assert text(browser, "#queues tr[data-queue=mail] .dead") == "0"
+    cards = {e.get_attribute("data-status"): e.find_element(By.CSS_SELECTOR, ".count").text
+             for e in browser.find_elements(By.CSS_SELECTOR, "#workflow-statuses a")}
+    assert cards["SUCCESS"] == "1" and sum(map(int, cards.values())) == 1
+    visit(browser, url + "/workflows", output_dir)
+    assert texts(browser, "#workflows tbody tr[data-workflow] td:first-child") == ["viewer-own"]
+    visit(browser, url + "/workflows/order-1-success", output_dir, "viewer-not-found")
+    assert "does not exist" in text(browser, "#error .message")
+    no_trace(browser)
+    visit(browser, url + f"/records/{cluster.data['story']}", output_dir)
+    assert "does not exist" in text(browser, "#error .message")
+    no_trace(browser)
+    # its buttons are there, and the database refuses what it may not do, in words
+    visit(browser, url + "/queues/mail", output_dir)
+    browser.find_element(By.ID, "pause-queue").click()
+    assert text(browser, "h1") == "Not allowed"
+    assert "mail" in text(browser, "#error .message") and text(browser, "#error .sqlstate") == "SQLSTATE 42501"
+    browser.save_screenshot(str(output_dir / "viewer-refused.png"))
+    no_trace(browser)
+    with cluster.connect(user="app") as conn:
+        assert conn.execute("SELECT paused FROM eventic.queues WHERE queue_name = 'mail'").fetchone()[0] is False
