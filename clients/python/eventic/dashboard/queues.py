@@ -1,7 +1,7 @@
 """Queries of the overview and queue pages. Each `*_query` returns (sql, params) so the tests
 can EXPLAIN exactly what a page runs. Lists are keyset-paginated on an index."""
 
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 
 from psycopg import sql
 
@@ -37,19 +37,37 @@ def jobs_query(table: str, dead: bool, before: int | None) -> tuple:
     return query, ((before,) if before is not None else ()) + (PAGE + 1,)
 
 
-def finished_query(queue: str, before: tuple[datetime, int] | None) -> tuple:
-    """One queue's finished jobs, newest first: the archive's (queue_name, finished_at) index."""
-    if before is None:
-        return ("""SELECT job_id, fn::text AS fn, args, attempts, enqueued_by::text AS enqueued_by,
-                          enqueued_at, finished_at
-                     FROM eventic.finished_jobs WHERE queue_name = %s
-                    ORDER BY finished_at DESC, job_id DESC LIMIT %s""", (queue, PAGE + 1))
-    at, job = before
-    return ("""SELECT job_id, fn::text AS fn, args, attempts, enqueued_by::text AS enqueued_by,
-                      enqueued_at, finished_at
-                 FROM eventic.finished_jobs
-                WHERE queue_name = %s AND finished_at <= %s AND (finished_at < %s OR job_id < %s)
-                ORDER BY finished_at DESC, job_id DESC LIMIT %s""", (queue, at, at, job, PAGE + 1))
+# eventic.finished_jobs is a security-barrier view over batches: an ORDER BY ... LIMIT on it
+# cannot walk an index (the jobs come out of unnest), so a page reads a window of time that
+# grows until it holds a page: each window is a range of the (queue_name, finished_at) index
+WINDOWS = (timedelta(seconds=10), timedelta(minutes=1), timedelta(minutes=5), timedelta(minutes=30),
+           timedelta(hours=2), timedelta(hours=12), timedelta(days=2), None)
+
+
+def finished_query(queue: str, before: tuple[datetime, int] | None, window: timedelta | None,
+                   now: datetime | None = None) -> tuple:
+    """One queue's finished jobs, newest first, finished within `window` before the cursor."""
+    conds, params = ["queue_name = %s"], [queue]
+    if before is not None:
+        at, job = before
+        conds.append("finished_at <= %s AND (finished_at < %s OR job_id < %s)")
+        params += [at, at, job]
+    if window is not None:
+        conds.append("finished_at > %s")
+        params.append((before[0] if before else now or datetime.now(timezone.utc)) - window)
+    return (f"""SELECT job_id, fn::text AS fn, args, attempts, enqueued_by::text AS enqueued_by,
+                       enqueued_at, finished_at
+                  FROM eventic.finished_jobs WHERE {" AND ".join(conds)}
+                 ORDER BY finished_at DESC, job_id DESC LIMIT %s""", (*params, PAGE + 1))
+
+
+def finished_page(db: Database, queue: str, before: tuple[datetime, int] | None) -> list[dict]:
+    now = db.one("SELECT now() AS now")["now"]
+    for window in WINDOWS:
+        rows = db.all(*finished_query(queue, before, window, now))
+        if len(rows) > PAGE:
+            return rows
+    return rows
 
 
 def throughput_query(batches: bool) -> tuple:
@@ -66,6 +84,16 @@ def throughput_query(batches: bool) -> tuple:
                 GROUP BY 1 ORDER BY 1""", ())
 
 
+# a count per status, capped (a page never counts 10 million finished workflows: more shows as
+# "10000+"); one subquery per status, so each is planned with that status's statistics (the
+# (status, created_at, workflow_id) index for the rare ones, at most 10,001 rows for any)
+STATUS_CAP = 10000
+_STATUSES = ("ENQUEUED", "RUNNING", "SLEEPING", "WAITING", "SUCCESS", "ERROR", "CANCELLED")
+STATUS_COUNTS = (" UNION ALL ".join(
+    f"""(SELECT '{s}' AS status, count(*) AS n FROM (SELECT FROM eventic.workflow_runs
+          WHERE status = '{s}' LIMIT {STATUS_CAP + 1}) c)""" for s in _STATUSES), ())
+
+
 def may_read_batches(db: Database) -> bool:
     row = db.one("SELECT has_table_privilege('eventic.finished_batches', 'SELECT') AS ok")
     return bool(row and row["ok"])
@@ -76,11 +104,11 @@ def overview(db: Database) -> dict:
     stats, plot, status, now = db.many([
         (STATS, ()),
         throughput_query(batches),
-        ("SELECT status, count(*) AS n FROM eventic.workflow_runs GROUP BY status", ()),
+        STATUS_COUNTS,
         ("SELECT now() AS now, current_user AS who", ()),
     ])
     return {"queues": stats, "throughput": plot, "now": now[0]["now"],
-            "workflows": {r["status"]: r["n"] for r in status}}
+            "workflows": {r["status"]: r["n"] if r["n"] <= STATUS_CAP else f"{STATUS_CAP}+" for r in status}}
 
 
 def queue_page(db: Database, name: str, tab: str, before: str | None) -> dict:
@@ -93,7 +121,7 @@ def queue_page(db: Database, name: str, tab: str, before: str | None) -> dict:
                 cursor = (datetime.fromisoformat(at), int(job))
             except ValueError:
                 raise DbError(f"bad page cursor {before!r}", "22023") from None
-        rows = db.all(*finished_query(name, cursor))
+        rows = finished_page(db, name, cursor)
         more = len(rows) > PAGE
         rows = rows[:PAGE]
         next_cursor = f"{rows[-1]['finished_at'].isoformat()}_{rows[-1]['job_id']}" if more else None

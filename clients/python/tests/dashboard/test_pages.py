@@ -4,9 +4,11 @@ its retry, a workflow's timeline, cancel/resume/fork, filters, a record's diff, 
 output folder (conftest.py)."""
 
 import re
+import time
 
 import httpx
 from conftest import wait_until
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 
 
@@ -17,12 +19,30 @@ def visit(browser, url, output_dir, shot=None):
     return browser
 
 
+def settled(read):
+    """read() again when the live part was swapped under it (auto-refresh every 2 s)."""
+    for _ in range(20):
+        try:
+            return read()
+        except StaleElementReferenceException:
+            time.sleep(0.05)
+    return read()
+
+
 def text(browser, css):
-    return browser.find_element(By.CSS_SELECTOR, css).text.strip()
+    return settled(lambda: browser.find_element(By.CSS_SELECTOR, css).text.strip())
 
 
 def texts(browser, css):
-    return [e.text.strip() for e in browser.find_elements(By.CSS_SELECTOR, css)]
+    return settled(lambda: [e.text.strip() for e in browser.find_elements(By.CSS_SELECTOR, css)])
+
+
+def click(browser, css):
+    settled(lambda: browser.find_element(By.CSS_SELECTOR, css).click())
+
+
+def attrs(browser, css, name):
+    return settled(lambda: [e.get_attribute(name) for e in browser.find_elements(By.CSS_SELECTOR, css)])
 
 
 def no_trace(browser):
@@ -47,8 +67,8 @@ def test_overview_shows_each_queue_and_workflows_by_status(cluster, dashboards, 
     # the plot: 60 bars (minutes), and the jobs that ran are counted
     assert len(browser.find_elements(By.CSS_SELECTOR, "#throughput svg rect.bar")) == 60
     assert int(text(browser, "#jobs-last-hour")) >= 3
-    cards = {e.get_attribute("data-status"): e.find_element(By.CSS_SELECTOR, ".count").text
-             for e in browser.find_elements(By.CSS_SELECTOR, "#workflow-statuses a")}
+    cards = dict(zip(attrs(browser, "#workflow-statuses a", "data-status"),
+                     texts(browser, "#workflow-statuses a .count")))
     assert cards == {"ENQUEUED": "1", "RUNNING": "1", "SLEEPING": "2", "WAITING": "1", "SUCCESS": "1",
                      "ERROR": "1", "CANCELLED": "1"}
     assert text(browser, "#role") == "app"
@@ -57,14 +77,15 @@ def test_overview_shows_each_queue_and_workflows_by_status(cluster, dashboards, 
 def test_a_dead_job_shows_its_error_and_retry_makes_it_run(cluster, dashboards, browser, output_dir):
     url = dashboards["app"].url
     visit(browser, url + "/queues/mail?tab=dead", output_dir, "queue-dead")
-    rows = browser.find_elements(By.CSS_SELECTOR, "#jobs tbody tr[data-job]")
-    assert len(rows) == 1
-    job = rows[0].get_attribute("data-job")
-    assert "mailbox bob@example.com does not exist" in rows[0].find_element(By.CSS_SELECTOR, ".job-error").text
-    assert "send_mail(text)" in rows[0].text and '["bob@example.com"]' in rows[0].text
+    jobs = attrs(browser, "#jobs tbody tr[data-job]", "data-job")
+    assert len(jobs) == 1
+    job = jobs[0]
+    assert "mailbox bob@example.com does not exist" in text(browser, f"tr[data-job='{job}'] .job-error")
+    row = text(browser, f"tr[data-job='{job}']")
+    assert "send_mail(text)" in row and '["bob@example.com"]' in row
     with cluster.connect(user="app") as conn:
         conn.execute("INSERT INTO app.mailboxes VALUES ('bob@example.com')")
-        rows[0].find_element(By.CSS_SELECTOR, "button.retry").click()
+        click(browser, f"tr[data-job='{job}'] button.retry")
         assert text(browser, "#flash") == f"job {job} will run again"
         assert wait_until(lambda: conn.execute(
             "SELECT count(*) FROM app.sent WHERE address = 'bob@example.com'").fetchone()[0] == 1, 30)
@@ -78,13 +99,13 @@ def test_a_dead_job_shows_its_error_and_retry_makes_it_run(cluster, dashboards, 
 
 def test_pause_and_resume_a_queue(cluster, dashboards, browser, output_dir):
     visit(browser, dashboards["app"].url + "/queues/story", output_dir)
-    browser.find_element(By.ID, "pause-queue").click()
+    click(browser, "#pause-queue")
     assert text(browser, "#flash") == "queue story paused"
     with cluster.connect(user="app") as conn:
         paused = lambda: conn.execute("SELECT paused FROM eventic.queues WHERE queue_name = 'story'").fetchone()[0]
         assert paused() is True
         assert text(browser, "#queue-counts .paused") == "paused"
-        browser.find_element(By.ID, "resume-queue").click()
+        click(browser, "#resume-queue")
         assert text(browser, "#flash") == "queue story resumed" and paused() is False
 
 
@@ -95,7 +116,7 @@ def test_a_workflow_timeline_shows_its_steps(dashboards, browser, output_dir):
     assert texts(browser, "#steps .kind") == ["step", "set_event", "step"]
     assert all(re.fullmatch(r"[\d.]+ (ms|s)", d) for d in texts(browser, "#steps .duration"))
     assert len(browser.find_elements(By.CSS_SELECTOR, "#steps .tbar")) == 3
-    assert '"charged": 1' in browser.find_element(By.CSS_SELECTOR, "#steps tr[data-position='2']").text
+    assert '"charged": 1' in text(browser, "#steps tr[data-position='2']")
     assert '"done": 1' in text(browser, "#workflow-output")
     assert texts(browser, "#events td:first-child") == ["stage"]
     visit(browser, dashboards["app"].url + "/workflows/order-2-error", output_dir, "workflow-error")
@@ -108,19 +129,19 @@ def test_cancel_resume_and_fork_change_what_the_page_shows(cluster, dashboards, 
     url = dashboards["app"].url
     visit(browser, url + "/workflows/order-8-to-cancel", output_dir)
     assert text(browser, "#workflow-status") == "SLEEPING"
-    browser.find_element(By.ID, "cancel").click()
+    click(browser, "#cancel")
     assert text(browser, "#flash") == "workflow order-8-to-cancel cancelled"
     assert text(browser, "#workflow-status") == "CANCELLED"
     with cluster.connect(user="app") as conn:
         status = lambda wid: conn.execute("SELECT eventic.workflow_status(%s)", (wid,)).fetchone()[0]
         assert status("order-8-to-cancel") == "CANCELLED"
-        browser.find_element(By.ID, "resume").click()
+        click(browser, "#resume")
         assert text(browser, "#flash") == "workflow order-8-to-cancel resumed"
         assert wait_until(lambda: status("order-8-to-cancel") == "SLEEPING", 30)
         # fork the finished workflow from its last step: a new workflow, which the page (auto-
         # refreshed, not reloaded) shows finishing
         visit(browser, url + "/workflows/order-1-success", output_dir)
-        browser.find_element(By.CSS_SELECTOR, "#steps tr[data-position='2'] button.fork").click()
+        click(browser, "#steps tr[data-position='2'] button.fork")
         assert text(browser, "#flash") == "forked from order-1-success at step 2"
         new_id = text(browser, "#workflow-id")
         assert new_id != "order-1-success"
@@ -163,7 +184,7 @@ def test_a_record_history_highlights_each_change(cluster, dashboards, browser, o
     assert texts(browser, "section[data-version='1'] tr[data-field] .field") == ["body"]
     # a version's full document, with that version's changes highlighted
     visit(browser, url + f"/records/{story}/versions/2", output_dir, "record-version")
-    changed = {e.get_attribute("data-field") for e in browser.find_elements(By.CSS_SELECTOR, "#document .changed")}
+    changed = set(attrs(browser, "#document .changed", "data-field"))
     assert changed == {"title", "words"}
     assert '"body": "Once upon a time"' in text(browser, "#document")
     # a class: its JSON Schema and records
@@ -218,8 +239,8 @@ def test_an_unprivileged_role_sees_only_its_own(cluster, dashboards, browser, ou
     visit(browser, url + "/", output_dir, "viewer-overview")
     assert text(browser, "#role") == "viewer"
     assert text(browser, "#queues tr[data-queue=mail] .dead") == "0"
-    cards = {e.get_attribute("data-status"): e.find_element(By.CSS_SELECTOR, ".count").text
-             for e in browser.find_elements(By.CSS_SELECTOR, "#workflow-statuses a")}
+    cards = dict(zip(attrs(browser, "#workflow-statuses a", "data-status"),
+                     texts(browser, "#workflow-statuses a .count")))
     assert cards["SUCCESS"] == "1" and sum(map(int, cards.values())) == 1
     visit(browser, url + "/workflows", output_dir)
     assert texts(browser, "#workflows tbody tr[data-workflow] td:first-child") == ["viewer-own"]
@@ -231,7 +252,7 @@ def test_an_unprivileged_role_sees_only_its_own(cluster, dashboards, browser, ou
     no_trace(browser)
     # its buttons are there, and the database refuses what it may not do, in words
     visit(browser, url + "/queues/mail", output_dir)
-    browser.find_element(By.ID, "pause-queue").click()
+    click(browser, "#pause-queue")
     assert text(browser, "h1") == "Not allowed"
     assert "mail" in text(browser, "#error .message") and text(browser, "#error .sqlstate") == "SQLSTATE 42501"
     browser.save_screenshot(str(output_dir / "viewer-refused.png"))
