@@ -110,13 +110,15 @@ def record_page(db: Database, id_text: str, upto: int | None) -> dict:
 
 def version_page(db: Database, id_text: str, version: int) -> dict:
     record_id = parse_id(id_text)
-    doc, prev = db.many([
+    doc, prev, last = db.many([
         ("SELECT eventic.hydrate(%s, %s) AS doc", (record_id, version)),
         ("""SELECT data, deleted FROM eventic.records WHERE id = %s AND version = %s""",
          (record_id, version - 1)),
+        ("SELECT version FROM eventic.records WHERE id = %s ORDER BY version DESC LIMIT 1", (record_id,)),
     ])
     document = doc[0]["doc"]
     before = prev[0]["data"] if prev and not prev[0]["deleted"] else None
     changed = {d["field"] for d in diff(before, document)} if version > 0 else set()
     fields = [{"key": k, "value": pretty(v), "changed": k in changed} for k, v in document.items()]
-    return {"id": record_id, "version": version, "fields": fields, "class_type": document.get("class_type")}
+    return {"id": record_id, "version": version, "fields": fields, "class_type": document.get("class_type"),
+            "latest": last[0]["version"]}

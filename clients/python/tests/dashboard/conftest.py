@@ -6,6 +6,7 @@ Environment: PG_BIN (PostgreSQL to run), EVENTIC_DASH_DIR (/tmp/eventic-dash), E
 (6200; the dashboards use the next ports), EVENTIC_DASH_OUTPUT (screenshots; default output/
 next to this file)."""
 
+import importlib.util
 import os
 import pathlib
 import subprocess
@@ -18,32 +19,30 @@ import pytest
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parents[3]
-CLUSTER = ROOT / "scripts" / "cluster"
 DB = "dash"
 
 
-def wait_until(predicate, timeout=30.0, interval=0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
+def _repo_tests():
+    """tests/conftest.py of the repository (wait_until, Cluster), loaded under its own name: it
+    is not a conftest of these tests (its fixtures stay out of this session)."""
+    spec = importlib.util.spec_from_file_location("eventic_repo_tests", ROOT / "tests" / "conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-class Cluster:
-    def __init__(self, directory: str, port: int):
-        self.directory, self.port = directory, port
+_repo = _repo_tests()
+wait_until = _repo.wait_until
+
+
+class Cluster(_repo.Cluster):
+    """The repository's test cluster, defaulting to this suite's database."""
 
     def dsn(self, dbname: str = DB, user: str = "postgres") -> str:
-        return f"host={self.directory} port={self.port} dbname={dbname} user={user}"
+        return super().dsn(dbname, user)
 
     def connect(self, dbname: str = DB, user: str = "postgres") -> psycopg.Connection:
-        return psycopg.connect(self.dsn(dbname, user), autocommit=True)
-
-    def run(self, *args: str) -> None:
-        subprocess.run([str(CLUSTER), *args], check=True)
+        return super().connect(dbname=dbname, user=user)
 
 
 # Data a person would look at. Role `app` owns everything; `viewer` is an ordinary role that

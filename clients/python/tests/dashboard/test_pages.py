@@ -8,7 +8,7 @@ import time
 
 import httpx
 from conftest import wait_until
-from selenium.common.exceptions import StaleElementReferenceException
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.common.by import By
 
 
@@ -35,6 +35,16 @@ def text(browser, css):
 
 def texts(browser, css):
     return settled(lambda: [e.text.strip() for e in browser.find_elements(By.CSS_SELECTOR, css)])
+
+
+def shows(browser, css, expected, timeout=10):
+    """Poll until the element at css reads `expected` (a click's page may still be loading)."""
+    def reads():
+        try:
+            return text(browser, css) == expected
+        except NoSuchElementException:
+            return False
+    return wait_until(reads, timeout)
 
 
 def click(browser, css):
@@ -86,7 +96,7 @@ def test_a_dead_job_shows_its_error_and_retry_makes_it_run(cluster, dashboards, 
     with cluster.connect(user="app") as conn:
         conn.execute("INSERT INTO app.mailboxes VALUES ('bob@example.com')")
         click(browser, f"tr[data-job='{job}'] button.retry")
-        assert text(browser, "#flash") == f"job {job} will run again"
+        assert shows(browser, "#flash", f"job {job} will run again")
         assert wait_until(lambda: conn.execute(
             "SELECT count(*) FROM app.sent WHERE address = 'bob@example.com'").fetchone()[0] == 1, 30)
     visit(browser, url + "/queues/mail?tab=dead", output_dir)
@@ -100,13 +110,13 @@ def test_a_dead_job_shows_its_error_and_retry_makes_it_run(cluster, dashboards, 
 def test_pause_and_resume_a_queue(cluster, dashboards, browser, output_dir):
     visit(browser, dashboards["app"].url + "/queues/story", output_dir)
     click(browser, "#pause-queue")
-    assert text(browser, "#flash") == "queue story paused"
+    assert shows(browser, "#flash", "queue story paused")
     with cluster.connect(user="app") as conn:
         paused = lambda: conn.execute("SELECT paused FROM eventic.queues WHERE queue_name = 'story'").fetchone()[0]
         assert paused() is True
         assert text(browser, "#queue-counts .paused") == "paused"
         click(browser, "#resume-queue")
-        assert text(browser, "#flash") == "queue story resumed" and paused() is False
+        assert shows(browser, "#flash", "queue story resumed") and paused() is False
 
 
 def test_a_workflow_timeline_shows_its_steps(dashboards, browser, output_dir):
@@ -130,19 +140,19 @@ def test_cancel_resume_and_fork_change_what_the_page_shows(cluster, dashboards, 
     visit(browser, url + "/workflows/order-8-to-cancel", output_dir)
     assert text(browser, "#workflow-status") == "SLEEPING"
     click(browser, "#cancel")
-    assert text(browser, "#flash") == "workflow order-8-to-cancel cancelled"
-    assert text(browser, "#workflow-status") == "CANCELLED"
+    assert shows(browser, "#flash", "workflow order-8-to-cancel cancelled")
+    assert shows(browser, "#workflow-status", "CANCELLED")
     with cluster.connect(user="app") as conn:
         status = lambda wid: conn.execute("SELECT eventic.workflow_status(%s)", (wid,)).fetchone()[0]
         assert status("order-8-to-cancel") == "CANCELLED"
         click(browser, "#resume")
-        assert text(browser, "#flash") == "workflow order-8-to-cancel resumed"
+        assert shows(browser, "#flash", "workflow order-8-to-cancel resumed")
         assert wait_until(lambda: status("order-8-to-cancel") == "SLEEPING", 30)
         # fork the finished workflow from its last step: a new workflow, which the page (auto-
         # refreshed, not reloaded) shows finishing
         visit(browser, url + "/workflows/order-1-success", output_dir)
         click(browser, "#steps tr[data-position='2'] button.fork")
-        assert text(browser, "#flash") == "forked from order-1-success at step 2"
+        assert shows(browser, "#flash", "forked from order-1-success at step 2")
         new_id = text(browser, "#workflow-id")
         assert new_id != "order-1-success"
         browser.execute_script("window.__same_page = true")
@@ -253,7 +263,7 @@ def test_an_unprivileged_role_sees_only_its_own(cluster, dashboards, browser, ou
     # its buttons are there, and the database refuses what it may not do, in words
     visit(browser, url + "/queues/mail", output_dir)
     click(browser, "#pause-queue")
-    assert text(browser, "h1") == "Not allowed"
+    assert shows(browser, "h1", "Not allowed")
     assert "mail" in text(browser, "#error .message") and text(browser, "#error .sqlstate") == "SQLSTATE 42501"
     browser.save_screenshot(str(output_dir / "viewer-refused.png"))
     no_trace(browser)
