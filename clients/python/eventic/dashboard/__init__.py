@@ -24,7 +24,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from .app import create_app
 
-    app = create_app(args.database_url, read_only=args.read_only)
+    loopback = args.host in ("127.0.0.1", "localhost", "::1")
+    app = create_app(args.database_url, read_only=args.read_only,
+                     allowed_hosts=["127.0.0.1", "localhost"] if loopback else None)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 

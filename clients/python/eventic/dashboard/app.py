@@ -15,6 +15,7 @@ from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from . import queues, records, workflows
 from .db import Database, DbError
@@ -27,7 +28,11 @@ REFRESH_MS = 2000
 log = logging.getLogger("eventic.dashboard")
 
 
-def create_app(database_url: str, read_only: bool = False, db: Database | None = None) -> FastAPI:
+def create_app(database_url: str, read_only: bool = False, db: Database | None = None,
+               allowed_hosts: list[str] | None = None) -> FastAPI:
+    """allowed_hosts: the Host headers served (others get 400): a dashboard on a loopback
+    address answers only to loopback names, so a web page whose name was rebound to 127.0.0.1
+    (DNS rebinding) cannot read it or take its token."""
     db = db or Database(database_url)
     csrf = Csrf()
     env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]))
@@ -39,6 +44,8 @@ def create_app(database_url: str, read_only: bool = False, db: Database | None =
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None,
                   on_startup=[db.open], on_shutdown=[db.close])
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    if allowed_hosts:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
 
     def role() -> str:
         if "role" not in who:

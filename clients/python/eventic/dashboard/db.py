@@ -40,7 +40,7 @@ def _configure(conn: psycopg.Connection) -> None:
 
 class Database:
     def __init__(self, url: str, max_size: int = 4):
-        self.pool = ConnectionPool(url, min_size=1, max_size=max_size, open=False, timeout=10,
+        self.pool = ConnectionPool(url, min_size=1, max_size=max_size, open=False, timeout=5,
                                    kwargs={"autocommit": True, "row_factory": dict_row},
                                    configure=_configure)
 
@@ -55,7 +55,7 @@ class Database:
             with self.pool.connection() as conn:
                 return fn(conn)
         except PoolTimeout:
-            raise DbError("cannot connect to the database (no connection within 10 s)",
+            raise DbError("cannot connect to the database (no connection within 5 s)",
                           hint="Check --database-url and that PostgreSQL is running.") from None
         except psycopg.Error as e:
             raise DbError.from_psycopg(e) from None

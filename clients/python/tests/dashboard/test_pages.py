@@ -7,7 +7,7 @@ import re
 import time
 
 import httpx
-from conftest import wait_until
+from conftest import start_dashboard, wait_until
 from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.common.by import By
 
@@ -240,8 +240,23 @@ def test_actions_need_the_pages_token_and_origin(cluster, dashboards):
     r = httpx.post(url + "/workflow-actions/cancel", data={**form, "csrf": token},
                    headers={"Origin": "https://evil.example"})
     assert r.status_code == 403 and "another site" in r.text
+    # a page whose name was rebound to 127.0.0.1 (DNS rebinding) gets nothing, not even the token
+    r = httpx.get(url + "/workflows/order-3-sleeping", headers={"Host": "evil.example:6201"})
+    assert r.status_code == 400 and "csrf" not in r.text
     with cluster.connect(user="app") as conn:
         assert conn.execute("SELECT eventic.workflow_status('order-3-sleeping')").fetchone()[0] == "SLEEPING"
+
+
+def test_a_database_that_cannot_be_reached_is_a_message(cluster, browser, output_dir):
+    dash = start_dashboard(f"host={cluster.directory} port=1 dbname=dash user=app connect_timeout=2",
+                           cluster.port + 8)
+    try:
+        visit(browser, dash.url + "/workflows", output_dir, "no-database")
+        assert "cannot connect to the database" in text(browser, "#error .message")
+        no_trace(browser)
+    finally:
+        dash.proc.terminate()
+        dash.proc.wait(10)
 
 
 def test_an_unprivileged_role_sees_only_its_own(cluster, dashboards, browser, output_dir):
