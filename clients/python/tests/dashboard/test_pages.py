@@ -7,7 +7,7 @@ import re
 import time
 
 import httpx
-from conftest import start_dashboard, wait_until
+from dashboard_harness import start_dashboard, wait_until
 from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.common.by import By
 
@@ -59,9 +59,9 @@ def no_trace(browser):
     assert "Traceback" not in browser.page_source and 'File "' not in browser.page_source
 
 
-def test_overview_shows_each_queue_and_workflows_by_status(cluster, dashboards, browser, output_dir):
+def test_overview_shows_each_queue_and_workflows_by_status(dash_cluster, dashboards, browser, output_dir):
     visit(browser, dashboards["app"].url + "/", output_dir, "overview")
-    with cluster.connect(user="app") as conn:
+    with dash_cluster.connect(user="app") as conn:
         stats = {r[0]: r[1:] for r in conn.execute(
             "SELECT queue_name, ready, scheduled, running, dead FROM eventic.queue_stats")}
     assert set(texts(browser, "#queues td:first-child a")) == set(stats) == {
@@ -84,7 +84,7 @@ def test_overview_shows_each_queue_and_workflows_by_status(cluster, dashboards, 
     assert text(browser, "#role") == "app"
 
 
-def test_a_dead_job_shows_its_error_and_retry_makes_it_run(cluster, dashboards, browser, output_dir):
+def test_a_dead_job_shows_its_error_and_retry_makes_it_run(dash_cluster, dashboards, browser, output_dir):
     url = dashboards["app"].url
     visit(browser, url + "/queues/mail?tab=dead", output_dir, "queue-dead")
     jobs = attrs(browser, "#jobs tbody tr[data-job]", "data-job")
@@ -93,7 +93,7 @@ def test_a_dead_job_shows_its_error_and_retry_makes_it_run(cluster, dashboards, 
     assert "mailbox bob@example.com does not exist" in text(browser, f"tr[data-job='{job}'] .job-error")
     row = text(browser, f"tr[data-job='{job}']")
     assert "send_mail(text)" in row and '["bob@example.com"]' in row
-    with cluster.connect(user="app") as conn:
+    with dash_cluster.connect(user="app") as conn:
         conn.execute("INSERT INTO app.mailboxes VALUES ('bob@example.com')")
         click(browser, f"tr[data-job='{job}'] button.retry")
         assert shows(browser, "#flash", f"job {job} will run again")
@@ -107,11 +107,11 @@ def test_a_dead_job_shows_its_error_and_retry_makes_it_run(cluster, dashboards, 
     assert texts(browser, "#jobs tbody tr[data-job] .badge") == ["scheduled"]
 
 
-def test_pause_and_resume_a_queue(cluster, dashboards, browser, output_dir):
+def test_pause_and_resume_a_queue(dash_cluster, dashboards, browser, output_dir):
     visit(browser, dashboards["app"].url + "/queues/story", output_dir)
     click(browser, "#pause-queue")
     assert shows(browser, "#flash", "queue story paused")
-    with cluster.connect(user="app") as conn:
+    with dash_cluster.connect(user="app") as conn:
         paused = lambda: conn.execute("SELECT paused FROM eventic.queues WHERE queue_name = 'story'").fetchone()[0]
         assert paused() is True
         assert text(browser, "#queue-counts .paused") == "paused"
@@ -135,14 +135,14 @@ def test_a_workflow_timeline_shows_its_steps(dashboards, browser, output_dir):
     assert browser.find_elements(By.ID, "cancel") == [] and browser.find_elements(By.ID, "resume")
 
 
-def test_cancel_resume_and_fork_change_what_the_page_shows(cluster, dashboards, browser, output_dir):
+def test_cancel_resume_and_fork_change_what_the_page_shows(dash_cluster, dashboards, browser, output_dir):
     url = dashboards["app"].url
     visit(browser, url + "/workflows/order-8-to-cancel", output_dir)
     assert text(browser, "#workflow-status") == "SLEEPING"
     click(browser, "#cancel")
     assert shows(browser, "#flash", "workflow order-8-to-cancel cancelled")
     assert shows(browser, "#workflow-status", "CANCELLED")
-    with cluster.connect(user="app") as conn:
+    with dash_cluster.connect(user="app") as conn:
         status = lambda wid: conn.execute("SELECT eventic.workflow_status(%s)", (wid,)).fetchone()[0]
         assert status("order-8-to-cancel") == "CANCELLED"
         click(browser, "#resume")
@@ -178,8 +178,8 @@ def test_workflow_list_filters_by_status_and_name(dashboards, browser, output_di
     assert "no workflow function named" in text(browser, "#error .message")
 
 
-def test_a_record_history_highlights_each_change(cluster, dashboards, browser, output_dir):
-    url, story = dashboards["app"].url, cluster.data["story"]
+def test_a_record_history_highlights_each_change(dash_cluster, dashboards, browser, output_dir):
+    url, story = dashboards["app"].url, dash_cluster.data["story"]
     visit(browser, url + "/records", output_dir, "records")
     box = browser.find_element(By.ID, "q")
     box.send_keys(story)
@@ -203,17 +203,17 @@ def test_a_record_history_highlights_each_change(cluster, dashboards, browser, o
     assert texts(browser, "#class-records td:first-child") == [story]
 
 
-def test_the_live_part_refreshes_without_a_reload(cluster, dashboards, browser, output_dir):
+def test_the_live_part_refreshes_without_a_reload(dash_cluster, dashboards, browser, output_dir):
     visit(browser, dashboards["app"].url + "/", output_dir)
     browser.execute_script("window.__same_page = true")
     before = int(text(browser, "#queues tr[data-queue=held] .ready"))
-    with cluster.connect(user="app") as conn:
+    with dash_cluster.connect(user="app") as conn:
         conn.execute("SELECT eventic.enqueue('held', 'app.send_mail(text)', '[\"ada@example.com\"]')")
     assert wait_until(lambda: text(browser, "#queues tr[data-queue=held] .ready") == str(before + 1), 15)
     assert browser.execute_script("return window.__same_page") is True
 
 
-def test_read_only_hides_and_refuses_actions(cluster, dashboards, browser, output_dir):
+def test_read_only_hides_and_refuses_actions(dash_cluster, dashboards, browser, output_dir):
     url = dashboards["read_only"].url
     visit(browser, url + "/queues/held", output_dir, "read-only-queue")
     assert text(browser, "#read-only") == "read-only"
@@ -225,12 +225,12 @@ def test_read_only_hides_and_refuses_actions(cluster, dashboards, browser, outpu
     assert r.status_code == 403 and "read-only" in r.text
     r = httpx.post(url + "/queues/held/pause", data={"paused": "false"})
     assert r.status_code == 403
-    with cluster.connect(user="app") as conn:
+    with dash_cluster.connect(user="app") as conn:
         assert conn.execute("SELECT eventic.workflow_status('order-3-sleeping')").fetchone()[0] == "SLEEPING"
         assert conn.execute("SELECT paused FROM eventic.queues WHERE queue_name = 'held'").fetchone()[0]
 
 
-def test_actions_need_the_pages_token_and_origin(cluster, dashboards):
+def test_actions_need_the_pages_token_and_origin(dash_cluster, dashboards):
     url = dashboards["app"].url
     page = httpx.get(url + "/workflows/order-3-sleeping").text
     token = re.search(r'name="csrf" value="([0-9a-f]+)"', page).group(1)
@@ -243,13 +243,13 @@ def test_actions_need_the_pages_token_and_origin(cluster, dashboards):
     # a page whose name was rebound to 127.0.0.1 (DNS rebinding) gets nothing, not even the token
     r = httpx.get(url + "/workflows/order-3-sleeping", headers={"Host": "evil.example:6201"})
     assert r.status_code == 400 and "csrf" not in r.text
-    with cluster.connect(user="app") as conn:
+    with dash_cluster.connect(user="app") as conn:
         assert conn.execute("SELECT eventic.workflow_status('order-3-sleeping')").fetchone()[0] == "SLEEPING"
 
 
-def test_a_database_that_cannot_be_reached_is_a_message(cluster, browser, output_dir):
-    dash = start_dashboard(f"host={cluster.directory} port=1 dbname=dash user=app connect_timeout=2",
-                           cluster.port + 8)
+def test_a_database_that_cannot_be_reached_is_a_message(dash_cluster, browser, output_dir):
+    dash = start_dashboard(f"host={dash_cluster.directory} port=1 dbname=dash user=app connect_timeout=2",
+                           dash_cluster.port + 8)
     try:
         visit(browser, dash.url + "/workflows", output_dir, "no-database")
         assert "cannot connect to the database" in text(browser, "#error .message")
@@ -259,7 +259,7 @@ def test_a_database_that_cannot_be_reached_is_a_message(cluster, browser, output
         dash.proc.wait(10)
 
 
-def test_an_unprivileged_role_sees_only_its_own(cluster, dashboards, browser, output_dir):
+def test_an_unprivileged_role_sees_only_its_own(dash_cluster, dashboards, browser, output_dir):
     url = dashboards["viewer"].url
     visit(browser, url + "/", output_dir, "viewer-overview")
     assert text(browser, "#role") == "viewer"
@@ -272,7 +272,7 @@ def test_an_unprivileged_role_sees_only_its_own(cluster, dashboards, browser, ou
     visit(browser, url + "/workflows/order-1-success", output_dir, "viewer-not-found")
     assert "does not exist" in text(browser, "#error .message")
     no_trace(browser)
-    visit(browser, url + f"/records/{cluster.data['story']}", output_dir)
+    visit(browser, url + f"/records/{dash_cluster.data['story']}", output_dir)
     assert "does not exist" in text(browser, "#error .message")
     no_trace(browser)
     # its buttons are there, and the database refuses what it may not do, in words
@@ -282,5 +282,5 @@ def test_an_unprivileged_role_sees_only_its_own(cluster, dashboards, browser, ou
     assert "mail" in text(browser, "#error .message") and text(browser, "#error .sqlstate") == "SQLSTATE 42501"
     browser.save_screenshot(str(output_dir / "viewer-refused.png"))
     no_trace(browser)
-    with cluster.connect(user="app") as conn:
+    with dash_cluster.connect(user="app") as conn:
         assert conn.execute("SELECT paused FROM eventic.queues WHERE queue_name = 'mail'").fetchone()[0] is False
