@@ -10,6 +10,7 @@ from datetime import datetime, timedelta, timezone
 import httpx
 import pytest
 from dashboard_harness import start_dashboard
+from selenium.webdriver.common.by import By
 
 from eventic.dashboard import queues, records, workflows
 
@@ -28,18 +29,18 @@ SET ROLE owner_role;
 SELECT eventic.create_queue('bulk', worker => false);
 SELECT eventic.create_queue('rare', worker => false);
 RESET ROLE;
--- 2,000 batches of 500 jobs = 1,000,000 finished jobs of queue bulk over the last 10 hours,
--- and 20 batches of queue rare among them
+-- 2,000 batches of 200 to 800 jobs (a wave, 1,000,000 jobs in all) of queue bulk over the last
+-- 10 hours, and 20 batches of queue rare among them
 INSERT INTO eventic.finished_batches (queue_name, finished_at, job_ids, fns, args, enqueued_by, enqueued_at, attempts)
 SELECT CASE WHEN g % 100 = 0 THEN 'rare' ELSE 'bulk' END,
        now() - g * interval '18 seconds',
-       ARRAY(SELECT generate_series(g * 500, g * 500 + 499)::bigint),
-       array_fill('flows.checkout(jsonb)'::regprocedure, ARRAY[500]),
-       array_fill('["x"]'::jsonb, ARRAY[500]),
-       array_fill('owner_role'::regrole, ARRAY[500]),
-       array_fill(now() - g * interval '18 seconds' - interval '1 second', ARRAY[500]),
-       array_fill(1, ARRAY[500])
-  FROM generate_series(1, 2000) g;
+       ARRAY(SELECT generate_series(g * 1000, g * 1000 + n - 1)::bigint),
+       array_fill('flows.checkout(jsonb)'::regprocedure, ARRAY[n]),
+       array_fill('["x"]'::jsonb, ARRAY[n]),
+       array_fill('owner_role'::regrole, ARRAY[n]),
+       array_fill(now() - g * interval '18 seconds' - interval '1 second', ARRAY[n]),
+       array_fill(1, ARRAY[n])
+  FROM generate_series(1, 2000) g, LATERAL (SELECT 500 + round(300 * sin(g / 12.0))::int AS n) size;
 -- 100,000 workflows: 1 in 1,000 failed, 1 in 100 is a refund
 INSERT INTO eventic.workflow_runs (workflow_id, fn, input, status, error, queue_name, started_by, created_at, updated_at)
 SELECT 'wf-' || g,
@@ -144,10 +145,13 @@ def test_every_list_query_uses_an_index_at_scale(scale):
 
 
 @pytest.mark.parametrize("user, port", [("owner_role", 9), ("postgres", 7)])
-def test_the_pages_answer_quickly_at_scale(scale, user, port):
+def test_the_pages_answer_quickly_at_scale(scale, user, port, browser, output_dir):
     """As the owning role (the per-job archive view) and as a superuser (the batches)."""
     dash = start_dashboard(scale.dsn(dbname=SCALE_DB, user=user), scale.port + port)
     try:
+        browser.get(dash.url + "/")
+        assert browser.find_element(By.ID, "jobs-last-hour").text.isdigit()
+        browser.save_screenshot(str(output_dir / f"overview-at-scale-{user}.png"))
         for path, expect in [("/", "10000+"), ("/workflows", "wf-1"), ("/workflows?status=ERROR", "wf-1000"),
                              ("/workflows?name=flows.refund", "wf-100"), ("/queues/rare?tab=finished", "checkout"),
                              ("/queues/bulk?tab=finished", "checkout"), ("/workflows/wf-1500", "step9")]:
