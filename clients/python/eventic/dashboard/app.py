@@ -3,6 +3,7 @@ script fetches again every few seconds (the same URL with the header X-Eventic-P
 POST actions (retry, pause/resume, cancel/resume/fork) behind a CSRF token and an Origin check,
 refused with --read-only."""
 
+import contextlib
 import inspect
 import logging
 import pathlib
@@ -41,8 +42,13 @@ def create_app(database_url: str, read_only: bool = False, db: Database | None =
                        csrf_token=csrf.token)
     who: dict = {}
 
-    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None,
-                  on_startup=[db.open], on_shutdown=[db.close])
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        db.open()
+        yield
+        db.close()
+
+    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     if allowed_hosts:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
@@ -55,7 +61,9 @@ def create_app(database_url: str, read_only: bool = False, db: Database | None =
 
     def render(request: Request, name: str, ctx: dict, status: int = 200) -> HTMLResponse:
         template = env.get_template(name)
-        ctx = {**ctx, "request": request, "msg": request.query_params.get("msg")}
+        msg = request.query_params.get("msg")
+        # only the messages this dashboard wrote (a link cannot make it say something else)
+        ctx = {**ctx, "request": request, "msg": msg if csrf.verify(msg, request.query_params.get("sig")) else None}
         if request.headers.get("x-eventic-partial") and "live" in template.blocks:
             body = "".join(template.blocks["live"](template.new_context(ctx)))
         else:
@@ -97,7 +105,8 @@ def create_app(database_url: str, read_only: bool = False, db: Database | None =
             return error(request, e)
         target, msg = result if isinstance(result, tuple) else (done, result)
         sep = "&" if "?" in target else "?"
-        return RedirectResponse(f"{target}{sep}{urlencode({'msg': msg})}", status_code=303)
+        query = urlencode({"msg": msg, "sig": csrf.sign(msg)})
+        return RedirectResponse(f"{target}{sep}{query}", status_code=303)
 
     # --- overview -------------------------------------------------------------------------
     def overview(request):

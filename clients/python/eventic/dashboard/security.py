@@ -1,6 +1,6 @@
 """CSRF protection of the POST actions: a token only pages of this dashboard carry (a random
 secret of the process, so another site cannot read or guess it), and an Origin header, when the
-browser sends one, naming this host."""
+browser sends one, naming this host. The same secret signs the message shown after an action."""
 
 import hmac
 import os
@@ -14,6 +14,12 @@ from .db import DbError
 class Csrf:
     def __init__(self):
         self.token = os.urandom(24).hex()
+
+    def sign(self, message: str) -> str:
+        return hmac.new(self.token.encode(), message.encode(), "sha256").hexdigest()[:32]
+
+    def verify(self, message: str | None, signature: str | None) -> bool:
+        return bool(message and signature) and hmac.compare_digest(self.sign(message), signature)
 
     @staticmethod
     async def form(request: Request) -> dict[str, str]:

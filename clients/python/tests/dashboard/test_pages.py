@@ -240,6 +240,9 @@ def test_actions_need_the_pages_token_and_origin(dash_cluster, dashboards):
     r = httpx.post(url + "/workflow-actions/cancel", data={**form, "csrf": token},
                    headers={"Origin": "https://evil.example"})
     assert r.status_code == 403 and "another site" in r.text
+    # the message after an action is the dashboard's own: a link cannot make a page say more
+    r = httpx.get(url + "/queues/held?msg=Your+session+expired,+log+in+at+evil.example")
+    assert r.status_code == 200 and "evil.example" not in r.text
     # a page whose name was rebound to 127.0.0.1 (DNS rebinding) gets nothing, not even the token
     r = httpx.get(url + "/workflows/order-3-sleeping", headers={"Host": "evil.example:6201"})
     assert r.status_code == 400 and "csrf" not in r.text
