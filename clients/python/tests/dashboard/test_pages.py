@@ -1,7 +1,8 @@
 """What a person sees in the dashboard, in headless Chromium: queue counts, a dead job's error and
 its retry, a workflow's timeline, cancel/resume/fork, filters, a record's diff, auto-refresh,
 --read-only, CSRF refusals and an unprivileged role's view. Screenshots of each page go to the
-output folder (conftest.py)."""
+output folder (dashboard_harness.py). The tests share one seeded cluster and run in file order
+(the overview's counts are read before the retry changes them)."""
 
 import re
 import time
@@ -287,3 +288,16 @@ def test_an_unprivileged_role_sees_only_its_own(dash_cluster, dashboards, browse
     no_trace(browser)
     with dash_cluster.connect(user="app") as conn:
         assert conn.execute("SELECT paused FROM eventic.queues WHERE queue_name = 'mail'").fetchone()[0] is False
+
+
+def test_a_long_history_is_paged_and_each_page_diffs_its_oldest_version(dash_cluster, dashboards, browser, output_dir):
+    with dash_cluster.connect(user="app") as conn:
+        rid = conn.execute("""SELECT eventic.create('Story', '{"words": 0}')""").fetchone()[0]
+        for n in range(1, 25):
+            conn.execute("SELECT eventic.set_field(%s, 'words', %s::jsonb)", (rid, str(n)))
+    visit(browser, dashboards["app"].url + f"/records/{rid}", output_dir)
+    assert attrs(browser, "section.version", "data-version") == [str(v) for v in range(24, 4, -1)]
+    click(browser, "#older")
+    assert wait_until(lambda: attrs(browser, "section.version", "data-version") == ["4", "3", "2", "1", "0"], 10)
+    assert text(browser, "section[data-version='4'] tr[data-field=words] del") == "3"
+    assert text(browser, "section[data-version='4'] tr[data-field=words] ins") == "4"
