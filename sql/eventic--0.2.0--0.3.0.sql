@@ -81,3 +81,9 @@ GRANT SELECT ON eventic.metrics TO PUBLIC;
 -- what eventic.workflow_retention removes, oldest first
 CREATE INDEX IF NOT EXISTS workflow_runs_finished ON eventic.workflow_runs (updated_at)
  WHERE status IN ('SUCCESS', 'ERROR', 'CANCELLED');
+
+-- Dashboard (issue 15): indexes for its paginated lists of finished jobs and workflows.
+CREATE INDEX IF NOT EXISTS finished_batches_by_queue ON eventic.finished_batches (queue_name, finished_at);
+CREATE INDEX IF NOT EXISTS workflow_runs_by_time ON eventic.workflow_runs (created_at, workflow_id);
+CREATE INDEX IF NOT EXISTS workflow_runs_by_status ON eventic.workflow_runs (status, created_at, workflow_id);
+CREATE INDEX IF NOT EXISTS workflow_runs_by_fn ON eventic.workflow_runs (fn, created_at, workflow_id);

@@ -131,6 +131,9 @@ CREATE TABLE eventic.finished_batches (
     attempts     integer[]      NOT NULL
 );
 CREATE INDEX finished_batches_by_time ON eventic.finished_batches (finished_at);
+-- one queue's finished jobs, newest first (the dashboard's queue page), without walking the
+-- other queues' batches; one entry per batch, not per job
+CREATE INDEX finished_batches_by_queue ON eventic.finished_batches (queue_name, finished_at);
 -- dumped with the data (pg_dump skips an extension's tables otherwise)
 SELECT pg_catalog.pg_extension_config_dump('eventic.finished_batches', '');
 -- a batch's arrays are TOASTed: lz4 compresses them several times faster than pglz (where

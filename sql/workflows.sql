@@ -18,6 +18,11 @@ CREATE TABLE eventic.workflow_runs (
     created_at   timestamptz  NOT NULL DEFAULT clock_timestamp(),
     updated_at   timestamptz  NOT NULL DEFAULT clock_timestamp()
 );
+-- Listing workflows newest first, all of them or by status or by function (the dashboard),
+-- one page at a time: (created_at, workflow_id) is the page cursor.
+CREATE INDEX workflow_runs_by_time ON eventic.workflow_runs (created_at, workflow_id);
+CREATE INDEX workflow_runs_by_status ON eventic.workflow_runs (status, created_at, workflow_id);
+CREATE INDEX workflow_runs_by_fn ON eventic.workflow_runs (fn, created_at, workflow_id);
 COMMENT ON TABLE eventic.workflow_runs IS
   'Durable workflows: status, input, output, error; started with eventic.start_workflow';
 -- what eventic.workflow_retention removes, oldest first
