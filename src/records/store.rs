@@ -47,15 +47,28 @@ const QUEUE_SLOT_SPACE: u16 = 0x4571;
 /// Try to take slot `slot` of queue `name` for this transaction (one of its `concurrency`
 /// slots); false when another worker holds it.
 pub fn try_lock_queue_slot(name: &str, slot: u32) -> bool {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    name.hash(&mut hasher);
-    let tag = locktag(QUEUE_SLOT_SPACE, hasher.finish() as u32, slot);
+    let tag = queue_slot_tag(name, slot);
     // SAFETY: a valid LOCKTAG; dontWait: returns LOCKACQUIRE_NOT_AVAIL instead of waiting.
     let result = unsafe {
         pg_sys::LockAcquire(&tag, pg_sys::ExclusiveLock as pg_sys::LOCKMODE, false, true)
     };
     result != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL
+}
+
+/// Give back a slot taken by [`try_lock_queue_slot`] in the current (sub)transaction before
+/// it ends.
+pub fn unlock_queue_slot(name: &str, slot: u32) {
+    // SAFETY: a valid LOCKTAG; releasing a lock this resource owner holds (or a no-op warning)
+    unsafe {
+        pg_sys::LockRelease(&queue_slot_tag(name, slot), pg_sys::ExclusiveLock as pg_sys::LOCKMODE, false);
+    }
+}
+
+fn queue_slot_tag(name: &str, slot: u32) -> pg_sys::LOCKTAG {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    name.hash(&mut hasher);
+    locktag(QUEUE_SLOT_SPACE, hasher.finish() as u32, slot)
 }
 
 fn locktag(space: u16, high: u32, low: u32) -> pg_sys::LOCKTAG {
