@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import itertools
 import os
 from dataclasses import dataclass, field
 from typing import Any, Iterator, AsyncIterator
@@ -18,6 +19,7 @@ import psycopg_pool
 
 from .errors import ExtensionMissingError, NotInitializedError, translate
 
+_generations = itertools.count(1)
 URL_VARIABLES = ("EVENTIC_DATABASE_URL", "DBOS_DATABASE_URL", "DATABASE_URL")
 
 
@@ -28,6 +30,7 @@ class State:
     pool: psycopg_pool.ConnectionPool
     apool: psycopg_pool.AsyncConnectionPool | None = None
     extension_version: str = ""
+    key: int = field(default_factory=lambda: next(_generations))  # caches are per connection set-up
     extras: dict[str, Any] = field(default_factory=dict)
 
 

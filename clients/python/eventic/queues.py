@@ -101,13 +101,13 @@ class Queue:
         return row[0]
 
     def ensure_python_queue(self) -> None:
-        key = (id(db.state()), self.python_name)
+        key = (db.state().key, self.python_name)
         if key not in _created:
             db.call("SELECT eventic.create_queue(%s, worker => false)", (self.python_name,))
             _created.add(key)
 
     async def aensure_python_queue(self) -> None:
-        key = (id(db.state()), self.python_name)
+        key = (db.state().key, self.python_name)
         if key not in _created:
             await db.acall("SELECT eventic.create_queue(%s, worker => false)", (self.python_name,))
             _created.add(key)

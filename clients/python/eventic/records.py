@@ -132,7 +132,7 @@ class Record(BaseModel):
 
     @classmethod
     def _ensure_registered(cls) -> None:
-        key = (id(db.state()), cls.__eventic_class__)
+        key = (db.state().key, cls.__eventic_class__)
         if key in _registered:
             return
         with _registered_lock:
@@ -148,7 +148,7 @@ class Record(BaseModel):
 
     @classmethod
     async def _aensure_registered(cls) -> None:
-        key = (id(db.state()), cls.__eventic_class__)
+        key = (db.state().key, cls.__eventic_class__)
         if key in _registered:
             return
         sql, params = cls._registration()
