@@ -102,6 +102,9 @@ class JobWorker(threading.Thread):
         while not self.stop_event.is_set():
             try:
                 with psycopg.connect(self.url, autocommit=True) as conn:
+                    # dequeue's plan disables sorts, which makes its cost estimate huge: with
+                    # JIT on, each call compiled it (~0.3 s, measured) for a 1 ms statement
+                    conn.execute("SET jit = off")
                     self._serve(conn)
             except psycopg.OperationalError as exc:
                 log.warning("eventic worker lost its connection (%s); reconnecting", exc)
