@@ -12,6 +12,7 @@
 
 mod body;
 mod control;
+mod external;
 mod runner;
 mod store;
 
