@@ -121,36 +121,37 @@ class Queue:
 
 # ── calling a job with its JSON arguments ──────────────────────────────────────────────────
 @functools.lru_cache(maxsize=1024)
-def _adapters(fn: Callable[..., Any]) -> inspect.Signature | None:
+def _plan_call(fn: Callable[..., Any]) -> tuple[inspect.Signature, dict[str, TypeAdapter]] | None:
+    """The function's signature and a validator per annotated parameter (None: nothing to
+    convert, the arguments are passed as they are)."""
     try:
-        return inspect.signature(fn)
+        sig = inspect.signature(fn)
     except (TypeError, ValueError):
         return None
-
-
-@functools.lru_cache(maxsize=4096)
-def _adapter(annotation: Any) -> TypeAdapter | None:
-    try:
-        return TypeAdapter(annotation)
-    except Exception:  # an annotation pydantic cannot build a validator for: pass as JSON
-        return None
+    adapters = {}
+    for name, param in sig.parameters.items():
+        if param.annotation is inspect.Parameter.empty or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        try:
+            adapters[name] = TypeAdapter(param.annotation)
+        except Exception:  # an annotation pydantic cannot validate: passed as JSON
+            continue
+    return (sig, adapters) if adapters else None
 
 
 def coerce_call(fn: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
     """JSON arguments converted to the function's annotated parameter types (a UUID string
     to uuid.UUID, …), as far as pydantic can; anything else is passed as it is."""
-    sig = _adapters(fn)
-    if sig is None:
+    plan = _plan_call(fn)
+    if plan is None or not (args or kwargs):
         return args, kwargs
+    sig, adapters = plan
     try:
         bound = sig.bind(*args, **kwargs)
     except TypeError:
         return args, kwargs
     for name, value in bound.arguments.items():
-        param = sig.parameters[name]
-        if param.annotation is inspect.Parameter.empty or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
-            continue
-        adapter = _adapter(param.annotation)
+        adapter = adapters.get(name)
         if adapter is not None:
             try:
                 bound.arguments[name] = adapter.validate_python(value)
