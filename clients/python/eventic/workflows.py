@@ -1,0 +1,660 @@
+"""Python durable workflows on the eventic extension (`@Eventic.workflow()`, `.step()`,
+`.transaction()`, as in the seed).
+
+A workflow is a Python function; every step's result is recorded in the extension's workflow
+tables (`eventic.workflows`, `eventic.workflow_steps`), so SQL sees, waits for, cancels,
+resumes, forks and messages Python workflows as it does SQL ones. The body runs in a
+`WorkflowRunner` (started by `Eventic.launch()`, `python -m eventic worker`, or, for a
+workflow function you call directly, in the calling thread). A runner claims a workflow with
+a lease (`eventic.claim_workflows`), replays the body from its recorded steps (a recorded
+step returns its record instead of running), records each new step, and ends it
+(`eventic.finish_workflow`). A runner that dies leaves its lease to run out (30 s); another
+runner then replays the body from what was recorded.
+
+Guarantees:
+- a `@transaction` step runs its SQL on a connection in one transaction with its record: its
+  database effects happen exactly once, across crashes and runners (`Eventic.connection()`,
+  and every Record/queue call, use that connection inside the step);
+- a `@step` runs again only if its process died (or its lease was lost) after it ran and
+  before its record committed (at least once; recorded right after it returns);
+- the body must be deterministic: a replay that asks for another step at a recorded position
+  fails the workflow (`NonDeterministicError`).
+
+Interface (py's `Eventic` uses it): `workflow()`, `step()`, `transaction()` decorators;
+`start(fn, *args, workflow_id=None, **kwargs)` -> `WorkflowHandle`; `retrieve(id)`;
+`send`, `get_event`, `cancel`, `resume`, `fork`; inside a body `sleep`, `recv`,
+`set_event`, `workflow_id()`; `WorkflowRunner(pool, stop_event)` and `start_runner()`.
+Values (arguments, step results, outputs) are stored as JSON (pydantic's
+`to_jsonable_python`) and read back through the function's annotations (pydantic
+`TypeAdapter`), so a step annotated `-> uuid.UUID` returns a UUID on replay too.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import inspect
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Callable
+
+import psycopg
+import psycopg_pool
+from psycopg.types.json import Jsonb
+from pydantic import TypeAdapter
+from pydantic_core import to_jsonable_python
+
+from . import db
+
+CHANNEL = "eventic_external_workflows"
+LEASE_LOST = "55000"  # the extension's answer to a call under a lease that is not the latest
+
+WORKFLOWS: dict[str, Callable[..., Any]] = {}
+
+
+# ── errors ──────────────────────────────────────────────────────────────────────────────
+class WorkflowError(Exception):
+    """Base of the errors of eventic.workflows."""
+
+
+class StepError(WorkflowError):
+    """A step failed (also raised on replay, from its recorded error)."""
+
+
+class WorkflowFailedError(WorkflowError):
+    """`get_result` of a workflow that ended in ERROR (the message carries its error)."""
+
+
+class NonDeterministicError(WorkflowError):
+    """A replay asked for a different step than the one recorded at that position."""
+
+
+class _Stop(BaseException):
+    """Unwinds a body that sleeps, waits, lost its lease, or whose runner stops
+    (a BaseException: `except Exception` in a body does not catch it)."""
+
+
+# ── values ──────────────────────────────────────────────────────────────────────────────
+def _dump(value: Any) -> Any:
+    return to_jsonable_python(value)
+
+
+@functools.lru_cache(maxsize=None)
+def _adapter(annotation: Any) -> TypeAdapter[Any] | None:
+    if annotation is inspect.Signature.empty or annotation is None or annotation is Any:
+        return None
+    try:
+        return TypeAdapter(annotation)
+    except Exception:  # an annotation pydantic cannot build a validator for: plain JSON
+        return None
+
+
+def _load(annotation: Any, value: Any) -> Any:
+    adapter = _adapter(annotation)
+    return value if adapter is None else adapter.validate_python(value)
+
+
+def _hints(fn: Callable[..., Any]) -> inspect.Signature:
+    try:
+        return inspect.signature(fn, eval_str=True)
+    except (NameError, TypeError):
+        return inspect.signature(fn)
+
+
+def _encode_input(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    return {"args": _dump(list(args)), "kwargs": _dump(kwargs)}
+
+
+def _decode_input(fn: Callable[..., Any], data: Any) -> tuple[list[Any], dict[str, Any]]:
+    data = data or {}
+    args, kwargs = list(data.get("args", [])), dict(data.get("kwargs", {}))
+    params = list(_hints(fn).parameters.values())
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    args = [_load(positional[i].annotation, a) if i < len(positional) else a for i, a in enumerate(args)]
+    by_name = {p.name: p for p in params}
+    kwargs = {k: _load(by_name[k].annotation, v) if k in by_name else v for k, v in kwargs.items()}
+    return args, kwargs
+
+
+def _return_type(fn: Callable[..., Any]) -> Any:
+    return _hints(fn).return_annotation
+
+
+# ── the run of a body ───────────────────────────────────────────────────────────────────
+@dataclass
+class _Run:
+    """A body being run under a lease: its recorded steps and the next position."""
+    workflow_id: str
+    lease: int
+    records: dict[int, dict[str, Any]]
+    pool: psycopg_pool.ConnectionPool
+    stopping: threading.Event | None = None
+    position: int = 0
+    in_step: bool = False
+    lost: bool = field(default=False)
+
+    def next(self, name: str, kind: str) -> tuple[int, dict[str, Any] | None]:
+        """The position of the next step and its record (None when it has none yet)."""
+        if self.stopping is not None and self.stopping.is_set():
+            raise _Stop("runner stopping")
+        position = self.position
+        self.position += 1
+        record = self.records.get(position)
+        if record is not None and (record["name"] != name or record["kind"] != kind):
+            raise NonDeterministicError(
+                f"workflow {self.workflow_id} is not deterministic: step {position} was "
+                f"{record['kind']} {record['name']!r} when it ran, now it is {kind} {name!r}")
+        return position, record
+
+    def call(self, conn: psycopg.Connection, sql: str, params: tuple[Any, ...]) -> Any:
+        """One of the extension's runner calls; a lost lease or an ended workflow stops the body."""
+        try:
+            return conn.execute(sql, params).fetchone()
+        except psycopg.Error as exc:
+            if exc.sqlstate == LEASE_LOST:
+                self.lost = True
+                raise _Stop(str(exc)) from exc
+            raise
+
+    def record(self, conn: psycopg.Connection, position: int, name: str, kind: str,
+               output: Any = None, error: str | None = None, attempts: int = 1) -> None:
+        self.call(conn, "SELECT eventic.record_step(%s, %s, %s, %s, %s, %s, %s, %s)",
+                  (self.workflow_id, self.lease, position, name, kind,
+                   None if error is not None else Jsonb(output), error, attempts))
+
+
+_current: contextvars.ContextVar[_Run | None] = contextvars.ContextVar("eventic_workflow_run", default=None)
+
+
+def _pool(pool: psycopg_pool.ConnectionPool | None = None) -> psycopg_pool.ConnectionPool:
+    return pool if pool is not None else db.state().pool
+
+
+def workflow_id() -> str | None:
+    """Inside a workflow body: the id of the running workflow (None outside)."""
+    run = _current.get()
+    return run.workflow_id if run is not None else None
+
+
+# ── decorators ──────────────────────────────────────────────────────────────────────────
+def _name_of(fn: Callable[..., Any], name: str | None) -> str:
+    return name or f"{fn.__module__}:{fn.__qualname__}"
+
+
+def workflow(name: str | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """`@workflow()`: a durable workflow. Calling it starts it (a new id) and runs it in the
+    calling thread, returning its result; `start(fn, ...)` starts it for a runner instead.
+    `name` (default `module:qualname`) is how runners find the body: keep it stable."""
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        body_name = _name_of(fn, name)
+
+        @functools.wraps(fn)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if _current.get() is not None:
+                raise WorkflowError(
+                    f"{body_name} called inside a workflow: child workflows are not supported; "
+                    "start it with eventic.workflows.start(...) from outside, or call its steps")
+            handle = start(call, *args, **kwargs)
+            run_now(handle.workflow_id)
+            return handle.get_result()
+
+        call.__eventic_workflow__ = body_name  # type: ignore[attr-defined]
+        WORKFLOWS[body_name] = call
+        return call
+    return decorate
+
+
+def step(name: str | None = None, *, max_attempts: int = 1, backoff: float = 1.0) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """`@step()`: a step that may act outside the database (HTTP, files). Inside a workflow
+    its result is recorded right after it returns and returned on replays; an exception is
+    retried up to `max_attempts` (waiting `backoff` s, doubling), then recorded and raised as
+    `StepError` (now and on every replay). Outside a workflow it is a plain call."""
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        step_name = _name_of(fn, name)
+        returns = _return_type(fn)
+
+        @functools.wraps(fn)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            run = _current.get()
+            if run is None or run.in_step:
+                return fn(*args, **kwargs)
+            position, record = run.next(step_name, "step")
+            if record is not None:
+                return _replayed(step_name, record, returns)
+            error: BaseException | None = None
+            output: Any = None
+            attempts = 0
+            while attempts < max(1, max_attempts):
+                attempts += 1
+                run.in_step = True
+                try:
+                    output = fn(*args, **kwargs)
+                    error = None
+                    break
+                except Exception as exc:  # noqa: BLE001 — recorded, then raised as StepError
+                    error = exc
+                finally:
+                    run.in_step = False
+                if attempts < max_attempts:
+                    time.sleep(backoff * 2 ** (attempts - 1))
+            with run.pool.connection() as conn:
+                if error is None:
+                    dumped = _dump(output)
+                    run.record(conn, position, step_name, "step", dumped, attempts=attempts)
+                    return _load(returns, dumped)
+                message = f"{type(error).__name__}: {error}"
+                run.record(conn, position, step_name, "step", error=message, attempts=attempts)
+            raise StepError(f"step {step_name!r} failed: {message}") from error
+
+        call.__eventic_step__ = step_name  # type: ignore[attr-defined]
+        return call
+    return decorate
+
+
+def transaction(name: str | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """`@transaction()`: a step that only reads and writes the database. Its SQL (every
+    Record/queue call, and `Eventic.connection()`) runs on one connection in one transaction
+    with its record: exactly once. An exception rolls it back; the error is recorded and
+    raised as `StepError`. Outside a workflow it runs in a transaction of its own."""
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        step_name = _name_of(fn, name)
+        returns = _return_type(fn)
+
+        @functools.wraps(fn)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            run = _current.get()
+            if run is None or run.in_step:
+                return _in_transaction(None, fn, args, kwargs)
+            position, record = run.next(step_name, "transaction")
+            if record is not None:
+                return _replayed(step_name, record, returns)
+            with run.pool.connection() as conn:
+                try:
+                    with conn.transaction():
+                        run.in_step = True
+                        try:
+                            with db.bind(conn):
+                                output = fn(*args, **kwargs)
+                        finally:
+                            run.in_step = False
+                        dumped = _dump(output)
+                        run.record(conn, position, step_name, "transaction", dumped)
+                    return _load(returns, dumped)
+                except (_Stop, NonDeterministicError):
+                    raise
+                except Exception as exc:  # noqa: BLE001 — rolled back; recorded as the step's error
+                    message = f"{type(exc).__name__}: {exc}"
+                    run.record(conn, position, step_name, "transaction", error=message)
+                    raise StepError(f"step {step_name!r} failed: {message}") from exc
+
+        call.__eventic_step__ = step_name  # type: ignore[attr-defined]
+        return call
+    return decorate
+
+
+def _in_transaction(pool: psycopg_pool.ConnectionPool | None, fn: Callable[..., Any],
+                    args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """A `@transaction` called outside a workflow: in the bound connection's transaction, or
+    in a new one on a pooled connection."""
+    bound = db._bound.get()  # noqa: SLF001 — py's binding: join the caller's transaction
+    if bound is not None:
+        return fn(*args, **kwargs)
+    with _pool(pool).connection() as conn, conn.transaction(), db.bind(conn):
+        return fn(*args, **kwargs)
+
+
+def _replayed(name: str, record: dict[str, Any], returns: Any) -> Any:
+    if record.get("error") is not None:
+        raise StepError(f"step {name!r} failed: {record['error']}")
+    return _load(returns, record.get("output"))
+
+
+# ── inside a body: sleep, messages, events ──────────────────────────────────────────────
+def _seconds(value: float | timedelta) -> float:
+    return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+
+def sleep(seconds: float | timedelta) -> None:
+    """Inside a body: a durable sleep (the workflow is put away and claimed again when it is
+    due, by any runner; nothing is held meanwhile). Outside: time.sleep."""
+    run = _current.get()
+    if run is None:
+        time.sleep(_seconds(seconds))
+        return
+    position, record = run.next("sleep", "sleep")
+    if record is not None and isinstance(record.get("output"), (int, float)) and record["output"] < time.time() - 5:
+        return  # long past (a margin for clock skew): no call
+    with run.pool.connection() as conn:
+        (left,) = run.call(conn, "SELECT eventic.workflow_sleep(%s, %s, %s, %s)",
+                           (run.workflow_id, run.lease, position, timedelta(seconds=_seconds(seconds))))
+    if left > 0:
+        raise _Stop("sleeping")
+
+
+def recv(topic: str, timeout: float | timedelta = 60.0) -> Any:
+    """Inside a body: the next message sent to this workflow on `topic` (`send`), or None
+    after `timeout` (counted from the first time the body got here). While it waits the
+    workflow is put away (WAITING); a message wakes it."""
+    run = _current.get()
+    if run is None:
+        raise WorkflowError("recv() can only be called inside a workflow body")
+    position, record = run.next(topic, "recv")
+    if record is not None and record.get("attempts", 0) > 0:
+        return record.get("output")
+    with run.pool.connection() as conn:
+        received, message = run.call(
+            conn, "SELECT received, message FROM eventic.workflow_recv(%s, %s, %s, %s, %s)",
+            (run.workflow_id, run.lease, position, topic, timedelta(seconds=_seconds(timeout))))
+    if not received:
+        raise _Stop("waiting for a message")
+    return message
+
+
+def set_event(key: str, value: Any) -> None:
+    """Inside a body: publish `value` under `key` (read with `get_event`, or
+    `eventic.get_event` in SQL)."""
+    run = _current.get()
+    if run is None:
+        raise WorkflowError("set_event() can only be called inside a workflow body")
+    position, record = run.next(key, "set_event")
+    if record is not None:
+        return
+    with run.pool.connection() as conn:
+        run.call(conn, "SELECT eventic.workflow_set_event(%s, %s, %s, %s, %s)",
+                 (run.workflow_id, run.lease, position, key, Jsonb(_dump(value))))
+
+
+def send(workflow_id: str, topic: str, message: Any = None, *, pool: psycopg_pool.ConnectionPool | None = None) -> None:
+    """Send `message` to a workflow (Python or SQL) on `topic`. Inside a body it is a
+    recorded step (sent once)."""
+    run = _current.get()
+    if run is None or run.in_step:
+        with _pool(pool).connection() as conn:
+            conn.execute("SELECT eventic.send(%s, %s, %s)", (workflow_id, topic, Jsonb(_dump(message))))
+        return
+    position, record = run.next(f"send:{topic}", "transaction")
+    if record is not None:
+        return
+    with run.pool.connection() as conn, conn.transaction():
+        conn.execute("SELECT eventic.send(%s, %s, %s)", (workflow_id, topic, Jsonb(_dump(message))))
+        run.record(conn, position, f"send:{topic}", "transaction", None)
+
+
+def get_event(workflow_id: str, key: str, timeout: float | timedelta = 0.0, *,
+              pool: psycopg_pool.ConnectionPool | None = None) -> Any:
+    """The value a workflow published under `key`, waiting up to `timeout`; None if none."""
+    with _pool(pool).connection() as conn:
+        return conn.execute("SELECT eventic.get_event(%s, %s, %s)",
+                            (workflow_id, key, timedelta(seconds=_seconds(timeout)))).fetchone()[0]
+
+
+# ── starting, handles ───────────────────────────────────────────────────────────────────
+class WorkflowHandle:
+    """A started workflow: `workflow_id`, `get_result()`, `get_status()`, `cancel()`,
+    `resume()`, `fork(from_step)`, `send(topic, message)`, `get_event(key)`."""
+
+    def __init__(self, workflow_id: str, fn: Callable[..., Any] | None = None,
+                 pool: psycopg_pool.ConnectionPool | None = None):
+        self.workflow_id = workflow_id
+        self._fn = fn
+        self._pool = pool
+
+    def __repr__(self) -> str:
+        return f"WorkflowHandle({self.workflow_id!r})"
+
+    def get_status(self) -> str:
+        """ENQUEUED, RUNNING, SLEEPING, WAITING, SUCCESS, ERROR or CANCELLED."""
+        with _pool(self._pool).connection() as conn:
+            return conn.execute("SELECT eventic.workflow_status(%s)", (self.workflow_id,)).fetchone()[0]
+
+    def get_result(self, timeout: float = 60.0) -> Any:
+        """Wait for the output (read back through the workflow function's return annotation).
+        Raises WorkflowFailedError if it failed, TimeoutError if it has not ended in time or
+        was cancelled."""
+        deadline = time.monotonic() + timeout
+        with _pool(self._pool).connection() as conn:
+            while True:
+                left = max(0.0, deadline - time.monotonic())
+                try:
+                    row = conn.execute(
+                        "SELECT status, output, error FROM eventic.workflows WHERE workflow_id = %s",
+                        (self.workflow_id,)).fetchone()
+                    if row is None:
+                        raise WorkflowError(f"workflow {self.workflow_id} does not exist (or is another role's)")
+                    if row[0] not in ("SUCCESS", "ERROR", "CANCELLED") and left > 0:
+                        conn.execute("SELECT eventic.wait_workflow(%s, %s)",
+                                     (self.workflow_id, timedelta(seconds=min(left, 5.0))))
+                        continue
+                except psycopg.errors.InvalidParameterValue:
+                    continue  # it failed meanwhile: read its row again
+                status, output, error = row
+                if status == "SUCCESS":
+                    fn = self._fn or self._lookup_fn()
+                    return _load(_return_type(fn), output) if fn is not None else output
+                if status == "ERROR":
+                    raise WorkflowFailedError(f"workflow {self.workflow_id} failed: {error}")
+                raise TimeoutError(f"workflow {self.workflow_id} is {status}")
+
+    def _lookup_fn(self) -> Callable[..., Any] | None:
+        with _pool(self._pool).connection() as conn:
+            row = conn.execute("SELECT name FROM eventic.workflows WHERE workflow_id = %s",
+                               (self.workflow_id,)).fetchone()
+        return WORKFLOWS.get(row[0]) if row else None
+
+    def cancel(self) -> None:
+        cancel(self.workflow_id, pool=self._pool)
+
+    def resume(self) -> "WorkflowHandle":
+        resume(self.workflow_id, pool=self._pool)
+        return self
+
+    def fork(self, from_step: int) -> "WorkflowHandle":
+        return fork(self.workflow_id, from_step, pool=self._pool)
+
+    def send(self, topic: str, message: Any = None) -> None:
+        send(self.workflow_id, topic, message, pool=self._pool)
+
+    def get_event(self, key: str, timeout: float | timedelta = 0.0) -> Any:
+        return get_event(self.workflow_id, key, timeout, pool=self._pool)
+
+
+def start(fn: Callable[..., Any], *args: Any, workflow_id: str | None = None,
+          timeout: float | timedelta | None = None, pool: psycopg_pool.ConnectionPool | None = None,
+          **kwargs: Any) -> WorkflowHandle:
+    """Start workflow `fn(*args, **kwargs)` for a runner; the same `workflow_id` twice starts
+    it once. Returns its handle at once (in the caller's transaction when a connection is
+    bound with `Eventic.bind`)."""
+    name = getattr(fn, "__eventic_workflow__", None)
+    if name is None:
+        raise WorkflowError(f"{getattr(fn, '__qualname__', fn)!r} is not a workflow: decorate it with @Eventic.workflow()")
+    params = (name, Jsonb(_encode_input(fn, args, kwargs)), workflow_id,
+              None if timeout is None else timedelta(seconds=_seconds(timeout)))
+    sql = "SELECT eventic.start_external_workflow(%s, %s, %s, %s)"
+    bound = db._bound.get() if pool is None else None  # noqa: SLF001
+    if bound is not None:
+        (wid,) = bound.execute(sql, params).fetchone()
+    else:
+        with _pool(pool).connection() as conn:
+            (wid,) = conn.execute(sql, params).fetchone()
+    return WorkflowHandle(wid, fn, pool)
+
+
+def retrieve(workflow_id: str, pool: psycopg_pool.ConnectionPool | None = None) -> WorkflowHandle:
+    """The handle of an existing workflow."""
+    return WorkflowHandle(workflow_id, None, pool)
+
+
+def cancel(workflow_id: str, *, pool: psycopg_pool.ConnectionPool | None = None) -> None:
+    """Cancel a workflow: its later steps never run (a runner stops at its next step)."""
+    with _pool(pool).connection() as conn:
+        conn.execute("SELECT eventic.cancel_workflow(%s)", (workflow_id,))
+
+
+def resume(workflow_id: str, *, pool: psycopg_pool.ConnectionPool | None = None) -> None:
+    """Run a cancelled or failed workflow again from its last recorded step."""
+    with _pool(pool).connection() as conn:
+        conn.execute("SELECT eventic.resume_workflow(%s)", (workflow_id,))
+
+
+def fork(workflow_id: str, from_step: int, *, pool: psycopg_pool.ConnectionPool | None = None) -> WorkflowHandle:
+    """A new workflow reusing the records of the steps before `from_step`; its handle."""
+    with _pool(pool).connection() as conn:
+        (new_id,) = conn.execute("SELECT eventic.fork_workflow(%s, %s)", (workflow_id, from_step)).fetchone()
+    return WorkflowHandle(new_id, None, pool)
+
+
+# ── running bodies ──────────────────────────────────────────────────────────────────────
+def _execute(pool: psycopg_pool.ConnectionPool, row: tuple[Any, ...],
+             stopping: threading.Event | None = None, held: dict[str, int] | None = None) -> None:
+    """Run (replay) one claimed workflow until it ends, sleeps, waits or is lost."""
+    wid, name, data, lease, steps = row
+    records = {int(s["position"]): s for s in (steps or [])}
+    fn = WORKFLOWS.get(name)
+    run = _Run(wid, lease, records, pool, stopping)
+    if held is not None:
+        held[wid] = lease
+    token = _current.set(run)
+    try:
+        try:
+            if fn is None:
+                raise WorkflowError(f"no workflow named {name!r} in this process")
+            args, kwargs = _decode_input(fn, data)
+            output: Any = _dump(fn.__wrapped__(*args, **kwargs))  # type: ignore[attr-defined]
+            error = None
+        except _Stop:
+            if not run.lost and stopping is not None and stopping.is_set():
+                with pool.connection() as conn:
+                    conn.execute("SELECT eventic.release_workflow(%s, %s)", (wid, lease))
+            return
+        except Exception as exc:  # noqa: BLE001 — the workflow's error
+            output, error = None, f"{type(exc).__name__}: {exc}"
+        with pool.connection() as conn:
+            try:
+                run.call(conn, "SELECT eventic.finish_workflow(%s, %s, %s, %s)",
+                         (wid, lease, None if error else Jsonb(output), error))
+            except _Stop:
+                pass  # cancelled meanwhile, or claimed again: nothing to end
+    finally:
+        _current.reset(token)
+        if held is not None:
+            held.pop(wid, None)
+
+
+def _claim(conn: psycopg.Connection, batch: int, lease: float, only: str | None = None) -> list[tuple[Any, ...]]:
+    names = list(WORKFLOWS)
+    if not names:
+        return []
+    return conn.execute(
+        "SELECT workflow_id, name, input, lease, steps FROM eventic.claim_workflows(%s, %s, %s, %s)",
+        (names, batch, timedelta(seconds=lease), only)).fetchall()
+
+
+def run_now(workflow_id: str, pool: psycopg_pool.ConnectionPool | None = None, lease: float = 30.0) -> bool:
+    """Run workflow `workflow_id` in this thread if it is runnable and no runner holds it
+    (what calling a workflow function does); False if it was not claimed here."""
+    pool = _pool(pool)
+    with pool.connection() as conn:
+        rows = _claim(conn, 1, lease, workflow_id)
+    if not rows:
+        return False
+    _execute(pool, rows[0])
+    return True
+
+
+class WorkflowRunner:
+    """Runs the Python workflows of this process's registered bodies (`WORKFLOWS`) that the
+    pool's role started: `threads` threads claim runnable workflows (`batch` at a time, each
+    leased for `lease` s and extended every lease/3 s while it runs), a listener wakes them
+    when one becomes runnable, and they look anyway every `poll` s (due sleeps). `stop()`
+    lets each thread finish its current step, gives its workflows back and joins them.
+
+        runner = WorkflowRunner(pool, stop_event).start()
+    """
+
+    def __init__(self, pool: psycopg_pool.ConnectionPool | None = None, stop_event: threading.Event | None = None,
+                 *, threads: int = 4, batch: int = 4, lease: float = 30.0, poll: float = 0.5):
+        self.pool = _pool(pool)
+        self.stop_event = stop_event or threading.Event()
+        self.threads = threads
+        self.batch = batch
+        self.lease = lease
+        self.poll = poll
+        self.wake = threading.Event()
+        self.held: dict[str, int] = {}
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> "WorkflowRunner":
+        targets = [self._listen, self._heartbeat] + [self._work] * self.threads
+        for i, target in enumerate(targets):
+            t = threading.Thread(target=target, name=f"eventic-workflows-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.stop_event.set()
+        self.wake.set()
+        for t in self._threads:
+            t.join(timeout)
+
+    def _work(self) -> None:
+        while not self.stop_event.is_set():
+            try:
+                with self.pool.connection() as conn:
+                    rows = _claim(conn, self.batch, self.lease)
+            except psycopg.Error:
+                self.stop_event.wait(self.poll)
+                continue
+            if not rows:
+                self.wake.wait(self.poll)
+                self.wake.clear()
+                continue
+            for i, row in enumerate(rows):
+                if self.stop_event.is_set():
+                    with self.pool.connection() as conn:
+                        for rest in rows[i:]:
+                            conn.execute("SELECT eventic.release_workflow(%s, %s)", (rest[0], rest[3]))
+                    return
+                try:
+                    _execute(self.pool, row, self.stop_event, self.held)
+                except psycopg.Error:
+                    pass  # the connection went away: the lease runs out, another claim replays it
+
+    def _listen(self) -> None:
+        url = self.pool.conninfo
+        while not self.stop_event.is_set():
+            try:
+                with psycopg.connect(url, autocommit=True) as conn:
+                    conn.execute(f'LISTEN "{CHANNEL}"')
+                    while not self.stop_event.is_set():
+                        for _ in conn.notifies(timeout=0.5, stop_after=1):
+                            self.wake.set()
+            except psycopg.Error:
+                self.stop_event.wait(1.0)
+
+    def _heartbeat(self) -> None:
+        while not self.stop_event.wait(self.lease / 3):
+            for wid, lease in list(self.held.items()):
+                try:
+                    with self.pool.connection() as conn:
+                        conn.execute("SELECT eventic.extend_workflow_lease(%s, %s, %s)",
+                                     (wid, lease, timedelta(seconds=self.lease)))
+                except psycopg.Error:
+                    pass  # ended or claimed again meanwhile
+
+
+def start_runner(pool: psycopg_pool.ConnectionPool | None = None, **options: Any) -> WorkflowRunner:
+    """What `Eventic.launch()` calls: a started WorkflowRunner on Eventic's pool. The lease
+    defaults to $EVENTIC_WORKFLOW_LEASE seconds (30): how long a workflow of a runner that
+    died waits before another runner takes it over."""
+    options.setdefault("lease", float(os.environ.get("EVENTIC_WORKFLOW_LEASE", "30")))
+    return WorkflowRunner(pool, **options).start()
+
+
+__all__ = ["workflow", "step", "transaction", "start", "retrieve", "send", "recv", "sleep", "set_event",
+           "get_event", "cancel", "resume", "fork", "workflow_id", "run_now", "WorkflowHandle",
+           "WorkflowRunner", "start_runner", "WorkflowError", "StepError", "WorkflowFailedError",
+           "NonDeterministicError", "WORKFLOWS", "CHANNEL"]
