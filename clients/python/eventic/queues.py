@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import inspect
+import sys
 import threading
 from typing import Any, Callable
 
@@ -86,8 +87,21 @@ class Queue:
     def enqueue(self, fn: Any, *args: Any, run_at: dt.datetime | None = None, priority: int = 0,
                 dedup_key: str | None = None, max_attempts: int = 5, **kwargs: Any) -> int:
         """Enqueue `fn(*args, **kwargs)`; returns the job id (the waiting job's id when
-        `dedup_key` is already waiting). Arguments travel as JSON."""
+        `dedup_key` is already waiting). Arguments travel as JSON.
+
+        In a workflow body (outside its steps) the enqueue is a recorded `@transaction` step
+        of its own, named "enqueue <queue>:<function>": it happens once, and a replay of the
+        body gets the recorded job id instead of enqueuing again."""
         queue, signature, payload = self._plan(fn, args, kwargs)
+        workflows = sys.modules.get("eventic.workflows")
+        if workflows is not None and workflows.workflow_id() is not None:
+            label = signature if queue == self.name else payload.obj["job"]
+            step = workflows.transaction(f"enqueue {queue}:{label}")(self._insert)
+            return step(queue, signature, payload, run_at, priority, dedup_key, max_attempts)
+        return self._insert(queue, signature, payload, run_at, priority, dedup_key, max_attempts)
+
+    def _insert(self, queue: str, signature: str, payload: Any, run_at: dt.datetime | None, priority: int,
+                dedup_key: str | None, max_attempts: int) -> int:
         if queue == self.python_name:
             self.ensure_python_queue()
         return db.call(self._SQL, (queue, signature, payload, run_at, priority, dedup_key, max_attempts))[0]
