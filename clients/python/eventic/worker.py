@@ -9,7 +9,12 @@ transaction is rolled back and its jobs run again one by one, each with its ack 
 transaction; the failing one is nacked (retried with backoff by the extension, dead after
 max_attempts). A heartbeat thread extends the leases of the jobs still running; if the
 process dies, their leases run out and another worker takes the jobs again. The batch size
-follows job duration (1 to 512: about 50 ms of work per batch)."""
+follows job duration (1 to 512: about 50 ms of work per batch).
+
+A Python job runs as the worker's database role, not as the role that enqueued it (any role
+may enqueue into any queue): a worker runs only jobs enqueued by roles its own role is a
+member of (pg_has_role USAGE) and nacks the others. A superuser is a member of every role, so
+do not run Python workers as one."""
 
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ import traceback
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from . import db
 from .queues import JOBS, coerce_call
@@ -80,6 +86,11 @@ def _run_job(job: dict[str, Any], loop: asyncio.AbstractEventLoop | None) -> Any
     return result
 
 
+def _foreign(enqueuer: str, conn: psycopg.Connection) -> str:
+    return (f"refused: enqueued by role {enqueuer}, which the worker's role {conn.info.user} is not a member "
+            "of (a Python job runs as the worker's role, so it runs only jobs of roles the worker may act as)")
+
+
 def _error_text(exc: BaseException) -> str:
     tb = traceback.extract_tb(exc.__traceback__)
     where = f" (at {tb[-1].filename}:{tb[-1].lineno})" if tb else ""
@@ -120,18 +131,27 @@ class JobWorker(threading.Thread):
                 self.wake.clear()
 
     def _drain_once(self, conn: psycopg.Connection, queue: str) -> int:
-        rows = conn.execute("SELECT job_id, args FROM eventic.dequeue(%s, %s, %s::interval)",
-                            (queue, self.batch[queue], self.lease)).fetchall()
+        # with each job: may this worker's role act as its enqueuer? (the queue table's old row
+        # version is in the statement's snapshot; enqueued_by never changes)
+        rows = conn.execute(sql.SQL(
+            "SELECT d.job_id, d.args, pg_catalog.pg_has_role(q.enqueued_by, 'USAGE'), q.enqueued_by::text "
+            "FROM eventic.dequeue(%s, %s, %s::interval) d JOIN eventic.{} q ON q.job_id = d.job_id "
+            "ORDER BY d.job_id").format(sql.Identifier("queue_" + queue)),
+            (queue, self.batch[queue], self.lease)).fetchall()
         if not rows:
             return 0
         ids = [r[0] for r in rows]
         self.leases.add(queue, ids)
         started = time.monotonic()
         try:
+            runnable = [(job_id, args) for job_id, args, allowed, _ in rows if allowed]
+            for job_id, _, allowed, enqueuer in rows:
+                if not allowed:
+                    conn.execute("SELECT eventic.nack(%s, %s, %s)", (queue, job_id, _foreign(enqueuer, conn)))
             try:
-                self._run_batch(conn, queue, rows)
+                self._run_batch(conn, queue, runnable)
             except _JobFailed:
-                for row in rows:  # again one by one: the failing job alone is nacked
+                for row in runnable:  # again one by one: the failing job alone is nacked
                     try:
                         self._run_batch(conn, queue, [row])
                     except _JobFailed as failed:
@@ -143,6 +163,8 @@ class JobWorker(threading.Thread):
         return len(rows)
 
     def _run_batch(self, conn: psycopg.Connection, queue: str, rows: list[tuple[int, Any]]) -> None:
+        if not rows:
+            return
         with conn.transaction(), db.bind(conn):
             for job_id, args in rows:
                 try:
