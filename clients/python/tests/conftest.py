@@ -5,29 +5,28 @@ fresh database with the extension per test.
 EVENTIC_PY_IT_DIR / EVENTIC_PY_IT_PORT choose the cluster's directory and port (default
 /tmp/eventic-py-it, 5850); PG_BIN the PostgreSQL build (scripts/lib.sh)."""
 
+import importlib.util
 import os
 import pathlib
 import subprocess
 import sys
-import time
 
 import psycopg
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[3]
 CLUSTER = ROOT / "scripts" / "cluster"
-PACKAGE = pathlib.Path(__file__).resolve().parents[1]
 
 
-def wait_until(predicate, timeout=30.0, interval=0.05):
-    """Poll `predicate` until it is true (True) or `timeout` seconds pass (False)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
+def _repo_tests_helper(name):
+    """A helper of the repository's tests/conftest.py (one copy for both suites)."""
+    spec = importlib.util.spec_from_file_location("eventic_repo_tests_conftest", ROOT / "tests" / "conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return getattr(module, name)
+
+
+wait_until = _repo_tests_helper("wait_until")  # poll a predicate until true or timeout (False)
 
 
 class Cluster:

@@ -1,7 +1,6 @@
 """Records: the seed's minimal script, versions, stale writes, validation, the property bag."""
 
 import datetime as dt
-import textwrap
 import time
 
 import pydantic
