@@ -31,152 +31,23 @@ Values (arguments, step results, outputs) are stored as JSON (pydantic's
 
 from __future__ import annotations
 
-import contextvars
 import functools
-import inspect
 import os
 import threading
 import time
-from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Callable
 
 import psycopg
 import psycopg_pool
 from psycopg.types.json import Jsonb
-from pydantic import TypeAdapter
-from pydantic_core import to_jsonable_python
 
 from . import db
+from ._workflow_run import (WORKFLOWS, NonDeterministicError, StepError, WorkflowError,
+                            WorkflowFailedError, _claim, _current, _dump, _encode_input, _execute,
+                            _load, _pool, _replayed, _return_type, _seconds, _Stop, workflow_id)
 
 CHANNEL = "eventic_external_workflows"
-LEASE_LOST = "55000"  # the extension's answer to a call under a lease that is not the latest
-
-WORKFLOWS: dict[str, Callable[..., Any]] = {}
-
-
-# ── errors ──────────────────────────────────────────────────────────────────────────────
-class WorkflowError(Exception):
-    """Base of the errors of eventic.workflows."""
-
-
-class StepError(WorkflowError):
-    """A step failed (also raised on replay, from its recorded error)."""
-
-
-class WorkflowFailedError(WorkflowError):
-    """`get_result` of a workflow that ended in ERROR (the message carries its error)."""
-
-
-class NonDeterministicError(WorkflowError):
-    """A replay asked for a different step than the one recorded at that position."""
-
-
-class _Stop(BaseException):
-    """Unwinds a body that sleeps, waits, lost its lease, or whose runner stops
-    (a BaseException: `except Exception` in a body does not catch it)."""
-
-
-# ── values ──────────────────────────────────────────────────────────────────────────────
-def _dump(value: Any) -> Any:
-    return to_jsonable_python(value)
-
-
-@functools.lru_cache(maxsize=None)
-def _adapter(annotation: Any) -> TypeAdapter[Any] | None:
-    if annotation is inspect.Signature.empty or annotation is None or annotation is Any:
-        return None
-    try:
-        return TypeAdapter(annotation)
-    except Exception:  # an annotation pydantic cannot build a validator for: plain JSON
-        return None
-
-
-def _load(annotation: Any, value: Any) -> Any:
-    adapter = _adapter(annotation)
-    return value if adapter is None else adapter.validate_python(value)
-
-
-def _hints(fn: Callable[..., Any]) -> inspect.Signature:
-    try:
-        return inspect.signature(fn, eval_str=True)
-    except (NameError, TypeError):
-        return inspect.signature(fn)
-
-
-def _encode_input(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
-    return {"args": _dump(list(args)), "kwargs": _dump(kwargs)}
-
-
-def _decode_input(fn: Callable[..., Any], data: Any) -> tuple[list[Any], dict[str, Any]]:
-    data = data or {}
-    args, kwargs = list(data.get("args", [])), dict(data.get("kwargs", {}))
-    params = list(_hints(fn).parameters.values())
-    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    args = [_load(positional[i].annotation, a) if i < len(positional) else a for i, a in enumerate(args)]
-    by_name = {p.name: p for p in params}
-    kwargs = {k: _load(by_name[k].annotation, v) if k in by_name else v for k, v in kwargs.items()}
-    return args, kwargs
-
-
-def _return_type(fn: Callable[..., Any]) -> Any:
-    return _hints(fn).return_annotation
-
-
-# ── the run of a body ───────────────────────────────────────────────────────────────────
-@dataclass
-class _Run:
-    """A body being run under a lease: its recorded steps and the next position."""
-    workflow_id: str
-    lease: int
-    records: dict[int, dict[str, Any]]
-    pool: psycopg_pool.ConnectionPool
-    stopping: threading.Event | None = None
-    position: int = 0
-    in_step: bool = False
-    lost: bool = field(default=False)
-
-    def next(self, name: str, kind: str) -> tuple[int, dict[str, Any] | None]:
-        """The position of the next step and its record (None when it has none yet)."""
-        if self.stopping is not None and self.stopping.is_set():
-            raise _Stop("runner stopping")
-        position = self.position
-        self.position += 1
-        record = self.records.get(position)
-        if record is not None and (record["name"] != name or record["kind"] != kind):
-            raise NonDeterministicError(
-                f"workflow {self.workflow_id} is not deterministic: step {position} was "
-                f"{record['kind']} {record['name']!r} when it ran, now it is {kind} {name!r}")
-        return position, record
-
-    def call(self, conn: psycopg.Connection, sql: str, params: tuple[Any, ...]) -> Any:
-        """One of the extension's runner calls; a lost lease or an ended workflow stops the body."""
-        try:
-            return conn.execute(sql, params).fetchone()
-        except psycopg.Error as exc:
-            if exc.sqlstate == LEASE_LOST:
-                self.lost = True
-                raise _Stop(str(exc)) from exc
-            raise
-
-    def record(self, conn: psycopg.Connection, position: int, name: str, kind: str,
-               output: Any = None, error: str | None = None, attempts: int = 1) -> None:
-        self.call(conn, "SELECT eventic.record_step(%s, %s, %s, %s, %s, %s, %s, %s)",
-                  (self.workflow_id, self.lease, position, name, kind,
-                   None if error is not None else Jsonb(output), error, attempts))
-
-
-_current: contextvars.ContextVar[_Run | None] = contextvars.ContextVar("eventic_workflow_run", default=None)
-
-
-def _pool(pool: psycopg_pool.ConnectionPool | None = None) -> psycopg_pool.ConnectionPool:
-    return pool if pool is not None else db.state().pool
-
-
-def workflow_id() -> str | None:
-    """Inside a workflow body: the id of the running workflow (None outside)."""
-    run = _current.get()
-    return run.workflow_id if run is not None else None
 
 
 # ── decorators ──────────────────────────────────────────────────────────────────────────
@@ -224,6 +95,7 @@ def step(name: str | None = None, *, max_attempts: int = 1, backoff: float = 1.0
             position, record = run.next(step_name, "step")
             if record is not None:
                 return _replayed(step_name, record, returns)
+            run.flush()  # the @transaction steps before it commit first
             error: BaseException | None = None
             output: Any = None
             attempts = 0
@@ -240,13 +112,12 @@ def step(name: str | None = None, *, max_attempts: int = 1, backoff: float = 1.0
                     run.in_step = False
                 if attempts < max_attempts:
                     time.sleep(backoff * 2 ** (attempts - 1))
-            with run.pool.connection() as conn:
-                if error is None:
-                    dumped = _dump(output)
-                    run.record(conn, position, step_name, "step", dumped, attempts=attempts)
-                    return _load(returns, dumped)
-                message = f"{type(error).__name__}: {error}"
-                run.record(conn, position, step_name, "step", error=message, attempts=attempts)
+            if error is None:
+                dumped = _dump(output)
+                run.record(position, step_name, "step", dumped, attempts=attempts)
+                return _load(returns, dumped)
+            message = f"{type(error).__name__}: {error}"
+            run.record(position, step_name, "step", error=message, attempts=attempts)
             raise StepError(f"step {step_name!r} failed: {message}") from error
 
         call.__eventic_step__ = step_name  # type: ignore[attr-defined]
@@ -271,24 +142,8 @@ def transaction(name: str | None = None) -> Callable[[Callable[..., Any]], Calla
             position, record = run.next(step_name, "transaction")
             if record is not None:
                 return _replayed(step_name, record, returns)
-            with run.pool.connection() as conn:
-                try:
-                    with conn.transaction():
-                        run.in_step = True
-                        try:
-                            with db.bind(conn):
-                                output = fn(*args, **kwargs)
-                        finally:
-                            run.in_step = False
-                        dumped = _dump(output)
-                        run.record(conn, position, step_name, "transaction", dumped)
-                    return _load(returns, dumped)
-                except (_Stop, NonDeterministicError):
-                    raise
-                except Exception as exc:  # noqa: BLE001 — rolled back; recorded as the step's error
-                    message = f"{type(exc).__name__}: {exc}"
-                    run.record(conn, position, step_name, "transaction", error=message)
-                    raise StepError(f"step {step_name!r} failed: {message}") from exc
+            output = run.transaction_step(position, step_name, lambda: fn(*args, **kwargs))
+            return _load(returns, output)
 
         call.__eventic_step__ = step_name  # type: ignore[attr-defined]
         return call
@@ -306,17 +161,7 @@ def _in_transaction(pool: psycopg_pool.ConnectionPool | None, fn: Callable[..., 
         return fn(*args, **kwargs)
 
 
-def _replayed(name: str, record: dict[str, Any], returns: Any) -> Any:
-    if record.get("error") is not None:
-        raise StepError(f"step {name!r} failed: {record['error']}")
-    return _load(returns, record.get("output"))
-
-
 # ── inside a body: sleep, messages, events ──────────────────────────────────────────────
-def _seconds(value: float | timedelta) -> float:
-    return value.total_seconds() if isinstance(value, timedelta) else float(value)
-
-
 def sleep(seconds: float | timedelta) -> None:
     """Inside a body: a durable sleep (the workflow is put away and claimed again when it is
     due, by any runner; nothing is held meanwhile). Outside: time.sleep."""
@@ -327,9 +172,8 @@ def sleep(seconds: float | timedelta) -> None:
     position, record = run.next("sleep", "sleep")
     if record is not None and isinstance(record.get("output"), (int, float)) and record["output"] < time.time() - 5:
         return  # long past (a margin for clock skew): no call
-    with run.pool.connection() as conn:
-        (left,) = run.call(conn, "SELECT eventic.workflow_sleep(%s, %s, %s, %s)",
-                           (run.workflow_id, run.lease, position, timedelta(seconds=_seconds(seconds))))
+    (left,) = run.call("SELECT eventic.workflow_sleep(%s, %s, %s, %s)",
+                       (run.workflow_id, run.lease, position, timedelta(seconds=_seconds(seconds))))
     if left > 0:
         raise _Stop("sleeping")
 
@@ -344,10 +188,9 @@ def recv(topic: str, timeout: float | timedelta = 60.0) -> Any:
     position, record = run.next(topic, "recv")
     if record is not None and record.get("attempts", 0) > 0:
         return record.get("output")
-    with run.pool.connection() as conn:
-        received, message = run.call(
-            conn, "SELECT received, message FROM eventic.workflow_recv(%s, %s, %s, %s, %s)",
-            (run.workflow_id, run.lease, position, topic, timedelta(seconds=_seconds(timeout))))
+    received, message = run.call(
+        "SELECT received, message FROM eventic.workflow_recv(%s, %s, %s, %s, %s)",
+        (run.workflow_id, run.lease, position, topic, timedelta(seconds=_seconds(timeout))))
     if not received:
         raise _Stop("waiting for a message")
     return message
@@ -362,9 +205,8 @@ def set_event(key: str, value: Any) -> None:
     position, record = run.next(key, "set_event")
     if record is not None:
         return
-    with run.pool.connection() as conn:
-        run.call(conn, "SELECT eventic.workflow_set_event(%s, %s, %s, %s, %s)",
-                 (run.workflow_id, run.lease, position, key, Jsonb(_dump(value))))
+    run.call("SELECT eventic.workflow_set_event(%s, %s, %s, %s, %s)",
+             (run.workflow_id, run.lease, position, key, Jsonb(_dump(value))))
 
 
 def send(workflow_id: str, topic: str, message: Any = None, *, pool: psycopg_pool.ConnectionPool | None = None) -> None:
@@ -378,9 +220,8 @@ def send(workflow_id: str, topic: str, message: Any = None, *, pool: psycopg_poo
     position, record = run.next(f"send:{topic}", "transaction")
     if record is not None:
         return
-    with run.pool.connection() as conn, conn.transaction():
-        conn.execute("SELECT eventic.send(%s, %s, %s)", (workflow_id, topic, Jsonb(_dump(message))))
-        run.record(conn, position, f"send:{topic}", "transaction", None)
+    run.transaction_step(position, f"send:{topic}", lambda: db.call(
+        "SELECT eventic.send(%s, %s, %s)", (workflow_id, topic, Jsonb(_dump(message)))))
 
 
 def get_event(workflow_id: str, key: str, timeout: float | timedelta = 0.0, *,
@@ -507,51 +348,6 @@ def fork(workflow_id: str, from_step: int, *, pool: psycopg_pool.ConnectionPool 
 
 
 # ── running bodies ──────────────────────────────────────────────────────────────────────
-def _execute(pool: psycopg_pool.ConnectionPool, row: tuple[Any, ...],
-             stopping: threading.Event | None = None, held: dict[str, int] | None = None) -> None:
-    """Run (replay) one claimed workflow until it ends, sleeps, waits or is lost."""
-    wid, name, data, lease, steps = row
-    records = {int(s["position"]): s for s in (steps or [])}
-    fn = WORKFLOWS.get(name)
-    run = _Run(wid, lease, records, pool, stopping)
-    if held is not None:
-        held[wid] = lease
-    token = _current.set(run)
-    try:
-        try:
-            if fn is None:
-                raise WorkflowError(f"no workflow named {name!r} in this process")
-            args, kwargs = _decode_input(fn, data)
-            output: Any = _dump(fn.__wrapped__(*args, **kwargs))  # type: ignore[attr-defined]
-            error = None
-        except _Stop:
-            if not run.lost and stopping is not None and stopping.is_set():
-                with pool.connection() as conn:
-                    conn.execute("SELECT eventic.release_workflow(%s, %s)", (wid, lease))
-            return
-        except Exception as exc:  # noqa: BLE001 — the workflow's error
-            output, error = None, f"{type(exc).__name__}: {exc}"
-        with pool.connection() as conn:
-            try:
-                run.call(conn, "SELECT eventic.finish_workflow(%s, %s, %s, %s)",
-                         (wid, lease, None if error else Jsonb(output), error))
-            except _Stop:
-                pass  # cancelled meanwhile, or claimed again: nothing to end
-    finally:
-        _current.reset(token)
-        if held is not None:
-            held.pop(wid, None)
-
-
-def _claim(conn: psycopg.Connection, batch: int, lease: float, only: str | None = None) -> list[tuple[Any, ...]]:
-    names = list(WORKFLOWS)
-    if not names:
-        return []
-    return conn.execute(
-        "SELECT workflow_id, name, input, lease, steps FROM eventic.claim_workflows(%s, %s, %s, %s)",
-        (names, batch, timedelta(seconds=lease), only)).fetchall()
-
-
 def run_now(workflow_id: str, pool: psycopg_pool.ConnectionPool | None = None, lease: float = 30.0) -> bool:
     """Run workflow `workflow_id` in this thread if it is runnable and no runner holds it
     (what calling a workflow function does); False if it was not claimed here."""
@@ -654,7 +450,7 @@ def start_runner(pool: psycopg_pool.ConnectionPool | None = None, **options: Any
     return WorkflowRunner(pool, **options).start()
 
 
-__all__ = ["workflow", "step", "transaction", "start", "retrieve", "send", "recv", "sleep", "set_event",
+__all__ = ["WORKFLOWS", "workflow", "step", "transaction", "start", "retrieve", "send", "recv", "sleep", "set_event",
            "get_event", "cancel", "resume", "fork", "workflow_id", "run_now", "WorkflowHandle",
            "WorkflowRunner", "start_runner", "WorkflowError", "StepError", "WorkflowFailedError",
-           "NonDeterministicError", "WORKFLOWS", "CHANNEL"]
+           "NonDeterministicError", "CHANNEL"]
