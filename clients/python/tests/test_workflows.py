@@ -263,3 +263,60 @@ def test_killed_worker_process_is_taken_over(db_url, sql):
     for wid in ids:
         steps = steps_of(sql, wid)
         assert [p for p, *_ in steps] == list(range(20))
+
+
+@Eventic.transaction(name="t.count")
+def count_effect(tag: str, n: int) -> int:
+    with Eventic.connection() as conn:
+        conn.execute("INSERT INTO effects VALUES (%s, %s)", (tag, n))
+        if n == 2 and tag.startswith("boom"):
+            raise RuntimeError("step 2 refuses")
+    return n
+
+
+@Eventic.workflow(name="t.group")
+def group_flow(tag: str) -> list:
+    done = []
+    for n in range(4):
+        try:
+            done.append(count_effect(tag, n))
+        except wf.StepError as exc:
+            done.append(str(exc))
+    return done
+
+
+def test_failing_step_in_a_group_is_replayed_step_by_step(ev, sql):
+    """Consecutive @transaction steps share a transaction; when one fails the group is rolled
+    back and the body replayed with each step alone: every effect of a step that succeeded is
+    there once, the failed step's not at all, and its error is recorded."""
+    sql.execute("CREATE TABLE effects (tag text, n int)")
+    assert group_flow("calm") == [0, 1, 2, 3]
+    out = group_flow("boom")
+    assert out[:2] == [0, 1] and "step 2 refuses" in out[2] and out[3] == 3
+    rows = sql.execute("SELECT tag, n, count(*) FROM effects GROUP BY 1, 2 ORDER BY 1, 2").fetchall()
+    assert rows == [("boom", 0, 1), ("boom", 1, 1), ("boom", 3, 1),
+                    ("calm", 0, 1), ("calm", 1, 1), ("calm", 2, 1), ("calm", 3, 1)]
+    (wid,) = sql.execute("SELECT workflow_id FROM eventic.workflows WHERE input->'args' = '[\"boom\"]'").fetchone()
+    errors = [e for *_, e in steps_of(sql, wid)]
+    assert errors[2].startswith("RuntimeError: step 2 refuses") and errors.count(None) == 3
+
+
+def test_a_runner_that_lost_its_lease_commits_nothing(ev, sql):
+    """Runner A's lease runs out and runner B claims the workflow: A's @transaction steps
+    cannot commit (their record is refused in their transaction); B's run is the one that counts."""
+    from eventic import _workflow_run as machinery
+    sql.execute("CREATE TABLE effects (tag text, n int)")
+    handle = wf.start(group_flow, "lease")
+    pool = Eventic.pool()
+    with pool.connection() as conn:
+        (stale,) = machinery._claim(conn, 1, 0.2, handle.workflow_id)
+    time.sleep(0.5)
+    with pool.connection() as conn:
+        (fresh,) = machinery._claim(conn, 1, 30, handle.workflow_id)
+    assert fresh[3] == stale[3] + 1
+    machinery._execute(pool, stale)                     # A: refused at its first commit
+    assert sql.execute("SELECT count(*) FROM effects").fetchone()[0] == 0
+    assert steps_of(sql, handle.workflow_id) == []
+    machinery._execute(pool, fresh)                     # B
+    assert handle.get_result(10) == [0, 1, 2, 3]
+    assert sql.execute("SELECT count(*), count(DISTINCT n) FROM effects").fetchone() == (4, 4)
