@@ -32,6 +32,7 @@ Values (arguments, step results, outputs) are stored as JSON (pydantic's
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import threading
 import time
@@ -48,6 +49,7 @@ from ._workflow_run import (WORKFLOWS, NonDeterministicError, StepError, Workflo
                             _load, _pool, _replayed, _return_type, _seconds, _Stop, workflow_id)
 
 CHANNEL = "eventic_external_workflows"
+log = logging.getLogger("eventic.workflows")
 
 
 # ── decorators ──────────────────────────────────────────────────────────────────────────
@@ -307,10 +309,16 @@ def start(fn: Callable[..., Any], *args: Any, workflow_id: str | None = None,
           **kwargs: Any) -> WorkflowHandle:
     """Start workflow `fn(*args, **kwargs)` for a runner; the same `workflow_id` twice starts
     it once. Returns its handle at once (in the caller's transaction when a connection is
-    bound with `Eventic.bind`)."""
+    bound with `Eventic.bind`). In a workflow body it is a recorded step (started once)."""
     name = getattr(fn, "__eventic_workflow__", None)
     if name is None:
         raise WorkflowError(f"{getattr(fn, '__qualname__', fn)!r} is not a workflow: decorate it with @Eventic.workflow()")
+    run = _current.get()
+    if run is not None and not run.in_step and pool is None:
+        # in a workflow body: a recorded step, so a replay does not start another one
+        wid = transaction(f"start {name}")(
+            lambda: start(fn, *args, workflow_id=workflow_id, timeout=timeout, **kwargs).workflow_id)()
+        return WorkflowHandle(wid, fn, pool)
     params = (name, Jsonb(_encode_input(fn, args, kwargs)), workflow_id,
               None if timeout is None else timedelta(seconds=_seconds(timeout)))
     sql = "SELECT eventic.start_external_workflow(%s, %s, %s, %s)"
@@ -416,8 +424,8 @@ class WorkflowRunner:
                     return
                 try:
                     _execute(self.pool, row, self.stop_event, self.held)
-                except psycopg.Error:
-                    pass  # the connection went away: the lease runs out, another claim replays it
+                except Exception:  # noqa: BLE001 — the lease runs out, another claim replays it
+                    log.exception("running workflow %s", row[0])
 
     def _listen(self) -> None:
         url = self.pool.conninfo

@@ -320,3 +320,16 @@ def test_a_runner_that_lost_its_lease_commits_nothing(ev, sql):
     machinery._execute(pool, fresh)                     # B
     assert handle.get_result(10) == [0, 1, 2, 3]
     assert sql.execute("SELECT count(*), count(DISTINCT n) FROM effects").fetchone() == (4, 4)
+
+
+@Eventic.workflow(name="t.starter")
+def starter() -> str:
+    child = wf.start(napper, 0)
+    wf.sleep(0.2)  # the body is replayed after this: the start is not done again
+    return child.workflow_id
+
+
+def test_start_in_a_body_is_a_recorded_step(runner, sql):
+    first = wf.start(starter).get_result(30)
+    assert wf.retrieve(first).get_result(30) == "2-4"
+    assert sql.execute("SELECT count(*) FROM eventic.workflows WHERE name = 't.napper'").fetchone()[0] == 1
