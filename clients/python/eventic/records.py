@@ -214,31 +214,28 @@ class Record(BaseModel):
     def __setattr__(self, name: str, value: Any) -> None:
         if name.startswith("_") or name not in type(self).model_fields or self.version < 0:
             return super().__setattr__(name, value)
-        value_json = self._checked(name, value)
+        value_json = self._checked({name: value})
         row = db.call("SELECT eventic.set_field(%s, %s, %s, expected_version => %s)",
                       (self._id(), name, Jsonb(value_json[name]), self.version))
         self._apply(value_json, row[0])
 
     def set(self, **fields: Any) -> int:
         """Change several fields in one version (`eventic.set_fields`, stale-checked)."""
-        patch = self._checked(*fields.items())
+        patch = self._checked(fields)
         row = db.call("SELECT eventic.set_fields(%s, %s, expected_version => %s)",
                       (self._id(), Jsonb(patch), self.version))
         return self._apply(patch, row[0])
 
     async def aset(self, **fields: Any) -> int:
         """Async `set`: several fields in one version."""
-        patch = self._checked(*fields.items())
+        patch = self._checked(fields)
         row = await db.acall("SELECT eventic.set_fields(%s, %s, expected_version => %s)",
                              (self._id(), Jsonb(patch), self.version))
         return self._apply(patch, row[0])
 
-    def _checked(self, *items: Any) -> dict[str, Any]:
+    def _checked(self, fields: dict[str, Any]) -> dict[str, Any]:
         """Validate the new values with the model (before anything is written); returns them
-        as JSON. Accepts (name, value) pairs, or a name and a value."""
-        if len(items) == 2 and isinstance(items[0], str):
-            items = (items,)  # type: ignore[assignment]
-        fields = dict(items)
+        as JSON."""
         for name in fields:
             if name in META_FIELDS or name == "properties":
                 raise AttributeError(
