@@ -20,7 +20,9 @@ from pydantic_core import to_jsonable_python
 
 from . import db
 from .errors import EventicError, RecordNotFoundError
+from .hooks import record_class_defined
 from .naming import snake_case
+from .queues import wrap_public_methods
 
 META_FIELDS = ("id", "version")
 
@@ -73,9 +75,7 @@ class Record(BaseModel):
             cls.__eventic_class__ = cls.__name__
         cls._queue_name = snake_case(cls.__eventic_class__)
         CLASSES[cls.__eventic_class__] = cls
-        from .queues import wrap_public_methods
         wrap_public_methods(cls)
-        from .hooks import record_class_defined
         record_class_defined(cls)
 
     # ── creation ─────────────────────────────────────────────────────────────────────────
