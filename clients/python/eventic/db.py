@@ -7,6 +7,7 @@ else on a pooled autocommit connection, so each call is its own transaction."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 import itertools
@@ -28,7 +29,9 @@ class State:
     name: str
     url: str
     pool: psycopg_pool.ConnectionPool
-    apool: psycopg_pool.AsyncConnectionPool | None = None
+    # async pools by event loop: a pool belongs to the loop that opened it (the app's, each
+    # worker thread's)
+    apools: dict[int, tuple[asyncio.AbstractEventLoop, psycopg_pool.AsyncConnectionPool]] = field(default_factory=dict)
     extension_version: str = ""
     key: int = field(default_factory=lambda: next(_generations))  # caches are per connection set-up
     extras: dict[str, Any] = field(default_factory=dict)
@@ -90,19 +93,25 @@ def state() -> State:
 
 
 async def async_pool() -> psycopg_pool.AsyncConnectionPool:
+    """The async pool of the running event loop (opened on first use in it)."""
     s = state()
-    if s.apool is None:
-        s.apool = psycopg_pool.AsyncConnectionPool(
+    loop = asyncio.get_running_loop()
+    entry = s.apools.get(id(loop))
+    if entry is None or entry[0] is not loop:
+        pool = psycopg_pool.AsyncConnectionPool(
             s.url, min_size=1, max_size=10, kwargs={"autocommit": True}, name=f"eventic-{s.name}-async",
             open=False)
-        await s.apool.open()
-    return s.apool
+        await pool.open()
+        entry = s.apools[id(loop)] = (loop, pool)
+    return entry[1]
 
 
 async def close_async_pool() -> None:
-    if _state is not None and _state.apool is not None:
-        apool, _state.apool = _state.apool, None
-        await apool.close()
+    """Close the running loop's async pool (if it has one)."""
+    if _state is not None:
+        entry = _state.apools.pop(id(asyncio.get_running_loop()), None)
+        if entry is not None:
+            await entry[1].close()
 
 
 @contextlib.contextmanager

@@ -71,7 +71,7 @@ class Leases:
                 self._jobs[key] = time.monotonic()
 
 
-def _run_job(job: dict[str, Any], loop: asyncio.AbstractEventLoop | None) -> Any:
+def _run_job(job: dict[str, Any], loop: "_Loop") -> Any:
     name = job.get("job") if isinstance(job, dict) else None
     fn = JOBS.get(name) if isinstance(name, str) else None
     if fn is None:
@@ -81,9 +81,26 @@ def _run_job(job: dict[str, Any], loop: asyncio.AbstractEventLoop | None) -> Any
     args, kwargs = coerce_call(fn, list(job.get("args", [])), dict(job.get("kwargs", {})))
     result = fn(*args, **kwargs)
     if asyncio.iscoroutine(result):
-        loop = loop or asyncio.new_event_loop()
-        result = loop.run_until_complete(result)
+        result = loop.get().run_until_complete(result)
     return result
+
+
+class _Loop:
+    """The event loop of a worker thread, made for its first async job and kept (the async
+    pool of eventic.db belongs to one loop: each worker thread's loop gets its own)."""
+
+    def __init__(self) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def get(self) -> asyncio.AbstractEventLoop:
+        if self.loop is None:
+            self.loop = asyncio.new_event_loop()
+        return self.loop
+
+    def close(self) -> None:
+        if self.loop is not None:
+            self.loop.run_until_complete(db.close_async_pool())
+            self.loop.close()
 
 
 def _foreign(enqueuer: str, conn: psycopg.Connection) -> str:
@@ -106,10 +123,16 @@ class JobWorker(threading.Thread):
         self.lease = f"{lease_seconds} seconds"
         self.poll = poll
         self.batch = {q: 4 for q in queues}
-        self.loop: asyncio.AbstractEventLoop | None = None
+        self.loop = _Loop()
         self.done = 0
 
     def run(self) -> None:
+        try:
+            self._run()
+        finally:
+            self.loop.close()
+
+    def _run(self) -> None:
         while not self.stop_event.is_set():
             try:
                 with psycopg.connect(self.url, autocommit=True) as conn:
@@ -117,8 +140,10 @@ class JobWorker(threading.Thread):
                     # JIT on, each call compiled it (~0.3 s, measured) for a 1 ms statement
                     conn.execute("SET jit = off")
                     self._serve(conn)
-            except psycopg.OperationalError as exc:
-                log.warning("eventic worker lost its connection (%s); reconnecting", exc)
+            except Exception as exc:  # noqa: BLE001 — a worker thread must not die
+                # a lost connection, or an ack refused because the lease ran out and another
+                # worker took the jobs (the batch's transaction rolled back): start afresh
+                log.warning("eventic worker: %s: %s; reconnecting", type(exc).__name__, exc)
                 self.stop_event.wait(1.0)
 
     def _serve(self, conn: psycopg.Connection) -> None:

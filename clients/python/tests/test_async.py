@@ -4,6 +4,8 @@ import asyncio
 
 import pytest
 
+from conftest import wait_until
+
 from eventic import Eventic, Record, RecordNotFoundError, StaleRecordError
 
 
@@ -43,3 +45,20 @@ def test_async_records_and_enqueue(ev, sql):
     while sql.execute("SELECT count(*) FROM eventic.history(%s) WHERE deleted", (first,)).fetchone() != (1,):
         assert time.monotonic() < deadline
         time.sleep(0.05)
+
+
+@Eventic.job()
+async def async_job(text: str) -> None:
+    """An async job: runs on its worker thread's event loop, with that loop's async pool."""
+    memo = await Memo.acreate(text=text)
+    await memo.aset(n=1)
+
+
+def test_async_job_functions_run_in_the_workers(ev, sql):
+    q = Eventic.queue("memo_jobs")
+    for i in range(3):
+        q.enqueue(async_job, f"from a job {i}")
+    Eventic.launch(threads=2, queues=["memo_jobs"], workflows=False)
+    done = "SELECT count(*) FROM eventic.latest WHERE class_type = 'Memo' AND version = 1 AND data->>'text' LIKE 'from a job%'"
+    assert wait_until(lambda: sql.execute(done).fetchone() == (3,))
+    Eventic.shutdown()  # each worker thread closes its loop's pool
