@@ -159,12 +159,13 @@ class JobWorker(threading.Thread):
         # with each job: may this worker's role act as its enqueuer? (the queue table's old row
         # version is in the statement's snapshot; enqueued_by never changes). OFFSET 0 keeps
         # the lookup a nested loop on the primary key: as a join it became a hash join over a
-        # sequential scan of the whole queue (16 ms per batch of 64 with 20,000 jobs waiting)
+        # sequential scan of the whole queue (16 ms per batch of 64 with 20,000 jobs waiting).
+        # The jobs run in dequeue's order (priority, run_at, id).
         rows = conn.execute(sql.SQL(
             "SELECT d.job_id, d.args, pg_catalog.pg_has_role(e.enqueued_by, 'USAGE'), e.enqueued_by::text "
-            "FROM eventic.dequeue(%s, %s, %s::interval) d, "
+            "FROM eventic.dequeue(%s, %s, %s::interval) WITH ORDINALITY AS d(job_id, fn, args, attempt, n), "
             "LATERAL (SELECT q.enqueued_by FROM eventic.{} q WHERE q.job_id = d.job_id OFFSET 0) e "
-            "ORDER BY d.job_id").format(sql.Identifier("queue_" + queue)),
+            "ORDER BY d.n").format(sql.Identifier("queue_" + queue)),
             (queue, self.batch[queue], self.lease)).fetchall()
         if not rows:
             return 0

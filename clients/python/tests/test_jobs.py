@@ -162,3 +162,19 @@ def test_the_heartbeat_keeps_a_long_job_leased(ev, sql):
     assert wait_until(lambda: sql.execute("SELECT count(*) FROM eventic.finished_jobs WHERE queue_name = 'sleepy_py'")
                       .fetchone() == (1,), timeout=60)
     assert RAN == ["sleepy"]  # the other thread never took it, although the lease is 1 s
+
+
+def test_run_at_and_priority(ev, sql):
+    import datetime as dt
+    RAN.clear()
+    q = Eventic.queue("timed")
+    ticket = Ticket(title="order")
+    later = sql.execute("SELECT now() + interval '3 seconds'").fetchone()[0]
+    q.enqueue(remember, ticket.id, "scheduled", run_at=later)
+    q.enqueue(remember, ticket.id, "low", priority=0)
+    q.enqueue(remember, ticket.id, "high", priority=10)
+    Eventic.launch(threads=1, queues=["timed"], workflows=False)
+    assert wait_until(lambda: len(RAN) == 2)
+    assert [label for _, label in RAN] == ["high", "low"]
+    assert wait_until(lambda: len(RAN) == 3, timeout=30)
+    assert dt.datetime.now(dt.timezone.utc) >= later
