@@ -96,14 +96,18 @@ class Eventic:
     # ── workflows (eventic.workflows) ───────────────────────────────────────────────────
     @staticmethod
     def workflow(*args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """`@Eventic.workflow()`: eventic.workflows.workflow (a durable Python workflow)."""
         return _registered(_workflows().workflow(*args, **kwargs))
 
     @staticmethod
     def step(*args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """`@Eventic.step()`: eventic.workflows.step; the function can also be enqueued."""
         return _registered(_workflows().step(*args, **kwargs))
 
     @staticmethod
     def transaction(*args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """`@Eventic.transaction()`: eventic.workflows.transaction; the function can also be
+        enqueued (as a job it runs in the worker's batch transaction)."""
         return _registered(_workflows().transaction(*args, **kwargs))
 
     # ── workers ─────────────────────────────────────────────────────────────────────────
