@@ -80,6 +80,7 @@ def _load(annotation: Any, value: Any) -> Any:
     return value if adapter is None else adapter.validate_python(value)
 
 
+@functools.lru_cache(maxsize=None)
 def _hints(fn: Callable[..., Any]) -> inspect.Signature:
     try:
         return inspect.signature(fn, eval_str=True)
