@@ -96,7 +96,9 @@ fn lease_seconds(lease: Interval) -> Result<f64> {
 const CLAIM: &str = "
 WITH ready AS (
     SELECT workflow_id FROM eventic.workflow_runs
-     WHERE started_by::oid = $1 AND next_run_at <= clock_timestamp()
+     -- statement_timestamp() (stable, unlike clock_timestamp()) bounds the index scan: the
+     -- workflows that are not due yet (sleeping, waiting) are never read
+     WHERE started_by::oid = $1 AND next_run_at <= statement_timestamp()
        AND (leased_until IS NULL OR leased_until < clock_timestamp())
        AND status IN ('ENQUEUED', 'RUNNING', 'SLEEPING', 'WAITING')
        AND ($2::text[] IS NULL OR external_body = ANY ($2::text[]))
