@@ -59,7 +59,8 @@ def _name_of(fn: Callable[..., Any], name: str | None) -> str:
 
 def workflow(name: str | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """`@workflow()`: a durable workflow. Calling it starts it (a new id) and runs it in the
-    calling thread, returning its result; `start(fn, ...)` starts it for a runner instead.
+    calling thread, returning its result (when it sleeps or waits, a runner finishes it and
+    the call waits for that); `start(fn, ...)` starts it for a runner instead.
     `name` (default `module:qualname`) is how runners find the body: keep it stable."""
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         body_name = _name_of(fn, name)
@@ -72,7 +73,7 @@ def workflow(name: str | None = None) -> Callable[[Callable[..., Any]], Callable
                     "start it with eventic.workflows.start(...) from outside, or call its steps")
             handle = start(call, *args, **kwargs)
             run_now(handle.workflow_id)
-            return handle.get_result()
+            return handle.get_result(timeout=None)  # a sleep or a recv: a runner finishes it
 
         call.__eventic_workflow__ = body_name  # type: ignore[attr-defined]
         WORKFLOWS[body_name] = call
@@ -253,11 +254,11 @@ class WorkflowHandle:
         with _pool(self._pool).connection() as conn:
             return conn.execute("SELECT eventic.workflow_status(%s)", (self.workflow_id,)).fetchone()[0]
 
-    def get_result(self, timeout: float = 60.0) -> Any:
-        """Wait for the output (read back through the workflow function's return annotation).
-        Raises WorkflowFailedError if it failed, TimeoutError if it has not ended in time or
-        was cancelled."""
-        deadline = time.monotonic() + timeout
+    def get_result(self, timeout: float | None = 60.0) -> Any:
+        """Wait for the output (read back through the workflow function's return annotation;
+        `timeout=None`: as long as it takes). Raises WorkflowFailedError if it failed,
+        TimeoutError if it has not ended in time or was cancelled."""
+        deadline = time.monotonic() + (timeout if timeout is not None else float("inf"))
         with _pool(self._pool).connection() as conn:
             while True:
                 left = max(0.0, deadline - time.monotonic())
