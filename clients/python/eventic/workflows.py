@@ -454,8 +454,10 @@ class WorkflowRunner:
 def start_runner(pool: psycopg_pool.ConnectionPool | None = None, **options: Any) -> WorkflowRunner:
     """What `Eventic.launch()` calls: a started WorkflowRunner on Eventic's pool. The lease
     defaults to $EVENTIC_WORKFLOW_LEASE seconds (30): how long a workflow of a runner that
-    died waits before another runner takes it over."""
+    died waits before another runner takes it over; the threads to $EVENTIC_WORKFLOW_THREADS
+    (4; each holds a pooled connection while it runs a body)."""
     options.setdefault("lease", float(os.environ.get("EVENTIC_WORKFLOW_LEASE", "30")))
+    options.setdefault("threads", int(os.environ.get("EVENTIC_WORKFLOW_THREADS", "4")))
     return WorkflowRunner(pool, **options).start()
 
 
