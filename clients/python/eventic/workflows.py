@@ -14,7 +14,9 @@ runner then replays the body from what was recorded.
 Guarantees:
 - a `@transaction` step runs its SQL on a connection in one transaction with its record: its
   database effects happen exactly once, across crashes and runners (`Eventic.connection()`,
-  and every Record/queue call, use that connection inside the step);
+  and every Record/queue call, use that connection inside the step). Consecutive
+  `@transaction` steps share one transaction (see `_workflow_run`): a failing one rolls the
+  group back and the body is replayed with each step in its own transaction;
 - a `@step` runs again only if its process died (or its lease was lost) after it ran and
   before its record committed (at least once; recorded right after it returns);
 - the body must be deterministic: a replay that asks for another step at a recorded position
