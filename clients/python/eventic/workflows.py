@@ -25,7 +25,7 @@ Guarantees:
 Interface (py's `Eventic` uses it): `workflow()`, `step()`, `transaction()` decorators;
 `start(fn, *args, workflow_id=None, **kwargs)` -> `WorkflowHandle`; `retrieve(id)`;
 `send`, `get_event`, `cancel`, `resume`, `fork`; inside a body `sleep`, `recv`,
-`set_event`, `workflow_id()`; `WorkflowRunner(pool, stop_event)` and `start_runner()`.
+`set_event`, `workflow_id()`, `now()`, `random()`; `WorkflowRunner(pool, stop_event)` and `start_runner()`.
 Values (arguments, step results, outputs) are stored as JSON (pydantic's
 `to_jsonable_python`) and read back through the function's annotations (pydantic
 `TypeAdapter`), so a step annotated `-> uuid.UUID` returns a UUID on replay too.
@@ -38,7 +38,8 @@ import logging
 import os
 import threading
 import time
-from datetime import timedelta
+import random as _random
+from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
 import psycopg
@@ -212,6 +213,29 @@ def set_event(key: str, value: Any) -> None:
         return
     run.call("SELECT eventic.workflow_set_event(%s, %s, %s, %s, %s)",
              (run.workflow_id, run.lease, position, key, Jsonb(_dump(value))))
+
+
+def _recorded_value(kind: str, make: Callable[[], Any]) -> Any:
+    run = _current.get()
+    if run is None:
+        return make()
+    position, record = run.next(kind, kind)
+    if record is not None:
+        return record.get("output")
+    value = make()
+    run.record(position, kind, kind, value)
+    return value
+
+
+def now() -> datetime:
+    """Inside a body: the current time (UTC), recorded, so a replay sees the same value (use
+    it, not datetime.now(), to decide which steps to run). Outside: datetime.now(UTC)."""
+    return datetime.fromisoformat(_recorded_value("now", lambda: datetime.now(timezone.utc).isoformat()))
+
+
+def random() -> float:
+    """Inside a body: a random number in [0, 1), recorded for replays."""
+    return float(_recorded_value("random", _random.random))
 
 
 def send(workflow_id: str, topic: str, message: Any = None, *, pool: psycopg_pool.ConnectionPool | None = None) -> None:
@@ -463,7 +487,7 @@ def start_runner(pool: psycopg_pool.ConnectionPool | None = None, **options: Any
     return WorkflowRunner(pool, **options).start()
 
 
-__all__ = ["WORKFLOWS", "workflow", "step", "transaction", "start", "retrieve", "send", "recv", "sleep", "set_event",
+__all__ = ["WORKFLOWS", "now", "random", "workflow", "step", "transaction", "start", "retrieve", "send", "recv", "sleep", "set_event",
            "get_event", "cancel", "resume", "fork", "workflow_id", "run_now", "WorkflowHandle",
            "WorkflowRunner", "start_runner", "WorkflowError", "StepError", "WorkflowFailedError",
            "NonDeterministicError", "CHANNEL"]

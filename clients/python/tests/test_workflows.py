@@ -333,3 +333,19 @@ def test_start_in_a_body_is_a_recorded_step(runner, sql):
     first = wf.start(starter).get_result(30)
     assert wf.retrieve(first).get_result(30) == "2-4"
     assert sql.execute("SELECT count(*) FROM eventic.workflows WHERE name = 't.napper'").fetchone()[0] == 1
+
+
+@Eventic.workflow(name="t.values")
+def values() -> list:
+    first = (wf.now().isoformat(), wf.random())
+    wf.sleep(0.1)  # replayed after this: the same values come back
+    return [first, (wf.now().isoformat(), wf.random())]
+
+
+def test_now_and_random_are_recorded(runner, sql):
+    (t1, r1), (t2, r2) = wf.start(values).get_result(30)
+    assert 0 <= r1 < 1 and 0 <= r2 < 1 and t1 <= t2
+    kinds = sql.execute("SELECT array_agg(kind ORDER BY position) FROM eventic.workflow_steps").fetchone()[0]
+    assert kinds == ["now", "random", "sleep", "now", "random"]
+    recorded = sql.execute("SELECT output FROM eventic.workflow_steps WHERE position = 1").fetchone()[0]
+    assert recorded == r1
