@@ -32,6 +32,8 @@ LEASE_LOST = "55000"  # the extension's answer to a call under a lease that is n
 GROUP_STEPS = 50      # @transaction steps in one transaction at most
 GROUP_SECONDS = 0.5   # and for at most this long (a slow body does not hold locks long)
 RECORD = "SELECT eventic.record_step(%s, %s, %s, %s, %s, %s, %s, %s)"
+RECORD_MANY = ("SELECT count(eventic.record_step(%s, %s, r.p, r.n, r.k, r.o))"
+               " FROM jsonb_to_recordset(%s) AS r(p int, n text, k text, o jsonb)")
 
 
 # ── errors ──────────────────────────────────────────────────────────────────────────────
@@ -179,7 +181,10 @@ class _Run:
             if then:
                 self.run_many(then)
             return
-        statements = [self.record_sql(p, n, k, o) for p, n, k, o in self.pending] + (then or [])
+        # every record in one statement (parsed once, unlike one statement per record)
+        statements = [(RECORD_MANY, (self.workflow_id, self.lease, Jsonb(
+            [{"p": p, "n": n, "k": k, "o": o} for p, n, k, o in self.pending])))] if self.pending else []
+        statements += then or []
         try:
             self.run_many(statements + [("COMMIT", ())])
         except psycopg.Error as exc:
