@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from conftest import wait_until
+from pyclient_harness import wait_until
 
 from eventic import Eventic, Record, RecordNotFoundError, StaleRecordError
 

@@ -9,7 +9,7 @@ import os
 import pytest
 from fastapi.testclient import TestClient
 
-from conftest import wait_until
+from pyclient_harness import wait_until
 from eventic import Eventic
 
 

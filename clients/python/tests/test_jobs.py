@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from conftest import wait_until
+from pyclient_harness import wait_until
 from eventic import Eventic, JobNotFoundError, Record
 
 RAN: list = []

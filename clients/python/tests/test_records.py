@@ -6,7 +6,7 @@ import time
 import pydantic
 import pytest
 
-from conftest import run_script
+from pyclient_harness import run_script
 from eventic import (Eventic, ExtensionMissingError, Record, RecordNotFoundError, SchemaViolationError,
                      StaleRecordError)
 

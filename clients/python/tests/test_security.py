@@ -4,7 +4,7 @@ cannot act as put into its queue (any role may enqueue into any queue)."""
 import psycopg
 import pytest
 
-from conftest import wait_until
+from pyclient_harness import wait_until
 from eventic import Eventic
 
 DONE: list = []

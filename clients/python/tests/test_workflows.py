@@ -14,7 +14,7 @@ import uuid
 import psycopg
 import pytest
 
-from conftest import wait_until
+from pyclient_harness import wait_until
 from eventic import Eventic, Record
 from eventic import workflows as wf
 
