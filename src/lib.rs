@@ -15,6 +15,7 @@ pub mod queues;
 pub mod raw_jsonb;
 pub mod records;
 pub mod roles;
+pub mod schedules;
 pub mod settings;
 pub mod spi_plans;
 pub mod subxact;
@@ -66,6 +67,11 @@ extension_sql_file!(
         classes::subscribe,
         classes::unsubscribe
     ]
+);
+extension_sql_file!(
+    "../sql/schedules.sql",
+    name = "schedules_schema",
+    requires = ["workflows_schema"]
 );
 extension_sql_file!("../sql/comments.sql", name = "comments", finalize);
 

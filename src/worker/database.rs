@@ -132,7 +132,7 @@ impl Worker {
                 Some(Pass::Ran(_)) => {
                     compact_empty_queues();
                     set_activity(pg_sys::BackendState::STATE_IDLE, "eventic: waiting for jobs");
-                    wait(poll_interval());
+                    wait(super::alarm::bounded(poll_interval()));
                 }
                 Some(Pass::Paused(why)) => {
                     set_activity(
@@ -143,7 +143,7 @@ impl Worker {
                         },
                     );
                     self.set_paused(Some(why));
-                    wait(poll_interval().min(PAUSE_CHECK_INTERVAL));
+                    wait(super::alarm::bounded(poll_interval().min(PAUSE_CHECK_INTERVAL)));
                 }
                 Some(Pass::NoExtension) => {
                     if let (Some(entry), Some(requests)) = (entry, requests) {
@@ -199,7 +199,10 @@ impl Worker {
         }
         match self.paused {
             Some(why) => Pass::Paused(why),
-            None => Pass::Ran(drain_database(JOBS_PER_TRANSACTION)),
+            None => {
+                crate::schedules::fire_due();
+                Pass::Ran(drain_database(JOBS_PER_TRANSACTION))
+            }
         }
     }
 
