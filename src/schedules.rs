@@ -21,6 +21,7 @@ use pgrx::{pg_sys, JsonB};
 use crate::errors::{required, EventicError, OrReport, Result};
 use crate::queues::jobs::Signature;
 use crate::roles::{as_extension_owner, current_role, may_manage};
+use crate::spi_plans::optional_value;
 
 /// The queue of scheduled jobs given no queue (created on first use, like `workflows`).
 const DEFAULT_QUEUE: &str = "schedules";
@@ -80,8 +81,8 @@ fn latest_at(cron: &Cron, text: &str, tz: Tz, seconds: i64) -> Result<i64> {
 /// Now and the server's start, in Unix microseconds.
 fn clock() -> Result<(i64, i64)> {
     let row = Spi::get_two::<i64, i64>(
-        "SELECT (pg_catalog.extract(epoch FROM pg_catalog.clock_timestamp()) * 1000000)::pg_catalog.int8,
-                (pg_catalog.extract(epoch FROM pg_catalog.pg_postmaster_start_time()) * 1000000)::pg_catalog.int8",
+        "SELECT (EXTRACT(epoch FROM pg_catalog.clock_timestamp()) * 1000000)::pg_catalog.int8,
+                (EXTRACT(epoch FROM pg_catalog.pg_postmaster_start_time()) * 1000000)::pg_catalog.int8",
     )?;
     match row {
         (Some(now), Some(started)) => Ok((now, started)),
@@ -146,7 +147,7 @@ fn schedule(
         let (now, _) = clock()?;
         let next = as_extension_owner(|| {
             let existing = Spi::get_two_with_args::<pg_sys::Oid, i64>(
-                "SELECT owner::oid, pg_catalog.extract(epoch FROM last_run)::int8
+                "SELECT owner::oid, EXTRACT(epoch FROM last_run)::int8
                    FROM eventic.schedule_entries WHERE name = $1 FOR UPDATE",
                 &[name.into()],
             );
@@ -236,10 +237,10 @@ fn unschedule(name: Option<&str>) -> bool {
     (|| {
         let name = required(name, "name")?;
         let owner = as_extension_owner(|| {
-            Ok(Spi::get_one_with_args::<pg_sys::Oid>(
+            optional_value::<pg_sys::Oid>(
                 "SELECT owner::oid FROM eventic.schedule_entries WHERE name = $1",
                 &[name.into()],
-            )?)
+            )
         })?;
         // another role's schedule is not there for the caller (as in eventic.schedules)
         if !owner.is_some_and(may_manage) {
@@ -336,7 +337,7 @@ fn fire() -> Result<Option<std::time::Instant>> {
         fire_one(schedule, now, started_micros)?;
     }
     let next = Spi::get_one::<f64>(
-        "SELECT pg_catalog.extract(epoch FROM min(next_run) - pg_catalog.clock_timestamp())::float8
+        "SELECT EXTRACT(epoch FROM min(next_run) - pg_catalog.clock_timestamp())::float8
            FROM eventic.schedule_entries",
     )?;
     Ok(next.map(|seconds| {
@@ -407,7 +408,7 @@ fn enqueue_tick(schedule: &Due, tick: i64) -> Result<()> {
     let key = format!("schedule:{}@{}", schedule.name, tick_text(tick));
     if schedule.workflow {
         // the id is the tick's, unless another role took it (then a fresh one)
-        let taken_by = Spi::get_one_with_args::<pg_sys::Oid>(
+        let taken_by = optional_value::<pg_sys::Oid>(
             "SELECT started_by::oid FROM eventic.workflow_runs WHERE workflow_id = $1",
             &[key.as_str().into()],
         )?;
