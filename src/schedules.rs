@@ -144,7 +144,7 @@ fn schedule(
             }
         };
         let me = current_role();
-        let (now, _) = clock()?;
+        let (now, _) = as_extension_owner(clock)?;
         let next = as_extension_owner(|| {
             let existing = Spi::get_two_with_args::<pg_sys::Oid, i64>(
                 "SELECT owner::oid, EXTRACT(epoch FROM last_run)::int8
