@@ -183,7 +183,7 @@ fn monotonic_nanos() -> i64 {
     // SAFETY: clock_gettime with a valid clock id and a valid pointer; CLOCK_MONOTONIC is one
     // clock for every process of the machine.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as i64 * 1_000_000_000 + ts.tv_nsec as i64
+    ts.tv_sec * 1_000_000_000 + ts.tv_nsec
 }
 
 /// Starts granted by [`take`]: how many, and in which slice they were counted.
