@@ -25,8 +25,6 @@ use crate::spi_plans::optional_value;
 
 /// The queue of scheduled jobs given no queue (created on first use, like `workflows`).
 const DEFAULT_QUEUE: &str = "schedules";
-/// Due schedules one pass of a worker fires at most.
-const PER_PASS: i64 = 100;
 
 fn parse_cron(cron: &str) -> Result<Cron> {
     CronParser::builder()
@@ -78,16 +76,14 @@ fn latest_at(cron: &Cron, text: &str, tz: Tz, seconds: i64) -> Result<i64> {
         .map_err(|_| never_matches(text))
 }
 
-/// Now and the server's start, in Unix microseconds.
-fn clock() -> Result<(i64, i64)> {
-    let row = Spi::get_two::<i64, i64>(
-        "SELECT (EXTRACT(epoch FROM pg_catalog.clock_timestamp()) * 1000000)::pg_catalog.int8,
-                (EXTRACT(epoch FROM pg_catalog.pg_postmaster_start_time()) * 1000000)::pg_catalog.int8",
-    )?;
-    match row {
-        (Some(now), Some(started)) => Ok((now, started)),
-        _ => Err(EventicError::Internal("no clock".into())),
-    }
+/// Now and the server's start, in Unix microseconds (no statement: an idle worker's look at
+/// the schedules must not assign a transaction id, which pgrx's Spi::get_* do).
+fn clock() -> (i64, i64) {
+    /// 2000-01-01 (PostgreSQL's epoch) in Unix microseconds.
+    const PG_EPOCH: i64 = 946_684_800_000_000;
+    // SAFETY: reads the clock and the postmaster's start time (set before any backend starts).
+    let (now, started) = unsafe { (pg_sys::GetCurrentTimestamp(), pg_sys::PgStartTime) };
+    (now + PG_EPOCH, started + PG_EPOCH)
 }
 
 const TO_TIMESTAMP: &str = "pg_catalog.to_timestamp";
@@ -144,7 +140,7 @@ fn schedule(
             }
         };
         let me = current_role();
-        let (now, _) = as_extension_owner(clock)?;
+        let (now, _) = clock();
         let next = as_extension_owner(|| {
             let existing = Spi::get_two_with_args::<pg_sys::Oid, i64>(
                 "SELECT owner::oid, EXTRACT(epoch FROM last_run)::int8
@@ -303,22 +299,23 @@ fn installed() -> bool {
     }
 }
 
+/// The due schedules (at most 100 per pass), locked (a mutating plan, so a fresh snapshot, run by `select`: no
+/// transaction id while none is due).
+const DUE: &str = "SELECT name, cron, timezone, fn::oid, args, queue_name, workflow, skip_missed, owner::oid
+                     FROM eventic.schedule_entries
+                    WHERE next_run <= pg_catalog.clock_timestamp()
+                    ORDER BY next_run LIMIT 100 FOR UPDATE SKIP LOCKED";
+/// The nearest next tick, in Unix microseconds.
+const NEXT: &str = "SELECT (EXTRACT(epoch FROM min(next_run)) * 1000000)::pg_catalog.int8
+                      FROM eventic.schedule_entries";
+
 fn fire() -> Result<Option<std::time::Instant>> {
-    let (now_micros, started_micros) = clock()?;
+    let (now_micros, started_micros) = clock();
     let now = now_micros.div_euclid(1_000_000);
     let due: Vec<Due> = Spi::connect(|client| -> Result<Vec<Due>> {
-        let rows = client.select(
-            &format!(
-                "SELECT name, cron, timezone, fn::oid, args, queue_name, workflow, skip_missed, owner::oid
-                   FROM eventic.schedule_entries
-                  WHERE next_run <= pg_catalog.clock_timestamp()
-                  ORDER BY next_run LIMIT {PER_PASS} FOR UPDATE SKIP LOCKED"
-            ),
-            None,
-            &[],
-        )?;
+        let stmt = crate::spi_plans::plan(client, DUE, &[], true)?;
         let mut due = Vec::new();
-        for row in rows {
+        for row in client.select(&*stmt, None, &[])? {
             due.push(Due {
                 name: row.get::<String>(1)?.unwrap_or_default(),
                 cron: row.get::<String>(2)?.unwrap_or_default(),
@@ -336,12 +333,13 @@ fn fire() -> Result<Option<std::time::Instant>> {
     for schedule in &due {
         fire_one(schedule, now, started_micros)?;
     }
-    let next = Spi::get_one::<f64>(
-        "SELECT EXTRACT(epoch FROM min(next_run) - pg_catalog.clock_timestamp())::float8
-           FROM eventic.schedule_entries",
-    )?;
-    Ok(next.map(|seconds| {
-        std::time::Instant::now() + std::time::Duration::from_secs_f64(seconds.clamp(0.0, 86_400.0))
+    let next = Spi::connect(|client| -> Result<Option<i64>> {
+        let stmt = crate::spi_plans::plan(client, NEXT, &[], true)?;
+        Ok(client.select(&*stmt, Some(1), &[])?.first().get::<i64>(1)?)
+    })?;
+    Ok(next.map(|at| {
+        let micros = (at - clock().0).clamp(0, 86_400_000_000) as u64;
+        std::time::Instant::now() + std::time::Duration::from_micros(micros)
     }))
 }
 

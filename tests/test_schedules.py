@@ -160,6 +160,19 @@ def test_rate_limit_50_per_second_over_500_jobs_with_two_workers(cluster, db):
         assert time.monotonic() - began < 5
 
 
+def test_rate_limit_counts_external_consumers_too(cluster, db):
+    with cluster.connect(dbname=db) as conn:
+        conn.execute("CREATE FUNCTION nothing(n int) RETURNS void LANGUAGE sql AS 'SELECT'")
+        conn.execute("SELECT eventic.create_queue('consumed', worker => false)")
+        conn.execute("SELECT eventic.alter_queue('consumed', rate_limit => 5, rate_period => '1 minute')")
+        with conn.transaction():
+            conn.execute("SELECT count(*) FROM eventic.enqueue_batch('consumed', 'nothing(int)',"
+                         " ARRAY(SELECT jsonb_build_array(g) FROM generate_series(1, 20) g))")
+        taken = [conn.execute("SELECT count(*) FROM eventic.dequeue('consumed', 3)").fetchone()[0]
+                 for _ in range(4)]
+        assert taken == [3, 2, 0, 0], taken
+
+
 # ---------------------------------------------------------------------------------------------
 # restarts: a cluster of their own
 

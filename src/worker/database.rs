@@ -200,8 +200,13 @@ impl Worker {
         match self.paused {
             Some(why) => Pass::Paused(why),
             None => {
+                let ran = drain_database(JOBS_PER_TRANSACTION);
+                // after the drain: before it, a slow first look at the schedules let the
+                // queue list (a fresh snapshot) name a queue that queues::lookup (the pass's
+                // snapshot) then cached as missing. A tick enqueued here wakes the workers at
+                // commit.
                 crate::schedules::fire_due();
-                Pass::Ran(drain_database(JOBS_PER_TRANSACTION))
+                Pass::Ran(ran)
             }
         }
     }
