@@ -390,7 +390,7 @@ fn fire_one(schedule: &Due, now: i64, started_micros: i64) -> Result<()> {
             schedule.name.as_str().into(),
             (next as f64).into(),
             ran.into(),
-            (tick as f64).into(),
+            (if ran { tick } else { now } as f64).into(),
         ],
     )?;
     Ok(())
