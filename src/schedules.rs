@@ -207,8 +207,9 @@ fn schedule(
 fn check_call(fn_oid: pg_sys::Oid, args: &serde_json::Value, workflow: bool) -> Result<()> {
     let signature = Signature::of(fn_oid)?;
     if !crate::roles::may_execute(fn_oid, current_role()) {
-        let name = Spi::get_one_with_args::<String>("SELECT $1::regprocedure::text", &[fn_oid.into()])?
-            .unwrap_or_else(|| fn_oid.to_u32().to_string());
+        let name =
+            Spi::get_one_with_args::<String>("SELECT $1::regprocedure::text", &[fn_oid.into()])?
+                .unwrap_or_else(|| fn_oid.to_u32().to_string());
         return Err(EventicError::not_allowed(
             format!("permission denied to schedule a call of function {name}"),
             "A schedule's ticks run as the role that created it: it needs EXECUTE on the function.",
@@ -247,7 +248,10 @@ fn unschedule(name: Option<&str>) -> bool {
             });
         }
         as_extension_owner(|| {
-            Spi::run_with_args("DELETE FROM eventic.schedule_entries WHERE name = $1", &[name.into()])?;
+            Spi::run_with_args(
+                "DELETE FROM eventic.schedule_entries WHERE name = $1",
+                &[name.into()],
+            )?;
             Ok(true)
         })
     })()
@@ -301,7 +305,8 @@ fn installed() -> bool {
 
 /// The due schedules (at most 100 per pass), locked (a mutating plan, so a fresh snapshot, run by `select`: no
 /// transaction id while none is due).
-const DUE: &str = "SELECT name, cron, timezone, fn::oid, args, queue_name, workflow, skip_missed, owner::oid
+const DUE: &str =
+    "SELECT name, cron, timezone, fn::oid, args, queue_name, workflow, skip_missed, owner::oid
                      FROM eventic.schedule_entries
                     WHERE next_run <= pg_catalog.clock_timestamp()
                     ORDER BY next_run LIMIT 100 FOR UPDATE SKIP LOCKED";
@@ -321,7 +326,9 @@ fn fire() -> Result<Option<std::time::Instant>> {
                 cron: row.get::<String>(2)?.unwrap_or_default(),
                 timezone: row.get::<String>(3)?.unwrap_or_default(),
                 fn_oid: row.get::<pg_sys::Oid>(4)?.unwrap_or(pg_sys::InvalidOid),
-                args: row.get::<JsonB>(5)?.map_or(serde_json::Value::Null, |j| j.0),
+                args: row
+                    .get::<JsonB>(5)?
+                    .map_or(serde_json::Value::Null, |j| j.0),
                 queue: row.get::<String>(6)?,
                 workflow: row.get::<bool>(7)?.unwrap_or(false),
                 skip_missed: row.get::<bool>(8)?.unwrap_or(false),
@@ -357,7 +364,10 @@ fn fire_one(schedule: &Due, now: i64, started_micros: i64) -> Result<()> {
         Ok(times) => times,
         Err(err) => {
             // (only a pattern that stopped matching, or another crate version's parse)
-            pgrx::warning!("eventic: schedule {:?} is tried again in an hour: {err}", schedule.name);
+            pgrx::warning!(
+                "eventic: schedule {:?} is tried again in an hour: {err}",
+                schedule.name
+            );
             (i64::MIN, now + 3600)
         }
     };
@@ -397,7 +407,10 @@ fn fire_one(schedule: &Due, now: i64, started_micros: i64) -> Result<()> {
 }
 
 fn tick_text(tick: i64) -> String {
-    DateTime::<Utc>::from_timestamp(tick, 0).map_or_else(|| tick.to_string(), |at| at.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+    DateTime::<Utc>::from_timestamp(tick, 0).map_or_else(
+        || tick.to_string(),
+        |at| at.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+    )
 }
 
 /// Enqueue one tick as the schedule's owner, through the same SQL functions the owner would

@@ -86,8 +86,11 @@ impl Entry {
     /// starts the counts afresh.
     fn advance(&self, rate: Rate, now: i64) {
         if self.slice_nanos.load(Ordering::Relaxed) != rate.slice_nanos() {
-            self.slice_nanos.store(rate.slice_nanos(), Ordering::Relaxed);
-            self.counts.iter().for_each(|c| c.store(0, Ordering::Relaxed));
+            self.slice_nanos
+                .store(rate.slice_nanos(), Ordering::Relaxed);
+            self.counts
+                .iter()
+                .for_each(|c| c.store(0, Ordering::Relaxed));
             self.current.store(now, Ordering::Relaxed);
             return;
         }
@@ -160,7 +163,10 @@ fn entry(queue_name: &str) -> &'static Entry {
     let start = (key % ENTRIES as u64) as usize;
     for probe in 0..ENTRIES {
         let entry = &entries[(start + probe) % ENTRIES];
-        match entry.key.compare_exchange(0, key, Ordering::AcqRel, Ordering::Acquire) {
+        match entry
+            .key
+            .compare_exchange(0, key, Ordering::AcqRel, Ordering::Acquire)
+        {
             Ok(_) => return entry,
             Err(found) if found == key => return entry,
             Err(_) => {}
@@ -175,11 +181,18 @@ fn entry(queue_name: &str) -> &'static Entry {
         static OVERFLOW: std::cell::RefCell<std::collections::HashMap<u64, &'static Entry>> =
             std::cell::RefCell::new(std::collections::HashMap::new());
     }
-    OVERFLOW.with(|o| *o.borrow_mut().entry(key).or_insert_with(|| Box::leak(Box::new(Entry::new()))))
+    OVERFLOW.with(|o| {
+        *o.borrow_mut()
+            .entry(key)
+            .or_insert_with(|| Box::leak(Box::new(Entry::new())))
+    })
 }
 
 fn monotonic_nanos() -> i64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime with a valid clock id and a valid pointer; CLOCK_MONOTONIC is one
     // clock for every process of the machine.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
@@ -197,7 +210,11 @@ pub struct Grant {
 /// Take up to `wanted` starts of `queue_name` now.
 pub fn take(queue_name: &str, rate: Rate, wanted: i64) -> Grant {
     if wanted <= 0 {
-        return Grant { granted: 0, slice: 0, retry_at: None };
+        return Grant {
+            granted: 0,
+            slice: 0,
+            retry_at: None,
+        };
     }
     let entry = entry(queue_name);
     let nanos = monotonic_nanos();
@@ -206,18 +223,35 @@ pub fn take(queue_name: &str, rate: Rate, wanted: i64) -> Grant {
     entry.locked(|| {
         entry.advance(rate, now);
         let window = (now - SLICES)..=now;
-        let used: i64 = window.clone().map(|s| i64::from(entry.count(s).load(Ordering::Relaxed))).sum();
+        let used: i64 = window
+            .clone()
+            .map(|s| i64::from(entry.count(s).load(Ordering::Relaxed)))
+            .sum();
         let granted = wanted.min(rate.limit - used).max(0);
         if granted > 0 {
             let count = entry.count(now);
-            count.store(count.load(Ordering::Relaxed).saturating_add(granted as u32), Ordering::Relaxed);
-            return Grant { granted, slice: now, retry_at: None };
+            count.store(
+                count.load(Ordering::Relaxed).saturating_add(granted as u32),
+                Ordering::Relaxed,
+            );
+            return Grant {
+                granted,
+                slice: now,
+                retry_at: None,
+            };
         }
         // the oldest slice that counts leaves the window at its start + SLICES + 1 slices
-        let oldest = window.clone().find(|s| entry.count(*s).load(Ordering::Relaxed) > 0).unwrap_or(now);
+        let oldest = window
+            .clone()
+            .find(|s| entry.count(*s).load(Ordering::Relaxed) > 0)
+            .unwrap_or(now);
         let free_at = (oldest + SLICES + 1) * slice_nanos;
         let wait = Duration::from_nanos((free_at - nanos).max(0) as u64);
-        Grant { granted: 0, slice: now, retry_at: Some(Instant::now() + wait) }
+        Grant {
+            granted: 0,
+            slice: now,
+            retry_at: Some(Instant::now() + wait),
+        }
     })
 }
 
