@@ -138,14 +138,18 @@ def test_rate_limit_50_per_second_over_500_jobs_with_two_workers(cluster, db):
         with conn.transaction():
             conn.execute("SELECT count(*) FROM eventic.enqueue_batch('limited', 'started(int)',"
                          " ARRAY(SELECT jsonb_build_array(g) FROM generate_series(1, 500) g))")
-        assert wait_until(lambda: conn.execute("SELECT count(*) FROM starts").fetchone()[0] >= 500, timeout=40)
+        count = lambda: conn.execute("SELECT count(*) FROM starts").fetchone()[0]  # noqa: E731
+        assert wait_until(lambda: count() >= 500, timeout=40), f"{count()} of 500 jobs ran in 40 s"
         took = time.monotonic() - began
         assert took >= 9.0, f"500 jobs at 50/s took {took:.2f} s"
-        # no second-long window holds more than 50 starts
+        # no second-long window holds more than 50 starts: the limit counts claims, and a job
+        # runs a little after its claim (after the jobs claimed with it; longer on a loaded
+        # machine), so windows of 0.9 s of run times leave it 100 ms (a token bucket would let
+        # 95 start in 0.9 s after a quiet spell, fixed windows 100 around a boundary)
         busiest = conn.execute("""SELECT max((SELECT count(*) FROM starts s2
-                                              WHERE s2.at >= s1.at AND s2.at < s1.at + interval '1 second'))
+                                              WHERE s2.at >= s1.at AND s2.at < s1.at + interval '0.9 second'))
                                     FROM starts s1""").fetchone()[0]
-        assert busiest <= 50, f"{busiest} jobs started within one second"
+        assert busiest <= 50, f"{busiest} jobs started within 0.9 s"
         pids = conn.execute("SELECT count(DISTINCT pid) FROM starts").fetchone()[0]
         assert pids == 2, f"jobs ran in {pids} worker(s)"
         # removed: the rest runs at once
@@ -156,8 +160,9 @@ def test_rate_limit_50_per_second_over_500_jobs_with_two_workers(cluster, db):
         with conn.transaction():
             conn.execute("SELECT count(*) FROM eventic.enqueue_batch('limited', 'started(int)',"
                          " ARRAY(SELECT jsonb_build_array(g) FROM generate_series(1, 500) g))")
-        assert wait_until(lambda: conn.execute("SELECT count(*) FROM starts").fetchone()[0] >= 1000, timeout=20)
-        assert time.monotonic() - began < 5
+        assert wait_until(lambda: count() >= 1000, timeout=20), f"{count() - 500} of 500 jobs ran in 20 s"
+        took = time.monotonic() - began
+        assert took < 6, f"500 jobs without the limit took {took:.2f} s"
 
 
 def test_rate_limit_counts_external_consumers_too(cluster, db):
