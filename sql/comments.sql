@@ -34,7 +34,7 @@ COMMENT ON FUNCTION eventic.catalog_changed() IS 'Trigger: a change of eventic.c
 
 -- queues
 COMMENT ON FUNCTION eventic.create_queue(text, boolean) IS 'Create a queue (table eventic.queue_<name>); idempotent';
-COMMENT ON FUNCTION eventic.alter_queue(text, integer, boolean, boolean) IS 'Change a queue''s concurrency, paused and worker flags';
+COMMENT ON FUNCTION eventic.alter_queue(text, integer, boolean, boolean, integer, interval) IS 'Change a queue''s concurrency, paused and worker flags, and its rate limit (rate_limit jobs start per rate_period at most; 0 removes it)';
 COMMENT ON FUNCTION eventic.drop_queue(text) IS 'Drop a queue and its jobs';
 COMMENT ON FUNCTION eventic._enqueue(text, oid, jsonb, timestamptz, integer, text, integer, oid) IS 'Internal: eventic.enqueue';
 COMMENT ON FUNCTION eventic.run_pending(text, integer) IS 'Run ready jobs in this session (each as its enqueuer); returns how many ran';

@@ -17,6 +17,7 @@ pub mod queues;
 pub mod raw_jsonb;
 pub mod records;
 pub mod roles;
+pub mod schedules;
 pub mod settings;
 pub mod spi_plans;
 pub mod subxact;
@@ -78,6 +79,11 @@ extension_sql_file!(
     "../sql/metrics.sql",
     name = "metrics_schema",
     requires = ["queues_schema", "workflows_schema", metrics::worker_liveness]
+);
+extension_sql_file!(
+    "../sql/schedules.sql",
+    name = "schedules_schema",
+    requires = ["workflows_schema"]
 );
 extension_sql_file!("../sql/comments.sql", name = "comments", finalize);
 

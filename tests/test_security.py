@@ -709,6 +709,29 @@ def _(t):
     t.expect_effect("job", 3)
 
 
+@trap_case("schedule")
+def _(t):
+    t.queue()
+    t.arm()
+    t.ok("SELECT eventic.schedule('as', '* * * * * *', 'attacker.job(integer)', '[1]', queue => 'aq')")
+    t.ok("SELECT eventic.schedule('as', '* * * * * *', 'attacker.job(integer)', '[2]', queue => 'aq',"
+         " timezone => 'Europe/Berlin', skip_missed => true)")   # replaced
+    # the worker fires ticks as the attacker (whose job leaves the trap path in the worker)
+    wait_until(lambda: one(t.pg, "SELECT count(*) FROM public.effects WHERE what = 'job'") >= 2,
+               timeout=6, interval=0.1)
+    t.ok("SELECT eventic.unschedule('as')")
+    t.expect_effect("job", 2)
+
+
+@trap_case("unschedule")
+def _(t):
+    t.ok("SELECT eventic.schedule('us', '0 0 1 1 *', 'attacker.job(integer)', '[1]')")
+    t.arm()
+    t.ok("SELECT eventic.unschedule('us')")
+    if one(t.pg, "SELECT count(*) FROM eventic.schedules WHERE name = 'us'") != 0:
+        t.problems.append("unschedule left the schedule")
+
+
 @trap_case("run_pending")
 def _(t):
     t.queue(worker=False)
@@ -1809,6 +1832,68 @@ def test_external_workflow_is_never_run_by_the_worker(env):
     assert one(env.pg, "SELECT coalesce(sum(ready + scheduled + running), 0) FROM eventic.queue_stats") == 0
     assert one(v, "SELECT name FROM eventic.workflows") == "v.body"
 
+def test_schedules_of_another_role_are_invisible_and_untouchable(env):
+    """The attacker sees none of the victim's schedules (view or table), cannot remove them
+    (42704, as if they did not exist) nor take over their name (42501); the victim's ticks
+    run as the victim."""
+    v = env.as_victim()
+    v.execute("""CREATE FUNCTION victim.job(n integer) RETURNS void LANGUAGE sql
+                 AS $$ INSERT INTO public.effects (who, what) VALUES (current_user, 'victim-tick') $$""")
+    v.execute("SELECT eventic.schedule('nightly', '* * * * * *', 'victim.job(integer)', '[7]')")
+    a = env.as_attacker(trapped=True)
+    a.execute("""CREATE FUNCTION attacker.job(n integer) RETURNS void LANGUAGE sql
+                 AS $$ INSERT INTO public.effects (who, what) VALUES (current_user, 'attacker-tick') $$""")
+    problems = []
+    seen = (one(a, "SELECT count(*) FROM eventic.schedules"),
+            one(a, "SELECT count(*) FROM eventic.schedule_entries"))
+    if seen != (0, 0):
+        problems.append(f"the attacker sees the victim's schedules (view, table): {seen}")
+    state = sqlstate(a, "SELECT eventic.unschedule('nightly')")
+    if state != UNDEFINED:
+        problems.append(f"unschedule of the victim's schedule: {state or 'succeeded'}")
+    state = sqlstate(a, "SELECT eventic.schedule('nightly', '* * * * * *', 'attacker.job(integer)', '[1]')")
+    if state != DENIED:
+        problems.append(f"schedule with the victim's schedule name: {state or 'succeeded'}")
+    if state is None:
+        a.execute("SELECT eventic.unschedule('nightly')")
+    wait_until(lambda: one(env.pg, "SELECT count(*) FROM public.effects") >= 2, timeout=6, interval=0.1)
+    ran = rows(env.pg, "SELECT who::text, what, count(*) FROM public.effects GROUP BY 1, 2 ORDER BY 1, 2")
+    if [(who, what) for who, what, _ in ran] != [(env.victim, "victim-tick")]:
+        problems.append(f"ticks after the attack (role, what, count): {ran}")
+    if one(env.pg, "SELECT owner::text FROM eventic.schedules WHERE name = 'nightly'") != env.victim:
+        problems.append("the victim's schedule changed hands")
+    assert_no_trap_crossed(env.pg, env.attacker, "schedules of another role")
+    assert not problems, "\n".join(problems)
+
+
+def test_schedule_needs_execute_and_each_tick_checks_it_again(env):
+    """A schedule of a function the role may not EXECUTE is refused (42501); a schedule whose
+    EXECUTE is revoked afterwards runs no more ticks (each tick is enqueued as its owner)."""
+    pg = env.pg
+    pg.execute("""CREATE FUNCTION public.guarded(n integer) RETURNS void LANGUAGE sql
+                  AS $$ INSERT INTO public.effects (who, what) VALUES (current_user, 'guarded') $$""")
+    pg.execute("REVOKE EXECUTE ON FUNCTION public.guarded(integer) FROM PUBLIC")
+    a = env.as_attacker()
+    problems = []
+    state = sqlstate(a, "SELECT eventic.schedule('g', '* * * * * *', 'public.guarded(integer)', '[1]')")
+    if state != DENIED:
+        problems.append(f"schedule without EXECUTE: {state or 'succeeded'}")
+    pg.execute(sql.SQL("GRANT EXECUTE ON FUNCTION public.guarded(integer) TO {}").format(sql.Identifier(env.attacker)))
+    a.execute("SELECT eventic.schedule('g', '* * * * * *', 'public.guarded(integer)', '[1]')")
+    if not wait_until(lambda: one(pg, "SELECT count(*) FROM public.effects") >= 1, timeout=5, interval=0.1):
+        problems.append("the granted schedule did not run")
+    pg.execute(sql.SQL("REVOKE EXECUTE ON FUNCTION public.guarded(integer) FROM {}").format(sql.Identifier(env.attacker)))
+    time.sleep(0.5)   # a job enqueued before the REVOKE may still run (and fail)
+    before = one(pg, "SELECT count(*) FROM public.effects")
+    time.sleep(2.5)
+    after = one(pg, "SELECT count(*) FROM public.effects")
+    if after != before:
+        problems.append(f"{after - before} ticks ran after EXECUTE was revoked")
+    who = rows(pg, "SELECT DISTINCT who::text FROM public.effects")
+    if who not in ([(env.attacker,)], []):
+        problems.append(f"ticks ran as {who}")
+    assert not problems, "\n".join(problems)
+
 
 # ---------------------------------------------------------------------------------------------
 # 13. DROP ROLE and ownership by OID
@@ -1821,6 +1906,9 @@ OWNED = {
     "queue": ("SELECT eventic.create_queue('owned')",
               ["SELECT eventic.alter_queue('owned', paused => true)", "SELECT eventic.drop_queue('owned')"],
               (DENIED, UNDEFINED)),
+    "schedule": ("SELECT eventic.schedule('owned-s', '0 0 1 1 *', 'public.owned_flow(jsonb)', '{}', workflow => true)",
+                 ["SELECT eventic.unschedule('owned-s')"],
+                 (DENIED, UNDEFINED)),
     "workflow": ("SELECT eventic.start_workflow('public.owned_flow(jsonb)', '{}', 'owned-wf')",
                  ["SELECT eventic.cancel_workflow('owned-wf')", "SELECT eventic.send('owned-wf', 'go', '1')"],
                  (DENIED, NO_DATA)),

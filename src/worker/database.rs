@@ -132,7 +132,7 @@ impl Worker {
                 Some(Pass::Ran(_)) => {
                     compact_empty_queues();
                     set_activity(pg_sys::BackendState::STATE_IDLE, "eventic: waiting for jobs");
-                    wait(poll_interval());
+                    wait(super::alarm::bounded(poll_interval()));
                 }
                 Some(Pass::Paused(why)) => {
                     set_activity(
@@ -143,7 +143,7 @@ impl Worker {
                         },
                     );
                     self.set_paused(Some(why));
-                    wait(poll_interval().min(PAUSE_CHECK_INTERVAL));
+                    wait(super::alarm::bounded(poll_interval().min(PAUSE_CHECK_INTERVAL)));
                 }
                 Some(Pass::NoExtension) => {
                     if let (Some(entry), Some(requests)) = (entry, requests) {
@@ -202,6 +202,11 @@ impl Worker {
             None => {
                 let ran = drain_database(JOBS_PER_TRANSACTION);
                 crate::workflows::retention::prune_if_due();
+                // after the drain: before it, a slow first look at the schedules let the
+                // queue list (a fresh snapshot) name a queue that queues::lookup (the pass's
+                // snapshot) then cached as missing. A tick enqueued here wakes the workers at
+                // commit.
+                crate::schedules::fire_due();
                 Pass::Ran(ran)
             }
         }
