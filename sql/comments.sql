@@ -80,6 +80,9 @@ BEGIN
     END LOOP;
 END
 $$;
+-- except the write a Citus coordinator ships to the node holding a record: Citus runs it there
+-- as the calling role, which must be allowed to (it refuses to run anywhere else)
+GRANT EXECUTE ON FUNCTION eventic._write_on_shard(uuid, text, text, jsonb, text[], jsonb, text[], boolean, integer, boolean) TO PUBLIC;
 
 -- with eventic preloaded, this database gets its workers as soon as CREATE EXTENSION commits
 SELECT eventic._request_workers();

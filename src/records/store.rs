@@ -260,24 +260,42 @@ pub fn existing_version(id: Uuid, wanted: i32) -> Result<VersionRow> {
     }
 }
 
-const INSERT_FIRST: &str = "INSERT INTO eventic.records \
+macro_rules! insert_first_sql {
+    () => {
+        "INSERT INTO eventic.records \
        (version_id, id, version, class_type, data, created_at, created_by, deleted) \
      VALUES ($1, $2, 0, $3, $4, clock_timestamp(), current_user, false) \
-     ON CONFLICT (id, version) DO NOTHING RETURNING version";
+     ON CONFLICT (id, version) DO NOTHING RETURNING version"
+    };
+}
+const INSERT_FIRST: &str = insert_first_sql!();
+/// On a Citus shard: an `INSERT ... ON CONFLICT DO NOTHING RETURNING` that skips its row
+/// reports one row processed and returns none, which SPI rejects ("consistency check on SPI
+/// tuple count failed"); as a CTE under a SELECT it returns one row, NULL when skipped.
+const INSERT_FIRST_CITUS: &str = concat!(
+    "WITH appended AS (",
+    insert_first_sql!(),
+    ") SELECT (SELECT version FROM appended)"
+);
 
 /// Append version 0 of a new record.
 pub fn insert_first(id: Uuid, class_name: &str, data: Map<String, Value>) -> Result<()> {
+    if crate::citus::forwards()? {
+        return crate::citus::insert_first(id, class_name, data);
+    }
     let _own = OwnWrite::begin();
     crate::outbox::discard();
     let inserted = Spi::connect_mut(|client| -> Result<bool> {
-        let stmt = plan(client, INSERT_FIRST, &[UUID, UUID, TEXT, JSONB], true)?;
+        let sql = if crate::citus::on_shard() { INSERT_FIRST_CITUS } else { INSERT_FIRST };
+        let stmt = plan(client, sql, &[UUID, UUID, TEXT, JSONB], true)?;
         let args = [
             new_uuid_v7().into(),
             id.into(),
             class_name.into(),
             JsonB(Value::Object(data)).into(),
         ];
-        Ok(!client.update(&*stmt, None, &args)?.is_empty())
+        let mut rows = client.update(&*stmt, None, &args)?;
+        Ok(rows.next().is_some_and(|row| matches!(row.get::<i32>(1), Ok(Some(_)))))
     })?;
     if inserted {
         crate::outbox::publish()
@@ -296,7 +314,9 @@ pub fn insert_first(id: Uuid, class_name: &str, data: Map<String, Value>) -> Res
 /// Parameters: $1 id, $2 fields to set (object), $3 fields to remove, $4 properties to set,
 /// $5 properties to remove, $6 tombstone, $7 new version_id, $8 expected version (NULL: any),
 /// $9 revive a deleted record, $10/$11 one field name and value to set (instead of $2).
-const APPEND_NEXT: &str = "INSERT INTO eventic.records
+macro_rules! append_next_sql {
+    () => {
+        "INSERT INTO eventic.records
        (version_id, id, version, class_type, data, created_at, created_by, deleted)
 SELECT $7, $1, cur.version + 1, cur.class_type, nxt.data, clock_timestamp(), current_user, $6
   FROM (SELECT version, class_type, data, deleted
@@ -318,7 +338,16 @@ SELECT $7, $1, cur.version + 1, cur.class_type, nxt.data, clock_timestamp(), cur
    AND ($8::int4 IS NULL OR cur.version = $8)
    AND ($6 OR cur.deleted OR nxt.data <> cur.data)
     ON CONFLICT (id, version) DO NOTHING
-RETURNING version";
+RETURNING version"
+    };
+}
+const APPEND_NEXT: &str = append_next_sql!();
+/// On a Citus shard (see [`INSERT_FIRST_CITUS`]).
+const APPEND_NEXT_CITUS: &str = concat!(
+    "WITH appended AS (",
+    append_next_sql!(),
+    ") SELECT (SELECT version FROM appended)"
+);
 
 /// The fields a write sets.
 pub enum FieldValues {
@@ -379,6 +408,9 @@ fn lock_current(id: Uuid) -> Result<Option<i32>> {
 /// Apply `change` to the latest version of `id` and return the resulting version number.
 /// A change that alters nothing writes nothing and returns the current version.
 pub fn append(id: Uuid, change: Change, expected_version: Option<i32>) -> Result<i32> {
+    if crate::citus::forwards()? {
+        return crate::citus::append(id, change, expected_version);
+    }
     let _own = OwnWrite::begin();
     let revive = change.revive;
     // the statement's arguments, converted once for both attempts below
@@ -441,9 +473,10 @@ pub fn append(id: Uuid, change: Change, expected_version: Option<i32>) -> Result
 fn append_next(args: &[DatumWithOid]) -> Result<Option<i32>> {
     crate::outbox::discard();
     let appended = Spi::connect_mut(|client| -> Result<Option<i32>> {
+        let sql = if crate::citus::on_shard() { APPEND_NEXT_CITUS } else { APPEND_NEXT };
         let stmt = plan(
             client,
-            APPEND_NEXT,
+            sql,
             &[
                 UUID, JSONB, TEXT_ARRAY, JSONB, TEXT_ARRAY, BOOL, UUID, INT4, BOOL, TEXT, JSONB,
             ],
@@ -478,6 +511,9 @@ const DELETE_ALL: &str = "DELETE FROM eventic.records WHERE id = $1";
 
 /// Remove every version of `id`; the number removed.
 pub fn delete_all(id: Uuid) -> Result<i64> {
+    if crate::citus::forwards()? {
+        return crate::citus::delete_all(id);
+    }
     // with the latest version locked no writer can append one this DELETE would not see
     lock_current(id)?;
     let _own = OwnWrite::begin();
