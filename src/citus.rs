@@ -143,7 +143,9 @@ fn ship(id: Uuid, write: Shipped<'_>) -> Result<Value> {
         let stmt = plan(
             client,
             FORWARD,
-            &[UUID, TEXT, TEXT, JSONB, TEXT_ARRAY, JSONB, TEXT_ARRAY, BOOL, INT4, BOOL],
+            &[
+                UUID, TEXT, TEXT, JSONB, TEXT_ARRAY, JSONB, TEXT_ARRAY, BOOL, INT4, BOOL,
+            ],
             true,
         )?;
         let mut rows = client.update(&*stmt, None, &args)?;
@@ -153,7 +155,9 @@ fn ship(id: Uuid, write: Shipped<'_>) -> Result<Value> {
         })
     })?;
     let Some(JsonB(Value::Object(mut answer))) = answer else {
-        return Err(EventicError::Internal("eventic._write_on_shard returned nothing".into()));
+        return Err(EventicError::Internal(
+            "eventic._write_on_shard returned nothing".into(),
+        ));
     };
     if let Some(event) = answer.remove("event").filter(|e| !e.is_null()) {
         publish(event)?;
@@ -163,12 +167,16 @@ fn ship(id: Uuid, write: Shipped<'_>) -> Result<Value> {
 
 const TEXT_ARRAY: pgrx::pg_sys::PgOid =
     pgrx::pg_sys::PgOid::BuiltIn(pgrx::pg_sys::PgBuiltInOids::TEXTARRAYOID);
-const INT4: pgrx::pg_sys::PgOid = pgrx::pg_sys::PgOid::BuiltIn(pgrx::pg_sys::PgBuiltInOids::INT4OID);
+const INT4: pgrx::pg_sys::PgOid =
+    pgrx::pg_sys::PgOid::BuiltIn(pgrx::pg_sys::PgBuiltInOids::INT4OID);
 
 /// Enqueue, on this node, the outbox event a shard's write produced (its class's subscribers
 /// as this node knows them).
 fn publish(event: Value) -> Result<()> {
-    let class_type = event.get("class_type").and_then(Value::as_str).unwrap_or_default();
+    let class_type = event
+        .get("class_type")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     let Some(class) = crate::classes::cache::lookup(class_type)? else {
         return Ok(());
     };
@@ -192,7 +200,13 @@ pub fn insert_first(id: Uuid, class_name: &str, data: Map<String, Value>) -> Res
     let fields = JsonB(Value::Object(data)).into();
     ship(
         id,
-        Shipped { op: "create", class_type: Some(class_name), fields, change: None, expected: None },
+        Shipped {
+            op: "create",
+            class_type: Some(class_name),
+            fields,
+            change: None,
+            expected: None,
+        },
     )
     .map(drop)
 }
@@ -212,7 +226,12 @@ pub fn append(id: Uuid, change: Change, expected_version: Option<i32>) -> Result
         op: "append",
         class_type: None,
         fields,
-        change: Some((change.removed, change.properties, change.tombstone, change.revive)),
+        change: Some((
+            change.removed,
+            change.properties,
+            change.tombstone,
+            change.revive,
+        )),
         expected: expected_version,
     };
     ship(id, write).map(as_version)
@@ -306,7 +325,9 @@ fn write_on_shard(
             other => return Err(EventicError::Internal(format!("unknown write {other:?}"))),
         };
         let event = crate::outbox::take_event().unwrap_or(Value::Null);
-        Ok(JsonB(serde_json::json!({ "result": result, "event": event })))
+        Ok(JsonB(
+            serde_json::json!({ "result": result, "event": event }),
+        ))
     })()
     .or_report()
 }
