@@ -112,8 +112,13 @@ fn records_distributed() -> Result<bool> {
 }
 
 /// The router query: the subquery pins it to the shard of `$1` (an aggregate, so it yields
-/// one row whether the record exists or not), and Citus sends it whole to that node.
-const FORWARD: &str = "SELECT eventic._write_on_shard($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+/// one row whether the record exists or not), and Citus sends it whole to that node. The
+/// UPDATE that matches nothing tells Citus the statement writes: a plain SELECT would run
+/// outside the caller's transaction on the worker (committed there at once, kept when the
+/// caller rolls back) and never take part in two-phase commit.
+const FORWARD: &str = "WITH writes AS (UPDATE eventic.records SET version = version \
+                                     WHERE id = $1 AND false RETURNING 1) \
+     SELECT eventic._write_on_shard($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
        FROM (SELECT count(*) FROM eventic.records WHERE id = $1) shard";
 
 /// One write as [`write_on_shard`] takes it.

@@ -254,6 +254,38 @@ def test_outbox_and_a_job_writing_records_on_both_workers_run_once(app):
         assert app.execute("SELECT eventic.hydrate(%s)->>'n'", (rid,)).fetchone() == ("1",)
 
 
+def test_a_failing_transaction_leaves_no_write_on_any_worker(app):
+    """Shipped writes are part of the caller's transaction: a statement, a transaction block
+    and a job that fail after writing records on both workers leave none of their versions."""
+    cls = new_class(app)
+    ids = ids_on_both_workers(app, cls)
+    a, b = ids[PORT + 1][0], ids[PORT + 2][0]
+    app.execute(
+        "CREATE OR REPLACE FUNCTION bump_then_fail(a uuid, b uuid) RETURNS void LANGUAGE plpgsql AS $$"
+        " BEGIN PERFORM eventic.set_field(a, 'n', '1'); PERFORM eventic.set_field(b, 'n', '1');"
+        " RAISE EXCEPTION 'after the writes'; END $$")
+    with pytest.raises(psycopg.errors.RaiseException):
+        app.execute("SELECT bump_then_fail(%s, %s)", (a, b))
+    with pytest.raises(psycopg.errors.RaiseException):
+        with app.transaction():
+            app.execute("SELECT eventic.set_field(%s, 'n', '2')", (a,))
+            app.execute("SELECT eventic.set_field(%s, 'n', '2')", (b,))
+            app.execute("SELECT bump_then_fail(%s, %s)", (a, b))
+    app.execute("SELECT eventic.create_queue('citus_failing')")
+    app.execute("SELECT eventic.enqueue('citus_failing', 'bump_then_fail(uuid,uuid)', %s, max_attempts => 1)",
+                (Jsonb([str(a), str(b)]),))
+    assert wait_until(lambda: app.execute(
+        "SELECT dead FROM eventic.queue_stats WHERE queue_name = 'citus_failing'").fetchone() == (1,))
+    assert app.execute("SELECT count(*) FROM eventic.records WHERE id IN (%s, %s) AND version > 0",
+                       (a, b)).fetchone() == (0,)
+    # and a transaction that commits writes on both workers keeps both
+    with app.transaction():
+        app.execute("SELECT eventic.set_field(%s, 'n', '3')", (a,))
+        app.execute("SELECT eventic.set_field(%s, 'n', '3')", (b,))
+    assert app.execute("SELECT count(*) FROM eventic.records WHERE id IN (%s, %s) AND version = 1",
+                       (a, b)).fetchone() == (2,)
+
+
 def test_workflow_steps_write_records_on_both_workers_once(app):
     cls = new_class(app)
     ids = ids_on_both_workers(app, cls)
