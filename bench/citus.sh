@@ -37,6 +37,20 @@ tps() { # tps HOST PORT SCRIPT CLIENTS
 }
 median() { tr ' ' '\n' | sort -n | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : int((a[NR / 2] + a[NR / 2 + 1]) / 2)}'; }
 
+# CPU time (ms) the server processes of cluster DIR used so far: the postmaster with its
+# exited children (cutime, cstime: pgbench's backends exit at the end of a run) and the
+# children still running (Citus's cached connections)
+cpu_ms() {
+    local pid tick total
+    pid=$(head -1 "$1/data/postmaster.pid")
+    tick=$(getconf CLK_TCK)
+    total=$(awk '{print $14 + $15 + $16 + $17}' "/proc/$pid/stat")
+    for p in $(pgrep -P "$pid"); do
+        total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
+    done
+    echo $((total * 1000 / tick))
+}
+
 printf '\n%-12s %8s %12s %12s %8s\n' benchmark clients single citus ratio
 for script in set_field.sql hydrate.sql; do
     for c in $BENCH_CLIENTS; do
@@ -51,3 +65,23 @@ for script in set_field.sql hydrate.sql; do
     done
 done
 echo "(tps, medians of $BENCH_ROUNDS interleaved ${BENCH_SECONDS}s runs; one $(nproc)-core machine running all four servers)"
+
+# where a distributed write spends its CPU: one more run of set_field at the largest client
+# count, the server processes' CPU time per transaction on each node
+c=${BENCH_CLIENTS##* }
+before=(); for n in single coord w1 w2; do before+=("$(cpu_ms "$dir-$n")"); done
+out=$(run_as_postgres "$PG_BIN/pgbench" -n -h "$dir-coord" -p "$port" -U postgres -f "$scripts/set_field.sql" \
+    -c "$c" -j "$c" -T "$BENCH_SECONDS" -M prepared bench 2>/dev/null)
+txns=$(echo "$out" | awk '/number of transactions actually processed/ {print $NF}')
+after=(); for n in single coord w1 w2; do after+=("$(cpu_ms "$dir-$n")"); done
+echo
+echo "set_field through the coordinator, $c clients, $txns transactions: server CPU per write"
+for i in 1 2 3; do
+    printf '  %-6s %6.3f ms\n' "$(echo coord w1 w2 | cut -d' ' -f$i)" \
+        "$(awk -v a="${after[$i]}" -v b="${before[$i]}" -v t="$txns" 'BEGIN {print (a - b) / t}')"
+done
+single_txns=$(run_as_postgres "$PG_BIN/pgbench" -n -h "$dir-single" -p "$single" -U postgres -f "$scripts/set_field.sql" \
+    -c "$c" -j "$c" -T "$BENCH_SECONDS" -M prepared bench 2>/dev/null | awk '/number of transactions actually processed/ {print $NF}')
+s_after=$(cpu_ms "$dir-single")
+printf '  %-6s %6.3f ms (the single node, %s transactions)\n' single \
+    "$(awk -v a="$s_after" -v b="${after[0]}" -v t="$single_txns" 'BEGIN {print (a - b) / t}')" "$single_txns"

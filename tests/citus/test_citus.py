@@ -19,6 +19,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 
 import conftest  # noqa: E402
+from test_records_concurrency import run_threads  # noqa: E402
 
 PREFIX = os.environ.get("EVENTIC_CITUS_DIR", "/tmp/eventic-citus")
 PORT = int(os.environ.get("EVENTIC_CITUS_PORT", "5850"))
@@ -318,25 +319,16 @@ def test_eight_writers_keep_versions_contiguous(app):
     cls = new_class(app)
     (rid,) = app.execute("SELECT eventic.create(%s, '{}')", (cls,)).fetchone()
     returned = [[] for _ in range(WRITERS)]
-    errors = []
     start = threading.Barrier(WRITERS)
 
     def write(i):
-        try:
-            with connect(user="app") as conn:
-                start.wait()
-                for n in range(1, WRITES_EACH + 1):
-                    (v,) = conn.execute("SELECT eventic.set_field(%s, %s, %s)", (rid, f"w{i}", Jsonb(n))).fetchone()
-                    returned[i].append(v)
-        except Exception as exc:
-            errors.append(exc)
+        with connect(user="app") as conn:
+            start.wait()
+            for n in range(1, WRITES_EACH + 1):
+                (v,) = conn.execute("SELECT eventic.set_field(%s, %s, %s)", (rid, f"w{i}", Jsonb(n))).fetchone()
+                returned[i].append(v)
 
-    threads = [threading.Thread(target=write, args=(i,)) for i in range(WRITERS)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    run_threads(write, WRITERS)
     total = WRITERS * WRITES_EACH
     versions = [r[0] for r in app.execute("SELECT version FROM eventic.records WHERE id = %s ORDER BY version", (rid,))]
     assert versions == list(range(total + 1))
