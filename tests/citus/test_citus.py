@@ -133,6 +133,20 @@ def test_records_history_diff_as_of_and_latest(app):
     assert app.execute("SELECT count(*) FROM eventic.latest WHERE id = %s", (rid,)).fetchone() == (0,)
 
 
+def test_a_write_through_a_worker_of_a_class_with_subscribers_is_refused(app):
+    """Its outbox event would be enqueued on that worker, which has no queues: refused, with
+    nothing written (through the coordinator the same write works)."""
+    cls = new_class(app)
+    (rid,) = app.execute("SELECT eventic.create(%s, '{}')", (cls,)).fetchone()
+    app.execute(f"CREATE FUNCTION on_w_{cls.lower()}(event jsonb) RETURNS void LANGUAGE sql AS 'SELECT'")
+    app.execute(f"SELECT eventic.subscribe(%s, 'on_w_{cls.lower()}(jsonb)')", (cls,))
+    with worker(1, user="app") as conn:
+        with pytest.raises(psycopg.errors.UndefinedObject, match="queue"):
+            conn.execute("SELECT eventic.set_field(%s, 'n', '1')", (rid,))
+    assert app.execute("SELECT max(version) FROM eventic.records WHERE id = %s", (rid,)).fetchone() == (0,)
+    assert app.execute("SELECT eventic.set_field(%s, 'n', '1')", (rid,)).fetchone() == (1,)
+
+
 def test_direct_writes_to_records_are_refused_on_the_shards(app):
     cls = new_class(app)
     (rid,) = app.execute("SELECT eventic.create(%s, '{}')", (cls,)).fetchone()
@@ -315,14 +329,18 @@ WRITES_EACH = 40
 
 
 def test_eight_writers_keep_versions_contiguous(app):
-    """Eight writers through the coordinator, on one record: every version once, none lost."""
+    """Eight writers on one record, six through the coordinator and one on each worker (a
+    class without outbox subscribers can be written through any node): every version once,
+    none lost."""
     cls = new_class(app)
     (rid,) = app.execute("SELECT eventic.create(%s, '{}')", (cls,)).fetchone()
     returned = [[] for _ in range(WRITERS)]
     start = threading.Barrier(WRITERS)
 
+    nodes = [lambda: connect(user="app")] * 6 + [lambda: worker(1, user="app"), lambda: worker(2, user="app")]
+
     def write(i):
-        with connect(user="app") as conn:
+        with nodes[i]() as conn:
             start.wait()
             for n in range(1, WRITES_EACH + 1):
                 (v,) = conn.execute("SELECT eventic.set_field(%s, %s, %s)", (rid, f"w{i}", Jsonb(n))).fetchone()
