@@ -50,7 +50,7 @@ def citus():
     subprocess.run([str(ROOT / "scripts" / "citus"), "start", PREFIX, str(PORT), DB], check=True)
     try:
         with connect() as conn:
-            conn.execute("SELECT eventic.distribute()")
+            conn.execute("SELECT eventic.distribute(shard_count => 8)")
             # the application role (Citus connects to the workers as the same role: LOGIN)
             conn.execute("CREATE ROLE app LOGIN")
             conn.execute("GRANT CREATE ON SCHEMA public TO app")
@@ -98,6 +98,26 @@ def test_distribute_refuses_without_citus_off_the_coordinator_and_for_non_superu
             "SELECT partmethod FROM pg_dist_partition WHERE logicalrelid = 'eventic.records'::regclass"
         ).fetchone()
         assert placement == ("h",)
+        assert conn.execute(
+            "SELECT count(*) FROM pg_dist_shard WHERE logicalrelid = 'eventic.records'::regclass").fetchone() == (8,)
+        assert conn.execute(
+            "SELECT count(*) FROM pg_dist_partition WHERE logicalrelid = 'eventic.classes'::regclass"
+            " AND partmethod = 'n'").fetchone() == (1,)
+
+
+def test_reads_are_delegated_to_the_records_node(app):
+    cls = new_class(app)
+    (rid,) = app.execute("SELECT eventic.create(%s, '{}')", (cls,)).fetchone()
+    notices = []
+    app.add_notice_handler(lambda d: notices.append(d.message_primary))
+    app.execute("SET client_min_messages = debug1")
+    try:
+        for call in ("eventic.hydrate(%s)", "eventic.history(%s)", "eventic.list_properties(%s)"):
+            notices.clear()
+            app.execute(f"SELECT {call}", (rid,))
+            assert "pushing down the function call" in notices, (call, notices)
+    finally:
+        app.execute("RESET client_min_messages")
 
 
 def test_records_history_diff_as_of_and_latest(app):
