@@ -10,7 +10,8 @@
 //! its JSON Schema check (classes are a reference table, on every node). Only the outbox event
 //! travels back: queues live on the coordinator, where the caller publishes it.
 //!
-//! On a single node none of this runs: [`forwards`] is two thread-local reads.
+//! On a single node none of this runs: [`forwards`] is three thread-local reads (the state is
+//! looked up once per backend, and again after an invalidation of eventic.records).
 
 use std::cell::Cell;
 
