@@ -8,6 +8,7 @@
 use pgrx::prelude::*;
 
 pub mod catalog_cache;
+pub mod citus;
 pub mod classes;
 pub mod errors;
 pub mod metrics;
@@ -84,6 +85,11 @@ extension_sql_file!(
     "../sql/schedules.sql",
     name = "schedules_schema",
     requires = ["workflows_schema"]
+);
+extension_sql_file!(
+    "../sql/citus.sql",
+    name = "citus_schema",
+    requires = ["classes_schema", citus::write_on_shard]
 );
 extension_sql_file!("../sql/comments.sql", name = "comments", finalize);
 

@@ -555,6 +555,12 @@ def _(t):
     t.allow("SELECT eventic.purge(%s)", (rid,))          # the records' owner only
 
 
+@trap_case("distribute")
+def _(t):
+    t.arm()
+    t.allow("SELECT eventic.distribute()")          # superusers only (EXECUTE revoked): 42501
+
+
 @trap_case("prune")
 def _(t):
     rid = t.record()
