@@ -20,13 +20,13 @@ then times the drain; rounds are interleaved and the median is reported.
 import argparse
 import os
 import pathlib
-import statistics
-import subprocess
 import sys
 import threading
 import time
 
 import psycopg
+
+import pybench  # bench/pybench.py (the script's directory is on sys.path)
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "clients" / "python"))
@@ -111,40 +111,18 @@ def main():
     parser.add_argument("--dir", default="/tmp/eventic-bench-py")
     parser.add_argument("--port", type=int, default=5610)
     args = parser.parse_args()
-    cluster = None
-    url = args.dsn
-    if url is None:
-        cluster = args.dir
-        subprocess.run([str(ROOT / "scripts" / "cluster"), "start", cluster, str(args.port),
-                        "synchronous_commit = off", "full_page_writes = off", "shared_buffers = '256MB'"],
-                       check=True)
-        url = f"postgresql://postgres@/postgres?host={cluster}&port={args.port}"
-    try:
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute("CREATE EXTENSION IF NOT EXISTS eventic")
-            conn.execute("CREATE OR REPLACE FUNCTION noop() RETURNS void LANGUAGE sql AS ''")
-            conn.execute("SELECT eventic.create_queue('bench_sql')")
-            conn.execute("SELECT eventic.alter_queue('bench_sql', concurrency => %s)", (args.threads,))
-            conn.execute("SELECT eventic.create_queue('bench_ext', worker => false)")
-            conn.execute("SELECT eventic.create_queue('bench_py', worker => false)")
-            load_before = os.getloadavg()[0]
-            results = {name: [] for name in BENCHES}
-            for _ in range(args.rounds):
-                for name, bench in BENCHES.items():
-                    conn.execute("CHECKPOINT")
-                    results[name].append(bench(conn, url, args.jobs, args.threads))
-            load_after = os.getloadavg()[0]
-        floor = statistics.median(results["sql_consumer"])
-        print(f"{args.jobs} no-op jobs per round, {args.rounds} rounds, {args.threads} threads/connections/workers, "
-              f"{os.cpu_count()} CPUs, load average {load_before:.1f} before, {load_after:.1f} after")
-        print(f"{'bench':<15} {'jobs/s (median)':>16} {'rounds':>28} {'vs sql_consumer':>16}")
-        for name, rates in results.items():
-            rounds = " ".join(f"{r:,.0f}" for r in rates)
-            median = statistics.median(rates)
-            print(f"{name:<15} {median:>16,.0f} {rounds:>28} {median / floor:>16.2f}")
-    finally:
-        if cluster is not None:
-            subprocess.run([str(ROOT / "scripts" / "cluster"), "stop", cluster], check=True)
+    with pybench.database(args.dsn, args.dir, args.port) as url, psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS eventic")
+        conn.execute("CREATE OR REPLACE FUNCTION noop() RETURNS void LANGUAGE sql AS ''")
+        conn.execute("SELECT eventic.create_queue('bench_sql')")
+        conn.execute("SELECT eventic.alter_queue('bench_sql', concurrency => %s)", (args.threads,))
+        conn.execute("SELECT eventic.create_queue('bench_ext', worker => false)")
+        conn.execute("SELECT eventic.create_queue('bench_py', worker => false)")
+        results, load_before, load_after = pybench.rounds(
+            conn, BENCHES, args.rounds, lambda name, bench, r: bench(conn, url, args.jobs, args.threads))
+    print(f"{args.jobs} no-op jobs per round, {args.rounds} rounds, {args.threads} threads/connections/workers, "
+          f"{os.cpu_count()} CPUs, load average {load_before:.1f} before, {load_after:.1f} after")
+    pybench.print_table(results, "sql_consumer", "jobs/s")
 
 
 if __name__ == "__main__":

@@ -23,13 +23,13 @@ them succeeded; rounds are interleaved and the median is reported.
 import argparse
 import os
 import pathlib
-import statistics
-import subprocess
 import sys
 import threading
 import time
 
 import psycopg
+
+import pybench  # bench/pybench.py (the script's directory is on sys.path)
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "clients" / "python"))
@@ -148,40 +148,19 @@ def main():
     parser.add_argument("--dir", default="/tmp/eventic-bench-pywf")
     parser.add_argument("--port", type=int, default=5612)
     args = parser.parse_args()
-    cluster = None
-    url = args.dsn
-    if url is None:
-        cluster = args.dir
-        subprocess.run([str(ROOT / "scripts" / "cluster"), "start", cluster, str(args.port),
-                        "synchronous_commit = off", "full_page_writes = off", "shared_buffers = '256MB'"],
-                       check=True)
-        url = f"postgresql://postgres@/postgres?host={cluster}&port={args.port}"
-    try:
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute("CREATE EXTENSION IF NOT EXISTS eventic")
-            conn.execute(PREPARE)
-            conn.execute("SELECT eventic.start_workflow('wf_ten(jsonb)', '{}', 'warm-up')")  # makes the queue
-            conn.execute("SELECT eventic.wait_workflow('warm-up')")
-            Eventic.init("bench", url, pool_size=args.threads + 4)
-            load_before = os.getloadavg()[0]
-            results = {name: [] for name in BENCHES}
-            for r in range(args.rounds):
-                for name, bench in BENCHES.items():
-                    conn.execute("CHECKPOINT")
-                    results[name].append(bench(conn, url, args.workflows, args.threads, f"{name}-{r}-"))
-            load_after = os.getloadavg()[0]
-            Eventic.close()
-        floor = statistics.median(results["sql_floor"])
-        print(f"{args.workflows} workflows of 10 steps per round, {args.rounds} rounds, {args.threads} "
-              f"threads/connections, {os.cpu_count()} CPUs, load average {load_before:.1f} before, {load_after:.1f} after")
-        print(f"{'bench':<15} {'wf/s (median)':>14} {'rounds':>24} {'vs sql_floor':>13}")
-        for name, rates in results.items():
-            rounds = " ".join(f"{r:,.0f}" for r in rates)
-            median = statistics.median(rates)
-            print(f"{name:<15} {median:>14,.0f} {rounds:>24} {median / floor:>13.2f}")
-    finally:
-        if cluster is not None:
-            subprocess.run([str(ROOT / "scripts" / "cluster"), "stop", cluster], check=True)
+    with pybench.database(args.dsn, args.dir, args.port) as url, psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS eventic")
+        conn.execute(PREPARE)
+        conn.execute("SELECT eventic.start_workflow('wf_ten(jsonb)', '{}', 'warm-up')")  # makes the queue
+        conn.execute("SELECT eventic.wait_workflow('warm-up')")
+        Eventic.init("bench", url, pool_size=args.threads + 4)
+        results, load_before, load_after = pybench.rounds(
+            conn, BENCHES, args.rounds,
+            lambda name, bench, r: bench(conn, url, args.workflows, args.threads, f"{name}-{r}-"))
+        Eventic.close()
+    print(f"{args.workflows} workflows of 10 steps per round, {args.rounds} rounds, {args.threads} "
+          f"threads/connections, {os.cpu_count()} CPUs, load average {load_before:.1f} before, {load_after:.1f} after")
+    pybench.print_table(results, "sql_floor", "wf/s")
 
 
 if __name__ == "__main__":

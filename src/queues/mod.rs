@@ -73,7 +73,10 @@ pub fn lookup(queue_name: &str) -> Result<Rc<QueueInfo>> {
                     row.get::<pg_sys::Oid>(3)?.unwrap_or(pg_sys::InvalidOid),
                     match (row.get::<i64>(4)?, row.get::<i64>(5)?) {
                         (Some(limit), Some(period_nanos)) if limit > 0 && period_nanos > 0 => {
-                            Some(rate::Rate { limit, period_nanos })
+                            Some(rate::Rate {
+                                limit,
+                                period_nanos,
+                            })
                         }
                         _ => None,
                     },
@@ -90,11 +93,16 @@ pub fn lookup(queue_name: &str) -> Result<Rc<QueueInfo>> {
                     rate,
                 })
             });
-            QUEUES.with(|queues| {
-                queues
-                    .borrow_mut()
-                    .insert(generation, queue_name.to_string(), info.clone())
-            });
+            // a miss is not remembered: it may come from a snapshot older than the
+            // invalidation that brought this generation (a worker's pass that began before
+            // the queue's CREATE committed), and would then last until the next change
+            if info.is_some() {
+                QUEUES.with(|queues| {
+                    queues
+                        .borrow_mut()
+                        .insert(generation, queue_name.to_string(), info.clone())
+                });
+            }
             info
         }
     };
@@ -200,7 +208,15 @@ fn alter_queue_with_rate(
     rate_limit: Option<i32>,
     rate_period: Option<Interval>,
 ) {
-    alter(queue_name, concurrency, paused, worker, rate_limit, rate_period).or_report()
+    alter(
+        queue_name,
+        concurrency,
+        paused,
+        worker,
+        rate_limit,
+        rate_period,
+    )
+    .or_report()
 }
 
 fn alter(
@@ -248,7 +264,11 @@ fn alter(
     })?;
     // an unpaused queue (more concurrency, the worker turned on, another rate) runs its jobs
     // at commit, not at the next poll
-    if paused == Some(false) || worker == Some(true) || concurrency.is_some() || rate_limit.is_some() {
+    if paused == Some(false)
+        || worker == Some(true)
+        || concurrency.is_some()
+        || rate_limit.is_some()
+    {
         crate::worker::wake_worker_at_commit();
     }
     Ok(())
@@ -522,4 +542,3 @@ pub fn check_run_at(run_at: Option<TimestampWithTimeZone>) -> Result<()> {
 /// The most jobs one statement takes while draining (they run in groups of one function, or
 /// one by one, each group or job in its own subtransaction; their ends are written together).
 pub const CLAIM_BATCH: i64 = 512;
-

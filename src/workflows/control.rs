@@ -11,13 +11,18 @@ use crate::raw_jsonb::RawJsonb;
 use crate::roles::{as_extension_owner, current_role};
 
 use super::store::{
-    enqueue_run, external_schema, insert_workflow, load, load_state, result_of, set_status, State,
+    enqueue_run, external_schema, insert_workflow, load, load_state, refuse_taken_id, result_of,
+    set_status, State,
 };
 use super::{interval_seconds, negative, DEFAULT_QUEUE};
 
 /// Send `message` on `topic` to a workflow (it takes it with eventic.recv).
 #[pg_extern(volatile, parallel_unsafe)]
-fn send(workflow_id: Option<&str>, topic: Option<&str>, message: default!(Option<RawJsonb>, "NULL")) {
+fn send(
+    workflow_id: Option<&str>,
+    topic: Option<&str>,
+    message: default!(Option<RawJsonb>, "NULL"),
+) {
     (|| {
         let id = required(workflow_id, "workflow_id")?;
         let topic = required(topic, "topic")?;
@@ -306,17 +311,7 @@ fn start_workflow(
             None => crate::records::store::new_uuid_v7().to_string(),
         };
         if !insert_workflow(&id, Some(fn_oid), None, input, queue_name, current_role(), timeout, None)? {
-            // the id is taken: the same starter gets its workflow back (idempotency), another
-            // role is refused rather than handed someone else's workflow
-            if let Some(existing) = load_state(&id)? {
-                if !crate::roles::may_manage(existing.started_by) {
-                    return Err(EventicError::not_allowed(
-                        format!("workflow id {id} is taken by a workflow another role started"),
-                        "Workflow ids are shared by all roles of the database: choose another \
-                         (or pass NULL for a UUIDv7).",
-                    ));
-                }
-            }
+            refuse_taken_id(&id)?;
         }
         Ok(id)
     })()

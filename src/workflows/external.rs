@@ -22,7 +22,7 @@ use crate::roles::{as_extension_owner, current_role};
 
 use super::body::now_epoch;
 use super::store::{
-    insert_workflow, load, load_state, notify_runners, set_status, take_message, write_step,
+    insert_workflow, load, notify_runners, refuse_taken_id, set_status, take_message, write_step,
     WorkflowRow,
 };
 use super::{interval_seconds, negative, StepRecord};
@@ -64,18 +64,18 @@ fn start_external_workflow(
             None => crate::records::store::new_uuid_v7().to_string(),
         };
         let role = current_role();
-        let inserted =
-            insert_workflow(&id, None, Some(name), input, EXTERNAL_QUEUE, role, timeout, None)?;
+        let inserted = insert_workflow(
+            &id,
+            None,
+            Some(name),
+            input,
+            EXTERNAL_QUEUE,
+            role,
+            timeout,
+            None,
+        )?;
         if !inserted {
-            if let Some(existing) = load_state(&id)? {
-                if !crate::roles::may_manage(existing.started_by) {
-                    return Err(EventicError::not_allowed(
-                        format!("workflow id {id} is taken by a workflow another role started"),
-                        "Workflow ids are shared by all roles of the database: choose another \
-                         (or pass NULL for a UUIDv7).",
-                    ));
-                }
-            }
+            refuse_taken_id(&id)?;
         }
         Ok(id)
     })()
@@ -147,7 +147,10 @@ fn claim_workflows(
         let batch = required(batch, "batch")?;
         let lease = lease_seconds(required(duration, "duration")?)?;
         if batch < 1 {
-            return Err(EventicError::invalid("batch must be at least 1", "Take at least one workflow."));
+            return Err(EventicError::invalid(
+                "batch must be at least 1",
+                "Take at least one workflow.",
+            ));
         }
         let names: Option<Vec<String>> = names.map(|n| n.into_iter().flatten().collect());
         // only the caller's own workflows: a runner runs bodies with its connection's rights,
@@ -155,7 +158,13 @@ fn claim_workflows(
         let role = current_role();
         as_extension_owner(|| {
             Spi::connect_mut(|client| {
-                let args = [role.into(), names.clone().into(), i64::from(batch).into(), lease.into(), only.into()];
+                let args = [
+                    role.into(),
+                    names.clone().into(),
+                    i64::from(batch).into(),
+                    lease.into(),
+                    only.into(),
+                ];
                 let stmt = crate::spi_plans::kept(client, CLAIM, &args)?;
                 let rows = client.update(&*stmt, None, &args)?;
                 let mut claimed = Vec::new();
@@ -179,7 +188,8 @@ fn claim_workflows(
 /// The workflow `id`, its row locked, when the caller runs it under `lease`: the role that
 /// started it (42501 otherwise), an external body, the latest claim, not ended (55000).
 fn hold(id: &str, lease: i64) -> Result<WorkflowRow> {
-    let workflow = load(id)?.ok_or_else(|| EventicError::WorkflowNotFound { id: id.to_string() })?;
+    let workflow =
+        load(id)?.ok_or_else(|| EventicError::WorkflowNotFound { id: id.to_string() })?;
     if workflow.started_by != current_role() {
         return Err(EventicError::not_allowed(
             format!("permission denied to run workflow {id}"),
@@ -254,7 +264,10 @@ fn record_step(
 fn checked_position(position: Option<i32>) -> Result<usize> {
     let position = required(position, "position")?;
     usize::try_from(position).map_err(|_| {
-        EventicError::invalid("position must not be negative", "Steps are numbered from 0.")
+        EventicError::invalid(
+            "position must not be negative",
+            "Steps are numbered from 0.",
+        )
     })
 }
 
@@ -368,9 +381,10 @@ fn workflow_recv(
             Some((kind, output, attempts)) if kind == "recv" && attempts > 0 => {
                 return Ok((true, output.map(JsonB)));
             }
-            Some((kind, output, _)) if kind == "recv" => {
-                output.as_ref().and_then(|o| o["deadline"].as_f64()).unwrap_or(0.0)
-            }
+            Some((kind, output, _)) if kind == "recv" => output
+                .as_ref()
+                .and_then(|o| o["deadline"].as_f64())
+                .unwrap_or(0.0),
             _ => {
                 let placeholder = StepRecord {
                     name: topic.to_string(),

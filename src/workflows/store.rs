@@ -120,7 +120,12 @@ pub(super) fn set_status(
     output: Option<Value>,
     error: Option<&str>,
 ) -> Result<()> {
-    let args = [workflow_id.into(), status.into(), output.map(JsonB).into(), error.into()];
+    let args = [
+        workflow_id.into(),
+        status.into(),
+        output.map(JsonB).into(),
+        error.into(),
+    ];
     let parent = as_extension_owner(|| {
         if !external_schema()? {
             return crate::spi_plans::kept_value::<String>(
@@ -145,7 +150,13 @@ pub(super) fn set_status(
     if let (Some(parent), "SUCCESS" | "ERROR" | "CANCELLED") = (parent, status) {
         if let Some(state) = load_state(&parent)? {
             if state.status == "WAITING" {
-                enqueue_run(&state.queue_name, &parent, state.started_by, 0.0, state.external)?;
+                enqueue_run(
+                    &state.queue_name,
+                    &parent,
+                    state.started_by,
+                    0.0,
+                    state.external,
+                )?;
             }
         }
     }
@@ -281,6 +292,21 @@ pub(super) struct State {
     pub(super) external: bool,
 }
 
+/// After an INSERT that found `id` taken: the same starter gets its workflow back
+/// (idempotency), another role is refused rather than handed someone else's workflow.
+pub(super) fn refuse_taken_id(id: &str) -> Result<()> {
+    if let Some(existing) = load_state(id)? {
+        if !crate::roles::may_manage(existing.started_by) {
+            return Err(EventicError::not_allowed(
+                format!("workflow id {id} is taken by a workflow another role started"),
+                "Workflow ids are shared by all roles of the database: choose another \
+                 (or pass NULL for a UUIDv7).",
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A workflow's status, queue and starter, whoever asks (callers check who may act on it).
 pub(super) fn load_state(id: &str) -> Result<Option<State>> {
     let sql = if external_schema()? {
@@ -288,22 +314,24 @@ pub(super) fn load_state(id: &str) -> Result<Option<State>> {
     } else {
         "SELECT status, queue_name, started_by, false FROM eventic.workflow_runs WHERE workflow_id = $1"
     };
-    as_extension_owner(|| Spi::connect(|client| {
-        let mut rows = client.select(
-            &*crate::spi_plans::kept(client, sql, &[id.into()])?,
-            Some(1),
-            &[id.into()],
-        )?;
-        let Some(row) = rows.next() else {
-            return Ok(None);
-        };
-        Ok(Some(State {
-            status: row.get::<String>(1)?.unwrap_or_default(),
-            queue_name: row.get::<String>(2)?.unwrap_or_default(),
-            started_by: row.get::<pg_sys::Oid>(3)?.unwrap_or(pg_sys::InvalidOid),
-            external: row.get::<bool>(4)?.unwrap_or(false),
-        }))
-    }))
+    as_extension_owner(|| {
+        Spi::connect(|client| {
+            let mut rows = client.select(
+                &*crate::spi_plans::kept(client, sql, &[id.into()])?,
+                Some(1),
+                &[id.into()],
+            )?;
+            let Some(row) = rows.next() else {
+                return Ok(None);
+            };
+            Ok(Some(State {
+                status: row.get::<String>(1)?.unwrap_or_default(),
+                queue_name: row.get::<String>(2)?.unwrap_or_default(),
+                started_by: row.get::<pg_sys::Oid>(3)?.unwrap_or(pg_sys::InvalidOid),
+                external: row.get::<bool>(4)?.unwrap_or(false),
+            }))
+        })
+    })
 }
 
 pub(super) struct WorkflowRow {
@@ -344,7 +372,11 @@ const LOAD_BEFORE_0_3: &str = "SELECT fn::oid, input, status, queue_name, starte
        FROM eventic.workflow_runs WHERE workflow_id = $1 FOR UPDATE";
 
 pub(super) fn load(workflow_id: &str) -> Result<Option<WorkflowRow>> {
-    let sql = if external_schema()? { LOAD } else { LOAD_BEFORE_0_3 };
+    let sql = if external_schema()? {
+        LOAD
+    } else {
+        LOAD_BEFORE_0_3
+    };
     as_extension_owner(|| {
         Spi::connect_mut(|client| {
             let mut rows = client.update(
