@@ -69,16 +69,18 @@ pub fn prune_if_due() {
 }
 
 /// Remove up to [`BATCH`] finished workflows that ended more than `retention` seconds ago.
+/// Run by `select` on a kept plan (as the archive's prune): an idle worker's look that finds
+/// nothing assigns no transaction id and writes no WAL (`client.update` would).
 fn prune(retention: i32) -> Result<i64> {
     as_extension_owner(|| {
-        Spi::connect_mut(|client| {
+        Spi::connect(|client| {
             let types = [
                 PgOid::BuiltIn(PgBuiltInOids::TIMESTAMPTZOID),
                 PgOid::BuiltIn(PgBuiltInOids::INT4OID),
                 PgOid::BuiltIn(PgBuiltInOids::INT8OID),
             ];
             let stmt = crate::spi_plans::plan(client, PRUNE, &types, true)?;
-            let removed = client.update(
+            let removed = client.select(
                 &*stmt,
                 None,
                 &[clock_timestamp().into(), retention.into(), BATCH.into()],
