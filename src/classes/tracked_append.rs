@@ -49,7 +49,9 @@ fn key_of(row: &PgHeapTuple<'_, AllocatedByPostgres>, id_column: &str) -> Res<Op
     };
     let key = |v: Option<Value>| Ok(Some(v.unwrap_or(Value::Null)));
     match att.atttypid {
-        pg_sys::UUIDOID => key(row.get_by_name::<Uuid>(id_column)?.map(|u| Value::String(u.to_string()))),
+        pg_sys::UUIDOID => key(row
+            .get_by_name::<Uuid>(id_column)?
+            .map(|u| Value::String(u.to_string()))),
         pg_sys::INT2OID => key(row.get_by_name::<i16>(id_column)?.map(Value::from)),
         pg_sys::INT4OID => key(row.get_by_name::<i32>(id_column)?.map(Value::from)),
         pg_sys::INT8OID => key(row.get_by_name::<i64>(id_column)?.map(Value::from)),
@@ -86,7 +88,12 @@ pub fn try_update(
         let stmt = crate::spi_plans::dynamic_plan(
             client,
             &sql,
-            &[PgOid::from(rowtype), UUID, UUID, PgOid::BuiltIn(PgBuiltInOids::TEXTOID)],
+            &[
+                PgOid::from(rowtype),
+                UUID,
+                UUID,
+                PgOid::BuiltIn(PgBuiltInOids::TEXTOID),
+            ],
         )?;
         // SAFETY: `new` is a row of the table whose row type is `rowtype`.
         let row = unsafe { pgrx::datum::DatumWithOid::new(new, rowtype) };
