@@ -19,7 +19,8 @@ run_as_postgres() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; els
 # Install what is missing: apt packages, cargo-pgrx (only if absent), the pgrx config.
 ensure_toolchain() {
     local missing=()
-    for pkg in postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR libclang-dev clang sudo; do
+    # chromium, chromium-driver: the dashboard's browser tests (clients/python/tests/dashboard)
+    for pkg in postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR libclang-dev clang sudo chromium chromium-driver; do
         dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
     done
     if [ ${#missing[@]} -gt 0 ]; then

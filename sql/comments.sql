@@ -34,7 +34,7 @@ COMMENT ON FUNCTION eventic.catalog_changed() IS 'Trigger: a change of eventic.c
 
 -- queues
 COMMENT ON FUNCTION eventic.create_queue(text, boolean) IS 'Create a queue (table eventic.queue_<name>); idempotent';
-COMMENT ON FUNCTION eventic.alter_queue(text, integer, boolean, boolean) IS 'Change a queue''s concurrency, paused and worker flags';
+COMMENT ON FUNCTION eventic.alter_queue(text, integer, boolean, boolean, integer, interval) IS 'Change a queue''s concurrency, paused and worker flags, and its rate limit (rate_limit jobs start per rate_period at most; 0 removes it)';
 COMMENT ON FUNCTION eventic.drop_queue(text) IS 'Drop a queue and its jobs';
 COMMENT ON FUNCTION eventic._enqueue(text, oid, jsonb, timestamptz, integer, text, integer, oid) IS 'Internal: eventic.enqueue';
 COMMENT ON FUNCTION eventic.run_pending(text, integer) IS 'Run ready jobs in this session (each as its enqueuer); returns how many ran';
@@ -87,3 +87,12 @@ $$;
 
 -- with eventic preloaded, this database gets its workers as soon as CREATE EXTENSION commits
 SELECT eventic._request_workers();
+COMMENT ON FUNCTION eventic.start_external_workflow(text, jsonb, text, interval) IS 'Start a workflow whose body (by name) runs in an external runner (the Python package); returns its id';
+COMMENT ON FUNCTION eventic.claim_workflows(text[], integer, interval, text) IS 'External runners: lease runnable workflows of the current role, with their recorded steps';
+COMMENT ON FUNCTION eventic.record_step(text, bigint, integer, text, text, jsonb, text, integer) IS 'External runners: record a step of a held workflow (with its effects, in one transaction)';
+COMMENT ON FUNCTION eventic.workflow_sleep(text, bigint, integer, interval) IS 'External runners: a durable sleep; returns the seconds left (0: go on; more: the workflow sleeps, lease released)';
+COMMENT ON FUNCTION eventic.workflow_recv(text, bigint, integer, text, interval) IS 'External runners: receive a message, or release the workflow to wait for it';
+COMMENT ON FUNCTION eventic.workflow_set_event(text, bigint, integer, text, jsonb) IS 'External runners: publish an event as a step';
+COMMENT ON FUNCTION eventic.finish_workflow(text, bigint, jsonb, text) IS 'External runners: end a held workflow with its output or error';
+COMMENT ON FUNCTION eventic.extend_workflow_lease(text, bigint, interval) IS 'External runners: keep holding a workflow longer';
+COMMENT ON FUNCTION eventic.release_workflow(text, bigint) IS 'External runners: give a held workflow back (runnable again at once)';

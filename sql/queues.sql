@@ -11,7 +11,10 @@ CREATE TABLE eventic.queues (
     paused       boolean     NOT NULL DEFAULT false,
     worker       boolean     NOT NULL DEFAULT true,
     owner        regrole,    -- who created it (NULL: the extension owner); a class queue: the class owner
-    created_at   timestamptz NOT NULL DEFAULT now()
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    -- at most rate_limit jobs start per rate_period (src/queues/rate.rs); NULL: no limit
+    rate_limit   integer     CHECK (rate_limit > 0),
+    rate_period  interval    CHECK (rate_period > interval '0')
 );
 COMMENT ON TABLE eventic.queues IS 'Every eventic queue: its table, concurrency and state';
 SELECT pg_catalog.pg_extension_config_dump('eventic.queues', '');
@@ -131,6 +134,9 @@ CREATE TABLE eventic.finished_batches (
     attempts     integer[]      NOT NULL
 );
 CREATE INDEX finished_batches_by_time ON eventic.finished_batches (finished_at);
+-- one queue's finished jobs, newest first (the dashboard's queue page), without walking the
+-- other queues' batches; one entry per batch, not per job
+CREATE INDEX finished_batches_by_queue ON eventic.finished_batches (queue_name, finished_at);
 -- dumped with the data (pg_dump skips an extension's tables otherwise)
 SELECT pg_catalog.pg_extension_config_dump('eventic.finished_batches', '');
 -- a batch's arrays are TOASTed: lz4 compresses them several times faster than pglz (where
@@ -234,3 +240,9 @@ RETURNS TABLE (job_id bigint, fn regprocedure, args jsonb, attempt integer)
 LANGUAGE c VOLATILE PARALLEL UNSAFE ROWS 1000 AS 'MODULE_PATHNAME', 'dequeue_wrapper';
 COMMENT ON FUNCTION eventic.dequeue(text, integer, interval) IS
   'External consumers: take up to batch ready jobs, invisible to others for lease; then ack or nack each';
+
+-- (the 0.1.0/0.2.0 alter_queue without the rate arguments is the symbol alter_queue_wrapper)
+CREATE FUNCTION eventic.alter_queue(queue_name text, concurrency integer DEFAULT NULL,
+                                    paused boolean DEFAULT NULL, worker boolean DEFAULT NULL,
+                                    rate_limit integer DEFAULT NULL, rate_period interval DEFAULT NULL)
+RETURNS void LANGUAGE c VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'alter_queue_with_rate_wrapper';

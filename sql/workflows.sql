@@ -5,7 +5,7 @@
 
 CREATE TABLE eventic.workflow_runs (
     workflow_id  text         PRIMARY KEY,
-    fn           regprocedure NOT NULL,
+    fn           regprocedure,             -- the SQL body; NULL for an external body
     input        jsonb        NOT NULL,
     status       text         NOT NULL DEFAULT 'ENQUEUED'
                  CHECK (status IN ('ENQUEUED', 'RUNNING', 'SLEEPING', 'WAITING', 'SUCCESS', 'ERROR', 'CANCELLED')),
@@ -16,14 +16,30 @@ CREATE TABLE eventic.workflow_runs (
     deadline     timestamptz,
     parent_id    text,         -- started with eventic.start_child by this workflow
     created_at   timestamptz  NOT NULL DEFAULT clock_timestamp(),
-    updated_at   timestamptz  NOT NULL DEFAULT clock_timestamp()
+    updated_at   timestamptz  NOT NULL DEFAULT clock_timestamp(),
+    -- a body that runs outside Postgres (eventic.start_external_workflow): its name, when a
+    -- runner may claim it next (NULL: not runnable), until when its latest claim holds, and
+    -- how many claims it has had (the lease number the runner's calls name)
+    external_body text,
+    next_run_at  timestamptz,
+    leased_until timestamptz,
+    lease        bigint       NOT NULL DEFAULT 0,
+    CONSTRAINT workflow_runs_one_body CHECK ((fn IS NULL) <> (external_body IS NULL))
 );
+-- Listing workflows newest first, all of them or by status or by function (the dashboard),
+-- one page at a time: (created_at, workflow_id) is the page cursor.
+CREATE INDEX workflow_runs_by_time ON eventic.workflow_runs (created_at, workflow_id);
+CREATE INDEX workflow_runs_by_status ON eventic.workflow_runs (status, created_at, workflow_id);
+CREATE INDEX workflow_runs_by_fn ON eventic.workflow_runs (fn, created_at, workflow_id);
 COMMENT ON TABLE eventic.workflow_runs IS
   'Durable workflows: status, input, output, error; started with eventic.start_workflow';
 -- what eventic.workflow_retention removes, oldest first
 CREATE INDEX workflow_runs_finished ON eventic.workflow_runs (updated_at)
  WHERE status IN ('SUCCESS', 'ERROR', 'CANCELLED');
 SELECT pg_catalog.pg_extension_config_dump('eventic.workflow_runs', '');
+-- what claim_workflows reads: the runnable external workflows of a role
+CREATE INDEX workflow_runs_runnable ON eventic.workflow_runs (started_by, next_run_at)
+    WHERE next_run_at IS NOT NULL;
 
 CREATE TABLE eventic.workflow_records (
     workflow_id  text         NOT NULL REFERENCES eventic.workflow_runs ON DELETE CASCADE,
@@ -43,7 +59,7 @@ SELECT pg_catalog.pg_extension_config_dump('eventic.workflow_records', '');
 
 -- The views users read: every workflow with its function's name, and every recorded step.
 CREATE VIEW eventic.workflows WITH (security_barrier) AS
-SELECT w.workflow_id, w.fn::regproc::text AS name, w.status, w.input, w.output, w.error,
+SELECT w.workflow_id, coalesce(w.external_body, w.fn::regproc::text) AS name, w.status, w.input, w.output, w.error,
        w.queue_name, w.started_by, w.parent_id, w.deadline,
        w.created_at, w.updated_at
   FROM eventic.workflow_runs w

@@ -24,6 +24,19 @@ thread_local! {
     static ACL_GENERATION: Cell<u64> = const { Cell::new(0) };
     /// The oids of eventic.classes and eventic.queues, once a lookup has seen them.
     static WATCHED: RefCell<Vec<pg_sys::Oid>> = const { RefCell::new(Vec::new()) };
+    static DISTRIBUTION_GENERATION: Cell<u64> = const { Cell::new(0) };
+    /// The oid of eventic.records, once crate::citus has looked it up.
+    static RECORDS: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
+}
+
+/// Changes when eventic.records's cache entry is invalidated (e.g. Citus distributes it).
+pub fn distribution_generation() -> u64 {
+    DISTRIBUTION_GENERATION.with(Cell::get)
+}
+
+/// Invalidations of eventic.records (oid `records`) bump the distribution generation.
+pub fn watch_records(records: pg_sys::Oid) {
+    RECORDS.with(|r| r.set(records));
 }
 
 /// Changes when eventic.classes or eventic.queues (or the extension) changes.
@@ -56,6 +69,9 @@ pub fn watch(table: pg_sys::Oid) {
 #[pg_guard]
 unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
     ACL_GENERATION.with(|g| g.set(g.get() + 1));
+    if relid == pg_sys::InvalidOid || relid == RECORDS.with(Cell::get) {
+        DISTRIBUTION_GENERATION.with(|g| g.set(g.get() + 1));
+    }
     let ours = relid == pg_sys::InvalidOid // a full reset
         || WATCHED.with(|watched| watched.borrow().contains(&relid));
     if ours {
@@ -120,6 +136,18 @@ fn catalog_changed<'a>(
         .map_err(|e| EventicError::Internal(e.to_string()))?;
     // SAFETY: a valid relation oid (the table the trigger fired on).
     unsafe { pg_sys::CacheInvalidateRelcacheByRelid(relid) };
+    // On Citus (eventic.distribute) the trigger fires on a shard of the reference table
+    // (eventic.classes_102008); backends watch the table itself.
+    // SAFETY: catalog lookups of a valid relation and of names in its schema.
+    unsafe {
+        let schema = pg_sys::get_rel_namespace(relid);
+        for table in [c"classes", c"queues"] {
+            let oid = pg_sys::get_relname_relid(table.as_ptr(), schema);
+            if oid != pg_sys::InvalidOid && oid != relid {
+                pg_sys::CacheInvalidateRelcacheByRelid(oid);
+            }
+        }
+    }
     Ok(None)
 }
 

@@ -8,6 +8,7 @@
 use pgrx::prelude::*;
 
 pub mod catalog_cache;
+pub mod citus;
 pub mod classes;
 pub mod errors;
 pub mod metrics;
@@ -17,6 +18,7 @@ pub mod queues;
 pub mod raw_jsonb;
 pub mod records;
 pub mod roles;
+pub mod schedules;
 pub mod settings;
 pub mod spi_plans;
 pub mod subxact;
@@ -78,6 +80,16 @@ extension_sql_file!(
     "../sql/metrics.sql",
     name = "metrics_schema",
     requires = ["queues_schema", "workflows_schema", metrics::worker_liveness]
+);
+extension_sql_file!(
+    "../sql/schedules.sql",
+    name = "schedules_schema",
+    requires = ["workflows_schema"]
+);
+extension_sql_file!(
+    "../sql/citus.sql",
+    name = "citus_schema",
+    requires = ["classes_schema", citus::write_on_shard]
 );
 extension_sql_file!("../sql/comments.sql", name = "comments", finalize);
 

@@ -44,6 +44,11 @@ pub fn publish() -> Result<()> {
     let Some(events) = PENDING.with(|pending| pending.borrow_mut().take()) else {
         return Ok(());
     };
+    if crate::citus::on_shard() {
+        // a write shipped to this node (Citus): the caller enqueues it, see take_event
+        stash(events);
+        return Ok(());
+    }
     let table = queue_table(&events.queue_name)?;
     for &(handler, subscriber) in &events.handlers {
         insert_job(
@@ -60,4 +65,10 @@ pub fn publish() -> Result<()> {
         )?;
     }
     announce(&events.queue_name)
+}
+
+/// The event of the version just written, taken instead of enqueued (Citus: the node that
+/// shipped the write enqueues it).
+pub fn take_event() -> Option<Value> {
+    PENDING.with(|pending| pending.borrow_mut().take()).map(|events| events.event)
 }

@@ -140,10 +140,12 @@ pub fn kept(
 /// order: planned against a queue that has not been analyzed yet (just made, then filled in
 /// one transaction), they would otherwise sort the whole queue for every claim. Also for a
 /// workflow's step records, read by the worker with a plan it keeps while the table grows.
+/// JIT is off too: the disabled paths add 1e10 to the estimated cost, which is past
+/// `jit_above_cost`, and a 1 ms claim then spent ~0.3 s compiling (found by the Python worker).
 pub fn in_index_order<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
     // SAFETY: plain GUC calls in a transaction; the nest level is closed before returning
     let level = unsafe { pgrx::pg_sys::NewGUCNestLevel() };
-    for setting in [c"enable_seqscan", c"enable_bitmapscan", c"enable_sort"] {
+    for setting in [c"enable_seqscan", c"enable_bitmapscan", c"enable_sort", c"jit"] {
         unsafe {
             pgrx::pg_sys::set_config_option(
                 setting.as_ptr(),

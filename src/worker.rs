@@ -22,6 +22,7 @@
 //! Workers connect as the bootstrap superuser and run every job as the role that enqueued it
 //! (see `queues::jobs`).
 
+mod alarm;
 pub(crate) mod board;
 mod database;
 mod launcher;
@@ -36,6 +37,7 @@ use pgrx::pg_sys::panic::{CaughtError, ErrorReport};
 use pgrx::prelude::*;
 use pgrx::{pg_sys, register_xact_callback, PgTryBuilder, PgXactCallbackEvent};
 
+pub use alarm::wake_by;
 pub use database::eventic_worker_main;
 pub use launcher::eventic_launcher_main;
 
@@ -59,6 +61,7 @@ pub fn init() {
     PRELOADED.store(true, Ordering::Relaxed);
     board::init();
     crate::progress::init();
+    crate::queues::rate::init();
     BackgroundWorkerBuilder::new(LAUNCHER_TYPE)
         .set_type(LAUNCHER_TYPE)
         .set_library("eventic")

@@ -397,3 +397,29 @@ def test_fast_shutdown_ends_a_running_job_and_the_job_runs_again_after_restart()
             assert conn.execute("SELECT count(*) FROM eventic.queue_slow").fetchone()[0] == 1
     finally:
         stopped.run("stop", stopped.directory)
+
+
+def test_a_long_job_leaves_the_queues_its_transaction_visited_to_the_other_worker(cluster, db):
+    """A worker holds a queue's slot while it runs that queue's jobs; a long job of one queue
+    must not keep the other (concurrency 1) queues it looked at in the same transaction closed
+    to the other worker until it ends (seen: a retried job waited for a 300 s step elsewhere)."""
+    queues = [f"q{i}" for i in range(1, 10)]
+    with cluster.connect(dbname=db) as conn:
+        setup_effects(conn)
+        conn.execute("CREATE FUNCTION long_job() RETURNS void LANGUAGE sql AS 'SELECT pg_sleep(15)'")
+        for name in ["a_long", *queues]:
+            conn.execute("SELECT eventic.create_queue(%s)", (name,))
+            conn.execute("SELECT eventic.alter_queue(%s, concurrency => 1)", (name,))
+        # the long job's transaction starts wherever the worker's rotation is; with nine
+        # queues besides it, it visits (and used to keep) some of them first, 9 times in 10
+        conn.execute("SELECT eventic.enqueue('a_long', 'long_job()', '[]')")
+        assert wait_until(lambda: conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep' AND datname = current_database()"
+            " AND pid <> pg_backend_pid()").fetchone()[0] == 1, timeout=10)
+        for round_ in range(2):
+            started = time.monotonic()
+            for i, name in enumerate(queues):
+                conn.execute("SELECT eventic.enqueue(%s, 'effect(int)', %s)", (name, f"[{round_ * 10 + i}]"))
+            assert wait_until(lambda: effect_counts(conn)[0] == (round_ + 1) * len(queues), timeout=8), (
+                f"round {round_}: {effect_counts(conn)[0]} of {(round_ + 1) * len(queues)} jobs ran within 8 s"
+                " while the other worker ran a 15 s job")

@@ -555,6 +555,12 @@ def _(t):
     t.allow("SELECT eventic.purge(%s)", (rid,))          # the records' owner only
 
 
+@trap_case("distribute")
+def _(t):
+    t.arm()
+    t.allow("SELECT eventic.distribute()")          # superusers only (EXECUTE revoked): 42501
+
+
 @trap_case("prune")
 def _(t):
     rid = t.record()
@@ -707,6 +713,29 @@ def _(t):
     t.ok("SELECT count(*) FROM eventic.enqueue_batch('aq', 'attacker.job(integer)',"
          " ARRAY['[1]'::jsonb, '[2]'::jsonb, '[3]'::jsonb])")
     t.expect_effect("job", 3)
+
+
+@trap_case("schedule")
+def _(t):
+    t.queue()
+    t.arm()
+    t.ok("SELECT eventic.schedule('as', '* * * * * *', 'attacker.job(integer)', '[1]', queue => 'aq')")
+    t.ok("SELECT eventic.schedule('as', '* * * * * *', 'attacker.job(integer)', '[2]', queue => 'aq',"
+         " timezone => 'Europe/Berlin', skip_missed => true)")   # replaced
+    # the worker fires ticks as the attacker (whose job leaves the trap path in the worker)
+    wait_until(lambda: one(t.pg, "SELECT count(*) FROM public.effects WHERE what = 'job'") >= 2,
+               timeout=6, interval=0.1)
+    t.ok("SELECT eventic.unschedule('as')")
+    t.expect_effect("job", 2)
+
+
+@trap_case("unschedule")
+def _(t):
+    t.ok("SELECT eventic.schedule('us', '0 0 1 1 *', 'attacker.job(integer)', '[1]')")
+    t.arm()
+    t.ok("SELECT eventic.unschedule('us')")
+    if one(t.pg, "SELECT count(*) FROM eventic.schedules WHERE name = 'us'") != 0:
+        t.problems.append("unschedule left the schedule")
 
 
 @trap_case("run_pending")
@@ -869,6 +898,99 @@ def _(t):
     t.arm()
     t.ok("SELECT * FROM eventic.worker_liveness()")
     t.ok("SELECT * FROM eventic.metrics")
+
+# -- workflows with external bodies (a runner's calls on a workflow the attacker started) ----------
+
+def _external(t, claim=True):
+    """Starts an external workflow of the attacker (and claims it): (id, lease)."""
+    wid = t.val("SELECT eventic.start_external_workflow('a.body', '{}', %s)", (f"a-ext-{os.urandom(3).hex()}",))
+    if not claim:
+        return wid, None
+    return wid, t.val("SELECT lease FROM eventic.claim_workflows(ARRAY['a.body'], 1, '1 minute', %s)", (wid,))
+
+
+def _finish(t, wid, lease):
+    t.ok("SELECT eventic.finish_workflow(%s, %s, '\"done\"')", (wid, lease))
+    t.finished(wid)
+
+
+@trap_case("start_external_workflow")
+def _(t):
+    t.arm()
+    wid, _ = _external(t, claim=False)
+    lease = t.val("SELECT lease FROM eventic.claim_workflows(NULL, 1, '1 minute', %s)", (wid,))
+    _finish(t, wid, lease)
+
+
+@trap_case("claim_workflows")
+def _(t):
+    wid, _ = _external(t, claim=False)
+    t.arm()
+    got = t.ok("SELECT workflow_id, lease, steps FROM eventic.claim_workflows(ARRAY['a.body'], 5, '1 minute')")
+    if [r[0] for r in got] != [wid]:
+        t.problems.append(f"claim_workflows returned {got}")
+    else:
+        _finish(t, wid, got[0][1])
+
+
+@trap_case("record_step")
+def _(t):
+    wid, lease = _external(t)
+    t.arm()
+    t.ok("SELECT eventic.record_step(%s, %s, 0, 's', 'step', '1')", (wid, lease))
+    t.ok("SELECT eventic.record_step(%s, %s, 1, 't', 'transaction', NULL, 'ValueError: no', 2)", (wid, lease))
+    _finish(t, wid, lease)
+
+
+@trap_case("workflow_sleep")
+def _(t):
+    wid, lease = _external(t)
+    t.arm()
+    t.ok("SELECT eventic.workflow_sleep(%s, %s, 0, '0 seconds')", (wid, lease))
+    _finish(t, wid, lease)
+
+
+@trap_case("workflow_recv")
+def _(t):
+    wid, lease = _external(t)
+    t.arm()
+    t.ok("SELECT eventic.send(%s, 'topic', '1')", (wid,))
+    if t.ok("SELECT received, message FROM eventic.workflow_recv(%s, %s, 0, 'topic', '1 minute')",
+            (wid, lease)) != [(True, 1)]:
+        t.problems.append("workflow_recv did not receive the message")
+    _finish(t, wid, lease)
+
+
+@trap_case("workflow_set_event")
+def _(t):
+    wid, lease = _external(t)
+    t.arm()
+    t.ok("SELECT eventic.workflow_set_event(%s, %s, 0, 'k', '\"v\"')", (wid, lease))
+    _finish(t, wid, lease)
+
+
+@trap_case("finish_workflow")
+def _(t):
+    wid, lease = _external(t)
+    t.arm()
+    _finish(t, wid, lease)
+
+
+@trap_case("extend_workflow_lease")
+def _(t):
+    wid, lease = _external(t)
+    t.arm()
+    t.ok("SELECT eventic.extend_workflow_lease(%s, %s, '2 minutes')", (wid, lease))
+    _finish(t, wid, lease)
+
+
+@trap_case("release_workflow")
+def _(t):
+    wid, lease = _external(t)
+    t.arm()
+    t.ok("SELECT eventic.release_workflow(%s, %s)", (wid, lease))
+    again = t.val("SELECT lease FROM eventic.claim_workflows(NULL, 1, '1 minute', %s)", (wid,))
+    _finish(t, wid, again)
 
 
 # -- write paths through views and tables (their triggers) ----------------------------------------
@@ -1652,6 +1774,133 @@ def test_workflow_id_of_another_role_is_refused(env):
     assert state == DENIED, f"start_workflow with the victim's workflow id: {state or 'returned ' + repr(got)}"
 
 
+def _victim_external(env):
+    """The victim's external workflow 'victim-ext', claimed by the victim's runner (lease 1)."""
+    v = env.as_victim()
+    v.execute("SELECT eventic.start_external_workflow('v.body', '{\"secret\": 1}', 'victim-ext')")
+    lease = one(v, "SELECT lease FROM eventic.claim_workflows(NULL, 1, '1 minute')")
+    return v, lease
+
+
+EXTERNAL_CALLS = {
+    "record_step": "SELECT eventic.record_step('victim-ext', 1, 0, 's', 'step', '\"forged\"')",
+    "workflow_sleep": "SELECT eventic.workflow_sleep('victim-ext', 1, 0, '1 day')",
+    "workflow_recv": "SELECT * FROM eventic.workflow_recv('victim-ext', 1, 0, 'go', '1 day')",
+    "workflow_set_event": "SELECT eventic.workflow_set_event('victim-ext', 1, 0, 'k', '\"forged\"')",
+    "finish_workflow": "SELECT eventic.finish_workflow('victim-ext', 1, '\"forged\"')",
+    "extend_workflow_lease": "SELECT eventic.extend_workflow_lease('victim-ext', 1, '1 day')",
+    "start_external_workflow": "SELECT eventic.start_external_workflow('a.body', '{}', 'victim-ext')",
+}
+
+
+@pytest.mark.parametrize("call", list(EXTERNAL_CALLS))
+def test_external_workflow_of_another_role_refused(env, call):
+    """A runner's calls by the attacker on the victim's external workflow (with the victim's
+    lease number, which is guessable): 42501; the victim's runner then goes on undisturbed."""
+    v, lease = _victim_external(env)
+    assert lease == 1
+    a = env.as_attacker()
+    state, message = outcome(a, EXTERNAL_CALLS[call])
+    v.execute("SELECT eventic.record_step('victim-ext', %s, 0, 's', 'step', '\"mine\"')", (lease,))
+    v.execute("SELECT eventic.finish_workflow('victim-ext', %s, '\"ok\"')", (lease,))
+    output = one(v, "SELECT eventic.wait_workflow('victim-ext', '0 seconds')")
+    steps = rows(v, "SELECT position, kind, output FROM eventic.workflow_steps WHERE workflow_id = 'victim-ext'")
+    events = one(env.pg, "SELECT count(*) FROM eventic.workflow_events WHERE workflow_id = 'victim-ext'")
+    assert state == DENIED and output == "ok" and steps == [(0, "step", "mine")] and events == 0, (
+        f"{call} on the victim's external workflow by the attacker: {state or 'succeeded'} ({message}); "
+        f"output {output}, steps {steps}, events {events}")
+
+
+def test_claim_workflows_takes_only_the_callers_own(env):
+    """Neither another role nor a superuser claims (and so runs with its own rights) the
+    victim's external workflows; releasing the victim's lease does nothing."""
+    v = env.as_victim()
+    v.execute("SELECT eventic.start_external_workflow('v.body', '{}', 'victim-ext')")
+    a = env.as_attacker()
+    a.execute("SELECT eventic.start_external_workflow('v.body', '{}', 'attacker-ext')")
+    assert [r[0] for r in rows(a, "SELECT workflow_id FROM eventic.claim_workflows(NULL, 10)")] == ["attacker-ext"]
+    assert rows(a, "SELECT * FROM eventic.claim_workflows(ARRAY['v.body'], 10, '1 minute', 'victim-ext')") == []
+    assert rows(env.pg, "SELECT * FROM eventic.claim_workflows(NULL, 10)") == []
+    assert rows(a, "SELECT workflow_id FROM eventic.workflows") == [("attacker-ext",)]
+    lease = one(v, "SELECT lease FROM eventic.claim_workflows(NULL, 10)")
+    a.execute("SELECT eventic.release_workflow('victim-ext', %s)", (lease,))
+    assert one(env.pg, "SELECT leased_until > now() FROM eventic.workflow_runs WHERE workflow_id = 'victim-ext'")
+    assert rows(v, "SELECT * FROM eventic.claim_workflows(NULL, 10)") == []   # still the victim's lease
+
+
+def test_external_workflow_is_never_run_by_the_worker(env):
+    """An external body has no SQL function: the worker does not touch it; it stays ENQUEUED
+    until a runner of its role claims it."""
+    v = env.as_victim()
+    v.execute("SELECT eventic.start_external_workflow('v.body', '{}', 'victim-ext')")
+    time.sleep(1.0)
+    assert one(v, "SELECT eventic.workflow_status('victim-ext')") == "ENQUEUED"
+    assert one(env.pg, "SELECT coalesce(sum(ready + scheduled + running), 0) FROM eventic.queue_stats") == 0
+    assert one(v, "SELECT name FROM eventic.workflows") == "v.body"
+
+def test_schedules_of_another_role_are_invisible_and_untouchable(env):
+    """The attacker sees none of the victim's schedules (view or table), cannot remove them
+    (42704, as if they did not exist) nor take over their name (42501); the victim's ticks
+    run as the victim."""
+    v = env.as_victim()
+    v.execute("""CREATE FUNCTION victim.job(n integer) RETURNS void LANGUAGE sql
+                 AS $$ INSERT INTO public.effects (who, what) VALUES (current_user, 'victim-tick') $$""")
+    v.execute("SELECT eventic.schedule('nightly', '* * * * * *', 'victim.job(integer)', '[7]')")
+    a = env.as_attacker(trapped=True)
+    a.execute("""CREATE FUNCTION attacker.job(n integer) RETURNS void LANGUAGE sql
+                 AS $$ INSERT INTO public.effects (who, what) VALUES (current_user, 'attacker-tick') $$""")
+    problems = []
+    seen = (one(a, "SELECT count(*) FROM eventic.schedules"),
+            one(a, "SELECT count(*) FROM eventic.schedule_entries"))
+    if seen != (0, 0):
+        problems.append(f"the attacker sees the victim's schedules (view, table): {seen}")
+    state = sqlstate(a, "SELECT eventic.unschedule('nightly')")
+    if state != UNDEFINED:
+        problems.append(f"unschedule of the victim's schedule: {state or 'succeeded'}")
+    state = sqlstate(a, "SELECT eventic.schedule('nightly', '* * * * * *', 'attacker.job(integer)', '[1]')")
+    if state != DENIED:
+        problems.append(f"schedule with the victim's schedule name: {state or 'succeeded'}")
+    if state is None:
+        a.execute("SELECT eventic.unschedule('nightly')")
+    wait_until(lambda: one(env.pg, "SELECT count(*) FROM public.effects") >= 2, timeout=6, interval=0.1)
+    ran = rows(env.pg, "SELECT who::text, what, count(*) FROM public.effects GROUP BY 1, 2 ORDER BY 1, 2")
+    if [(who, what) for who, what, _ in ran] != [(env.victim, "victim-tick")]:
+        problems.append(f"ticks after the attack (role, what, count): {ran}")
+    if one(env.pg, "SELECT owner::text FROM eventic.schedules WHERE name = 'nightly'") != env.victim:
+        problems.append("the victim's schedule changed hands")
+    assert_no_trap_crossed(env.pg, env.attacker, "schedules of another role")
+    assert not problems, "\n".join(problems)
+
+
+def test_schedule_needs_execute_and_each_tick_checks_it_again(env):
+    """A schedule of a function the role may not EXECUTE is refused (42501); a schedule whose
+    EXECUTE is revoked afterwards runs no more ticks (each tick is enqueued as its owner)."""
+    pg = env.pg
+    pg.execute("""CREATE FUNCTION public.guarded(n integer) RETURNS void LANGUAGE sql
+                  AS $$ INSERT INTO public.effects (who, what) VALUES (current_user, 'guarded') $$""")
+    pg.execute("REVOKE EXECUTE ON FUNCTION public.guarded(integer) FROM PUBLIC")
+    a = env.as_attacker()
+    problems = []
+    state = sqlstate(a, "SELECT eventic.schedule('g', '* * * * * *', 'public.guarded(integer)', '[1]')")
+    if state != DENIED:
+        problems.append(f"schedule without EXECUTE: {state or 'succeeded'}")
+    pg.execute(sql.SQL("GRANT EXECUTE ON FUNCTION public.guarded(integer) TO {}").format(sql.Identifier(env.attacker)))
+    a.execute("SELECT eventic.schedule('g', '* * * * * *', 'public.guarded(integer)', '[1]')")
+    if not wait_until(lambda: one(pg, "SELECT count(*) FROM public.effects") >= 1, timeout=5, interval=0.1):
+        problems.append("the granted schedule did not run")
+    pg.execute(sql.SQL("REVOKE EXECUTE ON FUNCTION public.guarded(integer) FROM {}").format(sql.Identifier(env.attacker)))
+    time.sleep(0.5)   # a job enqueued before the REVOKE may still run (and fail)
+    before = one(pg, "SELECT count(*) FROM public.effects")
+    time.sleep(2.5)
+    after = one(pg, "SELECT count(*) FROM public.effects")
+    if after != before:
+        problems.append(f"{after - before} ticks ran after EXECUTE was revoked")
+    who = rows(pg, "SELECT DISTINCT who::text FROM public.effects")
+    if who not in ([(env.attacker,)], []):
+        problems.append(f"ticks ran as {who}")
+    assert not problems, "\n".join(problems)
+
+
 # ---------------------------------------------------------------------------------------------
 # 13. DROP ROLE and ownership by OID
 
@@ -1663,6 +1912,9 @@ OWNED = {
     "queue": ("SELECT eventic.create_queue('owned')",
               ["SELECT eventic.alter_queue('owned', paused => true)", "SELECT eventic.drop_queue('owned')"],
               (DENIED, UNDEFINED)),
+    "schedule": ("SELECT eventic.schedule('owned-s', '0 0 1 1 *', 'public.owned_flow(jsonb)', '{}', workflow => true)",
+                 ["SELECT eventic.unschedule('owned-s')"],
+                 (DENIED, UNDEFINED)),
     "workflow": ("SELECT eventic.start_workflow('public.owned_flow(jsonb)', '{}', 'owned-wf')",
                  ["SELECT eventic.cancel_workflow('owned-wf')", "SELECT eventic.send('owned-wf', 'go', '1')"],
                  (DENIED, NO_DATA)),

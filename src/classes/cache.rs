@@ -54,7 +54,7 @@ pub fn lookup(name: &str) -> Result<Option<Rc<ClassInfo>>> {
     }
     // No borrow is held while SPI runs: invalidations may arrive meanwhile.
     let (registered, json_schema, classes_oid, queue_name, subscribers, owner, grant_targets) =
-        Spi::connect(|client| -> Result<_> {
+        crate::citus::allowing_nested(|| Spi::connect(|client| -> Result<_> {
             let stmt = plan(client, SELECT_CLASS, &[crate::records::store::TEXT], true)?;
             let mut table = client.select(&*stmt, Some(1), &[name.into()])?;
             let row = table.next().ok_or_else(|| {
@@ -73,7 +73,7 @@ pub fn lookup(name: &str) -> Result<Option<Rc<ClassInfo>>> {
                 row.get::<pg_sys::Oid>(7)?.unwrap_or(pg_sys::InvalidOid),
                 row.get::<Vec<pg_sys::Oid>>(8)?.unwrap_or_default(),
             ))
-        })?;
+        }))?;
     watch(classes_oid);
     let info = match registered {
         false => None,

@@ -257,7 +257,7 @@ pub fn register(
             "INSERT INTO eventic.classes AS c (class_name, queue_name, json_schema, owner, tracked_table)
              VALUES ($1, $2, $3, $4::oid::regrole, $5::oid::regclass)
              ON CONFLICT (class_name) DO UPDATE
-                SET json_schema = coalesce(EXCLUDED.json_schema, c.json_schema), updated_at = now()",
+                SET json_schema = coalesce(EXCLUDED.json_schema, c.json_schema), updated_at = EXCLUDED.updated_at",
             &[
                 class_name.into(),
                 queue.as_str().into(),
@@ -396,13 +396,18 @@ fn drop_class(class_name: Option<&str>) {
             ))?;
         }
         as_extension_owner(|| {
+            // one statement per table: on Citus eventic.classes is a reference table, which
+            // a modifying CTE may not join with the coordinator's own tables
             Spi::run_with_args(
-                "WITH gone AS (DELETE FROM eventic.classes WHERE class_name = $1 RETURNING queue_name),
-                      archived AS (DELETE FROM eventic.finished_batches f USING gone
-                                    WHERE f.queue_name = gone.queue_name)
-                 DELETE FROM eventic.queues q USING gone WHERE q.queue_name = gone.queue_name",
+                "DELETE FROM eventic.classes WHERE class_name = $1",
                 &[class_name.into()],
             )?;
+            for table in ["finished_batches", "queues"] {
+                Spi::run_with_args(
+                    &format!("DELETE FROM eventic.{table} WHERE queue_name = $1"),
+                    &[existing.queue_name.as_str().into()],
+                )?;
+            }
             // the class's own queue, as registered (never another queue of the same name)
             Spi::run(&format!(
                 "DROP TABLE IF EXISTS eventic.{}",
@@ -428,7 +433,7 @@ fn claimable(class_name: &str, queue: &str, tracked: bool) -> Result<()> {
             &[queue.into()],
         )?;
         let orphans = Spi::get_one_with_args::<bool>(
-            "SELECT EXISTS (SELECT FROM eventic.records WHERE class_type = $1 AND version = 0)",
+            "SELECT EXISTS (SELECT 1 FROM eventic.records WHERE class_type = $1 AND version = 0)",
             &[class_name.into()],
         )?;
         Ok((queue_taken.unwrap_or(false), orphans.unwrap_or(false)))

@@ -44,8 +44,18 @@ fn dequeue(
             &[name.into()],
         )?
         .unwrap_or(false);
-        let limit = if paused { 0 } else { i64::from(batch) };
-        Ok(lease_jobs(&table, limit, &lease_sql)?
+        let mut limit = if paused { 0 } else { i64::from(batch) };
+        // a rate-limited queue's starts count for consumers too
+        let rate = lookup(name)?.rate;
+        let grant = rate.map(|rate| super::rate::take(name, rate, limit));
+        if let Some(grant) = &grant {
+            limit = grant.granted;
+        }
+        let leased = lease_jobs(&table, limit, &lease_sql)?;
+        if let (Some(rate), Some(grant)) = (rate, &grant) {
+            super::rate::give_back(name, rate, grant, limit - leased.len() as i64);
+        }
+        Ok(leased
             .into_iter()
             .map(|(job, attempt)| (job.job_id, job.fn_oid, JsonB(job.args), attempt))
             .collect::<Vec<_>>())

@@ -360,7 +360,8 @@ pub fn drain(
     only_role: Option<pg_sys::Oid>,
     deadline: Option<std::time::Instant>,
 ) -> Result<i64> {
-    let table = queue_table(queue_name)?;
+    let info = super::lookup(queue_name)?;
+    let (table, rate) = (info.table.clone(), info.rate);
     recover_dead_workers()?;
     let mut calls = jobs::Calls::default();
     let mut grouping = true;
@@ -371,11 +372,22 @@ pub fn drain(
     // was asked to in its caller's one transaction
     let room = || deadline.is_none() || !crate::subxact::subxid_cache_nearly_full();
     while ran < max_jobs && deadline.is_none_or(|at| std::time::Instant::now() < at) && room() {
-        let batch = lock_jobs(
-            &table,
-            (max_jobs - ran).min(claim_size(queue_name)),
-            only_role,
-        )?;
+        let mut wanted = (max_jobs - ran).min(claim_size(queue_name));
+        let grant = rate.map(|rate| super::rate::take(queue_name, rate, wanted));
+        if let Some(grant) = &grant {
+            if grant.granted == 0 {
+                // a worker sleeps no longer than until the next start is allowed
+                if let Some(at) = grant.retry_at {
+                    crate::worker::wake_by(at);
+                }
+                break;
+            }
+            wanted = grant.granted;
+        }
+        let batch = lock_jobs(&table, wanted, only_role)?;
+        if let (Some(rate), Some(grant)) = (rate, &grant) {
+            super::rate::give_back(queue_name, rate, grant, wanted - batch.len() as i64);
+        }
         if batch.is_empty() {
             break;
         }

@@ -9,6 +9,7 @@ pub mod compaction;
 mod consumers;
 mod drain;
 pub mod jobs;
+pub mod rate;
 
 pub use drain::drain;
 
@@ -31,6 +32,8 @@ pub struct QueueInfo {
     pub table: String,
     /// Whether the background worker runs its jobs.
     pub worker: bool,
+    /// Its rate limit (`alter_queue(rate_limit =>, rate_period =>)`), if any.
+    pub rate: Option<rate::Rate>,
 }
 
 thread_local! {
@@ -41,8 +44,11 @@ thread_local! {
 
 /// The table's oid comes back even for an unknown queue: the cache must watch it to see the
 /// queue's creation.
+/// (The rate columns through to_jsonb: a database still at 0.2.0, loading this library, has
+/// none.)
 const SELECT_QUEUE: &str = "SELECT q.queue_name IS NOT NULL, coalesce(q.worker, false), \
-            'eventic.queues'::regclass::oid \
+            'eventic.queues'::regclass::oid, (to_jsonb(q) ->> 'rate_limit')::int8, \
+            (extract(epoch FROM (to_jsonb(q) ->> 'rate_period')::interval) * 1e9)::int8 \
        FROM (SELECT 1) one LEFT JOIN eventic.queues q ON q.queue_name = $1";
 
 /// The queue `queue_name` (42704 when there is none).
@@ -52,7 +58,7 @@ pub fn lookup(queue_name: &str) -> Result<Rc<QueueInfo>> {
     let found = match cached {
         Some(found) => found,
         None => {
-            let (exists, worker, queues_oid) = Spi::connect(|client| -> Result<_> {
+            let (exists, worker, queues_oid, rate) = Spi::connect(|client| -> Result<_> {
                 let stmt = crate::spi_plans::plan(
                     client,
                     SELECT_QUEUE,
@@ -65,6 +71,15 @@ pub fn lookup(queue_name: &str) -> Result<Rc<QueueInfo>> {
                     row.get::<bool>(1)?.unwrap_or(false),
                     row.get::<bool>(2)?.unwrap_or(false),
                     row.get::<pg_sys::Oid>(3)?.unwrap_or(pg_sys::InvalidOid),
+                    match (row.get::<i64>(4)?, row.get::<i64>(5)?) {
+                        (Some(limit), Some(period_nanos)) if limit > 0 && period_nanos > 0 => {
+                            Some(rate::Rate {
+                                limit,
+                                period_nanos,
+                            })
+                        }
+                        _ => None,
+                    },
                 ))
             })?;
             watch(queues_oid);
@@ -75,13 +90,19 @@ pub fn lookup(queue_name: &str) -> Result<Rc<QueueInfo>> {
                         pgrx::spi::quote_identifier(format!("queue_{queue_name}"))
                     ),
                     worker,
+                    rate,
                 })
             });
-            QUEUES.with(|queues| {
-                queues
-                    .borrow_mut()
-                    .insert(generation, queue_name.to_string(), info.clone())
-            });
+            // a miss is not remembered: it may come from a snapshot older than the
+            // invalidation that brought this generation (a worker's pass that began before
+            // the queue's CREATE committed), and would then last until the next change
+            if info.is_some() {
+                QUEUES.with(|queues| {
+                    queues
+                        .borrow_mut()
+                        .insert(generation, queue_name.to_string(), info.clone())
+                });
+            }
             info
         }
     };
@@ -165,46 +186,116 @@ fn require_queue_owner(queue_name: &str, what: &str) -> Result<()> {
     }
 }
 
-/// Change a queue's concurrency, pause it, or turn its in-database worker on/off.
-#[pg_extern(volatile, parallel_unsafe)]
+/// Change a queue's concurrency, pause it, or turn its in-database worker on/off: the
+/// 0.1.0/0.2.0 `eventic.alter_queue` (a database not yet updated calls this symbol).
+#[pg_extern(volatile, parallel_unsafe, sql = false)]
 fn alter_queue(
     queue_name: Option<&str>,
-    concurrency: default!(Option<i32>, "NULL"),
-    paused: default!(Option<bool>, "NULL"),
-    worker: default!(Option<bool>, "NULL"),
+    concurrency: Option<i32>,
+    paused: Option<bool>,
+    worker: Option<bool>,
 ) {
-    (|| {
-        let name = required(queue_name, "queue_name")?;
-        queue_table(name)?;
-        if concurrency.is_some_and(|c| c < 1) {
-            return Err(EventicError::invalid(
-                "concurrency must be at least 1",
-                "Pause a queue with paused => true instead.",
-            ));
-        }
-        require_queue_owner(name, "alter")?;
-        as_extension_owner(|| {
+    alter(queue_name, concurrency, paused, worker, None, None).or_report()
+}
+
+/// `eventic.alter_queue` (sql/queues.sql): also its rate limit (`rate_limit => 0` removes it).
+#[pg_extern(volatile, parallel_unsafe, sql = false)]
+fn alter_queue_with_rate(
+    queue_name: Option<&str>,
+    concurrency: Option<i32>,
+    paused: Option<bool>,
+    worker: Option<bool>,
+    rate_limit: Option<i32>,
+    rate_period: Option<Interval>,
+) {
+    alter(
+        queue_name,
+        concurrency,
+        paused,
+        worker,
+        rate_limit,
+        rate_period,
+    )
+    .or_report()
+}
+
+fn alter(
+    queue_name: Option<&str>,
+    concurrency: Option<i32>,
+    paused: Option<bool>,
+    worker: Option<bool>,
+    rate_limit: Option<i32>,
+    rate_period: Option<Interval>,
+) -> Result<()> {
+    let name = required(queue_name, "queue_name")?;
+    queue_table(name)?;
+    if concurrency.is_some_and(|c| c < 1) {
+        return Err(EventicError::invalid(
+            "concurrency must be at least 1",
+            "Pause a queue with paused => true instead.",
+        ));
+    }
+    check_rate(rate_limit, rate_period)?;
+    require_queue_owner(name, "alter")?;
+    as_extension_owner(|| {
+        Spi::run_with_args(
+            "UPDATE eventic.queues SET concurrency = coalesce($2, concurrency),
+                    paused = coalesce($3, paused), worker = coalesce($4, worker)
+              WHERE queue_name = $1",
+            &[
+                name.into(),
+                concurrency.into(),
+                paused.into(),
+                worker.into(),
+            ],
+        )?;
+        if rate_limit.is_some() || rate_period.is_some() {
+            // a limit set without a period: per second; 0 removes the limit (and its period)
             Spi::run_with_args(
-                "UPDATE eventic.queues SET concurrency = coalesce($2, concurrency),
-                        paused = coalesce($3, paused), worker = coalesce($4, worker)
+                "UPDATE eventic.queues
+                    SET rate_limit = CASE WHEN $2 = 0 THEN NULL ELSE coalesce($2, rate_limit) END,
+                        rate_period = CASE WHEN $2 = 0 THEN NULL
+                                           ELSE coalesce($3, rate_period, interval '1 second') END
                   WHERE queue_name = $1",
-                &[
-                    name.into(),
-                    concurrency.into(),
-                    paused.into(),
-                    worker.into(),
-                ],
+                &[name.into(), rate_limit.into(), rate_period.into()],
             )?;
-            Ok(())
-        })?;
-        // an unpaused queue (more concurrency, the worker turned on) runs its jobs at commit,
-        // not at the next poll
-        if paused == Some(false) || worker == Some(true) || concurrency.is_some() {
-            crate::worker::wake_worker_at_commit();
         }
         Ok(())
-    })()
-    .or_report()
+    })?;
+    // an unpaused queue (more concurrency, the worker turned on, another rate) runs its jobs
+    // at commit, not at the next poll
+    if paused == Some(false)
+        || worker == Some(true)
+        || concurrency.is_some()
+        || rate_limit.is_some()
+    {
+        crate::worker::wake_worker_at_commit();
+    }
+    Ok(())
+}
+
+/// The longest rate period: 31 days.
+const MAX_RATE_PERIOD_MICROS: i128 = 31 * 86_400_000_000;
+
+fn check_rate(rate_limit: Option<i32>, rate_period: Option<Interval>) -> Result<()> {
+    if let Some(limit) = rate_limit.filter(|limit| *limit < 0) {
+        return Err(EventicError::invalid(
+            format!("rate_limit must not be negative, not {limit}"),
+            "Pass the most jobs that may start per rate_period (0 removes the limit).",
+        ));
+    }
+    if let Some(period) = rate_period {
+        let micros = i128::from(period.months()) * 30 * 86_400_000_000
+            + i128::from(period.days()) * 86_400_000_000
+            + i128::from(period.micros());
+        if !(1_000..=MAX_RATE_PERIOD_MICROS).contains(&micros) {
+            return Err(EventicError::invalid(
+                format!("rate_period must be between 1 millisecond and 31 days, not {micros} microseconds"),
+                "Pass an interval such as '1 second' or '1 minute'.",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Drop a queue and its jobs. A class's queue goes with eventic.drop_class.
@@ -451,4 +542,3 @@ pub fn check_run_at(run_at: Option<TimestampWithTimeZone>) -> Result<()> {
 /// The most jobs one statement takes while draining (they run in groups of one function, or
 /// one by one, each group or job in its own subtransaction; their ends are written together).
 pub const CLAIM_BATCH: i64 = 512;
-

@@ -132,7 +132,7 @@ impl Worker {
                 Some(Pass::Ran(_)) => {
                     compact_empty_queues();
                     set_activity(pg_sys::BackendState::STATE_IDLE, "eventic: waiting for jobs");
-                    wait(poll_interval());
+                    wait(super::alarm::bounded(poll_interval()));
                 }
                 Some(Pass::Paused(why)) => {
                     set_activity(
@@ -143,7 +143,7 @@ impl Worker {
                         },
                     );
                     self.set_paused(Some(why));
-                    wait(poll_interval().min(PAUSE_CHECK_INTERVAL));
+                    wait(super::alarm::bounded(poll_interval().min(PAUSE_CHECK_INTERVAL)));
                 }
                 Some(Pass::NoExtension) => {
                     if let (Some(entry), Some(requests)) = (entry, requests) {
@@ -202,6 +202,11 @@ impl Worker {
             None => {
                 let ran = drain_database(JOBS_PER_TRANSACTION);
                 crate::workflows::retention::prune_if_due();
+                // after the drain: before it, a slow first look at the schedules let the
+                // queue list (a fresh snapshot) name a queue that queues::lookup (the pass's
+                // snapshot) then cached as missing. A tick enqueued here wakes the workers at
+                // commit.
+                crate::schedules::fire_due();
                 Pass::Ran(ran)
             }
         }
@@ -317,13 +322,16 @@ fn drain_database(budget: i64) -> i64 {
         // writes nothing: queues::drain reads through mutating plans run by SpiClient::select
         let outcome = crate::subxact::in_subtransaction(|| {
             // a queue is drained by at most `concurrency` workers at once: each holds one of
-            // its slot locks until its transaction ends
-            let has_slot = (0..concurrency.max(1) as u32)
-                .any(|slot| crate::records::store::try_lock_queue_slot(&queue, slot));
-            if !has_slot {
-                return None;
-            }
+            // its slot locks until its transaction ends (so that with concurrency 1 a job
+            // sees the effects of the one before it), or gives it back at once when it ran
+            // nothing: a long job of a queue visited later must not keep this one closed
+            let slot = (0..concurrency.max(1) as u32)
+                .find(|slot| crate::records::store::try_lock_queue_slot(&queue, *slot))?;
             match crate::queues::drain(&queue, budget - ran, None, Some(deadline)) {
+                Ok(0) => {
+                    crate::records::store::unlock_queue_slot(&queue, slot);
+                    Some(0)
+                }
                 Ok(n) => Some(n),
                 // raised here, so that the subtransaction rolls back what the drain did
                 Err(err) => err.report(),
@@ -333,6 +341,12 @@ fn drain_database(budget: i64) -> i64 {
             Ok(Some(n)) => {
                 ran += n;
                 QUEUE_RETRY.with(|retry| retry.borrow_mut().remove(&queue));
+                // the transaction ends with the first queue that ran jobs: its slot is held
+                // until then, and must not wait for the jobs of the queues after it (the next
+                // transaction starts at the next queue)
+                if n > 0 {
+                    break;
+                }
             }
             Ok(None) => {}
             Err(failure) => {

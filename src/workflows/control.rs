@@ -10,12 +10,19 @@ use crate::queues::{self, jobs};
 use crate::raw_jsonb::RawJsonb;
 use crate::roles::{as_extension_owner, current_role};
 
-use super::store::{enqueue_run, insert_workflow, load, load_state, result_of, set_status, State};
+use super::store::{
+    enqueue_run, external_schema, insert_workflow, load, load_state, refuse_taken_id, result_of,
+    set_status, State,
+};
 use super::{interval_seconds, negative, DEFAULT_QUEUE};
 
 /// Send `message` on `topic` to a workflow (it takes it with eventic.recv).
 #[pg_extern(volatile, parallel_unsafe)]
-fn send(workflow_id: Option<&str>, topic: Option<&str>, message: default!(Option<RawJsonb>, "NULL")) {
+fn send(
+    workflow_id: Option<&str>,
+    topic: Option<&str>,
+    message: default!(Option<RawJsonb>, "NULL"),
+) {
     (|| {
         let id = required(workflow_id, "workflow_id")?;
         let topic = required(topic, "topic")?;
@@ -38,7 +45,7 @@ fn send(workflow_id: Option<&str>, topic: Option<&str>, message: default!(Option
             )
         })?;
         if status.as_deref() == Some("WAITING") {
-            enqueue_run(&workflow.queue_name, id, workflow.started_by, 0.0)?;
+            enqueue_run(&workflow.queue_name, id, workflow.started_by, 0.0, workflow.external)?;
         }
         Ok(())
     })()
@@ -169,7 +176,7 @@ fn resume_workflow(workflow_id: Option<&str>) {
             )?;
             Ok(())
         })?;
-        enqueue_run(&workflow.queue_name, id, workflow.started_by, 0.0)
+        enqueue_run(&workflow.queue_name, id, workflow.started_by, 0.0, workflow.external)
     })()
     .or_report()
 }
@@ -190,11 +197,14 @@ fn fork_workflow(workflow_id: Option<&str>, from_step: Option<i32>) -> String {
         let workflow = workflow_for(id, "fork")?;
         let fork = crate::records::store::new_uuid_v7().to_string();
         as_extension_owner(|| {
-            crate::spi_plans::kept_run(
+            let copy = if external_schema()? {
+                "INSERT INTO eventic.workflow_runs (workflow_id, fn, input, queue_name, started_by, external_body)
+                 SELECT $2, fn, input, queue_name, started_by, external_body FROM eventic.workflow_runs WHERE workflow_id = $1"
+            } else {
                 "INSERT INTO eventic.workflow_runs (workflow_id, fn, input, queue_name, started_by)
-                 SELECT $2, fn, input, queue_name, started_by FROM eventic.workflow_runs WHERE workflow_id = $1",
-                &[id.into(), fork.as_str().into()],
-            )?;
+                 SELECT $2, fn, input, queue_name, started_by FROM eventic.workflow_runs WHERE workflow_id = $1"
+            };
+            crate::spi_plans::kept_run(copy, &[id.into(), fork.as_str().into()])?;
             crate::spi_plans::kept_run(
                 "INSERT INTO eventic.workflow_records (workflow_id, position, name, kind, output, error, attempts)
                  SELECT $2, position, name, kind, output, error, attempts FROM eventic.workflow_records
@@ -203,7 +213,7 @@ fn fork_workflow(workflow_id: Option<&str>, from_step: Option<i32>) -> String {
             )?;
             Ok(())
         })?;
-        enqueue_run(&workflow.queue_name, &fork, workflow.started_by, 0.0)?;
+        enqueue_run(&workflow.queue_name, &fork, workflow.started_by, 0.0, workflow.external)?;
         Ok(fork)
     })()
     .or_report()
@@ -300,18 +310,8 @@ fn start_workflow(
             Some(id) => id.to_string(),
             None => crate::records::store::new_uuid_v7().to_string(),
         };
-        if !insert_workflow(&id, fn_oid, input, queue_name, current_role(), timeout, None)? {
-            // the id is taken: the same starter gets its workflow back (idempotency), another
-            // role is refused rather than handed someone else's workflow
-            if let Some(existing) = load_state(&id)? {
-                if !crate::roles::may_manage(existing.started_by) {
-                    return Err(EventicError::not_allowed(
-                        format!("workflow id {id} is taken by a workflow another role started"),
-                        "Workflow ids are shared by all roles of the database: choose another \
-                         (or pass NULL for a UUIDv7).",
-                    ));
-                }
-            }
+        if !insert_workflow(&id, Some(fn_oid), None, input, queue_name, current_role(), timeout, None)? {
+            refuse_taken_id(&id)?;
         }
         Ok(id)
     })()

@@ -12,6 +12,7 @@
 
 mod body;
 mod control;
+mod external;
 mod patches;
 pub mod retention;
 mod runner;

@@ -47,7 +47,8 @@ fn run_workflow_steps(workflow_id: &str) -> Result<()> {
         let Some(workflow) = load(workflow_id)? else {
             return Ok(());
         };
-        if matches!(workflow.status.as_str(), "SUCCESS" | "ERROR" | "CANCELLED") {
+        // an external body is its runner's (claim_workflows), never the worker's
+        if workflow.external || matches!(workflow.status.as_str(), "SUCCESS" | "ERROR" | "CANCELLED") {
             return Ok(());
         }
         if workflow.expired {
@@ -147,6 +148,7 @@ fn run_workflow_steps(workflow_id: &str) -> Result<()> {
                             workflow_id,
                             workflow.started_by,
                             workflow.wait(delay),
+                            false,
                         );
                     }
                 }
@@ -180,6 +182,7 @@ fn run_workflow_steps(workflow_id: &str) -> Result<()> {
                             workflow_id,
                             workflow.started_by,
                             workflow.wait(deadline - now),
+                            false,
                         );
                     }
                     let record = StepRecord {
@@ -215,7 +218,8 @@ fn run_workflow_steps(workflow_id: &str) -> Result<()> {
                     let child = format!("{workflow_id}/{position}");
                     let started = insert_workflow(
                         &child,
-                        fn_oid,
+                        Some(fn_oid),
+                        None,
                         input,
                         &workflow.queue_name,
                         workflow.started_by,
@@ -279,6 +283,7 @@ fn run_workflow_steps(workflow_id: &str) -> Result<()> {
                                     workflow_id,
                                     workflow.started_by,
                                     workflow.wait(60.0),
+                                    false,
                                 );
                             }
                         },
@@ -324,6 +329,7 @@ fn run_workflow_steps(workflow_id: &str) -> Result<()> {
                             workflow_id,
                             workflow.started_by,
                             f64::from(1 << attempts.min(10)),
+                            false,
                         );
                     }
                 }
@@ -332,6 +338,6 @@ fn run_workflow_steps(workflow_id: &str) -> Result<()> {
             }
         }
         // a long workflow continues in a fresh job (and a fresh transaction)
-        enqueue_run(&workflow.queue_name, workflow_id, workflow.started_by, 0.0)
+        enqueue_run(&workflow.queue_name, workflow_id, workflow.started_by, 0.0, false)
     }
 }

@@ -16,12 +16,18 @@ use super::StepRecord;
 // a function call, not a regprocedure literal: a kept plan must not keep a stale oid
 const RUN_WORKFLOW_OID: &str = "SELECT to_regprocedure('eventic._run_workflow(text)')::oid";
 
+/// Make the workflow run again after `delay_seconds`: a run job in its queue, or for a
+/// workflow with an external body (`external`) its `next_run_at`, where runners claim it.
 pub(super) fn enqueue_run(
     queue_name: &str,
     workflow_id: &str,
     started_by: pg_sys::Oid,
     delay_seconds: f64,
+    external: bool,
 ) -> Result<()> {
+    if external {
+        return wake_external(workflow_id, delay_seconds);
+    }
     let table = queues::queue_table(queue_name)?;
     let run_at = if delay_seconds > 0.0 {
         Spi::get_one_with_args::<TimestampWithTimeZone>(
@@ -54,25 +60,103 @@ pub(super) fn enqueue_run(
     queues::announce(queue_name)
 }
 
+thread_local! {
+    /// The catalog generation under which eventic.workflow_runs was seen with its 0.3.0 columns.
+    static EXTERNAL_SCHEMA: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
+
+/// Whether eventic.workflow_runs has the columns of external bodies (0.3.0): a database whose
+/// extension is not updated yet (ALTER EXTENSION eventic UPDATE) runs this library on its
+/// older tables, with the statements of before.
+pub(super) fn external_schema() -> Result<bool> {
+    let generation = crate::catalog_cache::catalog_generation();
+    if EXTERNAL_SCHEMA.with(std::cell::Cell::get) == Some(generation) {
+        return Ok(true);
+    }
+    let present = as_extension_owner(|| {
+        crate::spi_plans::kept_value::<bool>(
+            "SELECT EXISTS (SELECT FROM pg_catalog.pg_attribute
+                             WHERE attrelid = pg_catalog.to_regclass('eventic.workflow_runs')
+                               AND attname = 'external_body' AND NOT attisdropped)",
+            &[],
+        )
+    })?
+    .unwrap_or(false);
+    if present {
+        EXTERNAL_SCHEMA.with(|seen| seen.set(Some(generation)));
+    }
+    Ok(present)
+}
+
+/// The channel runners of external bodies LISTEN on: a workflow became runnable.
+pub const EXTERNAL_CHANNEL: &str = "eventic_external_workflows";
+
+fn wake_external(workflow_id: &str, delay_seconds: f64) -> Result<()> {
+    as_extension_owner(|| {
+        crate::spi_plans::kept_run(
+            "UPDATE eventic.workflow_runs
+                SET next_run_at = clock_timestamp() + $2 * interval '1 second'
+              WHERE workflow_id = $1",
+            &[workflow_id.into(), delay_seconds.max(0.0).into()],
+        )?;
+        if delay_seconds <= 0.0 {
+            notify_runners()?;
+        }
+        Ok(())
+    })
+}
+
+/// Wake idle runners (a NOTIFY, sent at commit; one per transaction however many).
+pub(super) fn notify_runners() -> Result<()> {
+    crate::spi_plans::kept_run(
+        "SELECT pg_catalog.pg_notify($1, '')",
+        &[EXTERNAL_CHANNEL.into()],
+    )
+}
+
 pub(super) fn set_status(
     workflow_id: &str,
     status: &str,
     output: Option<Value>,
     error: Option<&str>,
 ) -> Result<()> {
+    let args = [
+        workflow_id.into(),
+        status.into(),
+        output.map(JsonB).into(),
+        error.into(),
+    ];
     let parent = as_extension_owner(|| {
+        if !external_schema()? {
+            return crate::spi_plans::kept_value::<String>(
+                "UPDATE eventic.workflow_runs SET status = $2, output = coalesce($3, output), error = $4,
+                        updated_at = clock_timestamp() WHERE workflow_id = $1
+                 RETURNING parent_id",
+                &args,
+            );
+        }
         crate::spi_plans::kept_value::<String>(
             "UPDATE eventic.workflow_runs SET status = $2, output = coalesce($3, output), error = $4,
-                    updated_at = clock_timestamp() WHERE workflow_id = $1
+                    updated_at = clock_timestamp(),
+                    -- an ended workflow is nobody's to run (external bodies)
+                    next_run_at = CASE WHEN $2 IN ('SUCCESS', 'ERROR', 'CANCELLED') THEN NULL ELSE next_run_at END,
+                    leased_until = CASE WHEN $2 IN ('SUCCESS', 'ERROR', 'CANCELLED') THEN NULL ELSE leased_until END
+              WHERE workflow_id = $1
              RETURNING parent_id",
-            &[workflow_id.into(), status.into(), output.map(JsonB).into(), error.into()],
+            &args,
         )
     })?;
     // a parent waiting for this child goes on now that it ended
     if let (Some(parent), "SUCCESS" | "ERROR" | "CANCELLED") = (parent, status) {
         if let Some(state) = load_state(&parent)? {
             if state.status == "WAITING" {
-                enqueue_run(&state.queue_name, &parent, state.started_by, 0.0)?;
+                enqueue_run(
+                    &state.queue_name,
+                    &parent,
+                    state.started_by,
+                    0.0,
+                    state.external,
+                )?;
             }
         }
     }
@@ -80,9 +164,12 @@ pub(super) fn set_status(
 }
 
 /// Insert a workflow and enqueue its first run; nothing (false) when the id exists already.
+/// A workflow has a SQL body (`fn_oid`) or an external one (`external_body`, its name).
+#[allow(clippy::too_many_arguments)]
 pub(super) fn insert_workflow(
     id: &str,
-    fn_oid: pg_sys::Oid,
+    fn_oid: Option<pg_sys::Oid>,
+    external_body: Option<&str>,
     input: Value,
     queue_name: &str,
     started_by: pg_sys::Oid,
@@ -90,9 +177,31 @@ pub(super) fn insert_workflow(
     parent: Option<&str>,
 ) -> Result<bool> {
     let inserted = as_extension_owner(|| {
+        if !external_schema()? {
+            if external_body.is_some() {
+                return Err(EventicError::NotReady {
+                    message: "workflows with external bodies need eventic 0.3.0".into(),
+                    hint: "Run ALTER EXTENSION eventic UPDATE.".into(),
+                });
+            }
+            return crate::spi_plans::kept_value::<String>(
+                "INSERT INTO eventic.workflow_runs (workflow_id, fn, input, queue_name, started_by, deadline, parent_id)
+                 VALUES ($1, $2, $3, $4, $5, clock_timestamp() + $6, $7)
+                 ON CONFLICT (workflow_id) DO NOTHING RETURNING workflow_id",
+                &[
+                    id.into(),
+                    fn_oid.into(),
+                    JsonB(input.clone()).into(),
+                    queue_name.into(),
+                    started_by.into(),
+                    timeout.into(),
+                    parent.into(),
+                ],
+            );
+        }
         crate::spi_plans::kept_value::<String>(
-            "INSERT INTO eventic.workflow_runs (workflow_id, fn, input, queue_name, started_by, deadline, parent_id)
-             VALUES ($1, $2, $3, $4, $5, clock_timestamp() + $6, $7)
+            "INSERT INTO eventic.workflow_runs (workflow_id, fn, input, queue_name, started_by, deadline, parent_id, external_body)
+             VALUES ($1, $2, $3, $4, $5, clock_timestamp() + $6, $7, $8)
              ON CONFLICT (workflow_id) DO NOTHING RETURNING workflow_id",
             &[
                 id.into(),
@@ -102,6 +211,7 @@ pub(super) fn insert_workflow(
                 started_by.into(),
                 timeout.into(),
                 parent.into(),
+                external_body.into(),
             ],
         )
     })?;
@@ -109,7 +219,7 @@ pub(super) fn insert_workflow(
         return Ok(false);
     }
     note_starter(started_by)?;
-    enqueue_run(queue_name, id, started_by, 0.0)?;
+    enqueue_run(queue_name, id, started_by, 0.0, external_body.is_some())?;
     Ok(true)
 }
 
@@ -178,25 +288,50 @@ pub(super) struct State {
     pub(super) status: String,
     pub(super) queue_name: String,
     pub(super) started_by: pg_sys::Oid,
+    /// Its body runs outside Postgres (runners claim it; eventic's worker never runs it).
+    pub(super) external: bool,
+}
+
+/// After an INSERT that found `id` taken: the same starter gets its workflow back
+/// (idempotency), another role is refused rather than handed someone else's workflow.
+pub(super) fn refuse_taken_id(id: &str) -> Result<()> {
+    if let Some(existing) = load_state(id)? {
+        if !crate::roles::may_manage(existing.started_by) {
+            return Err(EventicError::not_allowed(
+                format!("workflow id {id} is taken by a workflow another role started"),
+                "Workflow ids are shared by all roles of the database: choose another \
+                 (or pass NULL for a UUIDv7).",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A workflow's status, queue and starter, whoever asks (callers check who may act on it).
 pub(super) fn load_state(id: &str) -> Result<Option<State>> {
-    as_extension_owner(|| Spi::connect(|client| {
-        let mut rows = client.select(
-            &*crate::spi_plans::kept(client, "SELECT status, queue_name, started_by FROM eventic.workflow_runs WHERE workflow_id = $1", &[id.into()])?,
-            Some(1),
-            &[id.into()],
-        )?;
-        let Some(row) = rows.next() else {
-            return Ok(None);
-        };
-        Ok(Some(State {
-            status: row.get::<String>(1)?.unwrap_or_default(),
-            queue_name: row.get::<String>(2)?.unwrap_or_default(),
-            started_by: row.get::<pg_sys::Oid>(3)?.unwrap_or(pg_sys::InvalidOid),
-        }))
-    }))
+    let sql = if external_schema()? {
+        "SELECT status, queue_name, started_by, external_body IS NOT NULL FROM eventic.workflow_runs WHERE workflow_id = $1"
+    } else {
+        "SELECT status, queue_name, started_by, false FROM eventic.workflow_runs WHERE workflow_id = $1"
+    };
+    as_extension_owner(|| {
+        Spi::connect(|client| {
+            let mut rows = client.select(
+                &*crate::spi_plans::kept(client, sql, &[id.into()])?,
+                Some(1),
+                &[id.into()],
+            )?;
+            let Some(row) = rows.next() else {
+                return Ok(None);
+            };
+            Ok(Some(State {
+                status: row.get::<String>(1)?.unwrap_or_default(),
+                queue_name: row.get::<String>(2)?.unwrap_or_default(),
+                started_by: row.get::<pg_sys::Oid>(3)?.unwrap_or(pg_sys::InvalidOid),
+                external: row.get::<bool>(4)?.unwrap_or(false),
+            }))
+        })
+    })
 }
 
 pub(super) struct WorkflowRow {
@@ -208,6 +343,9 @@ pub(super) struct WorkflowRow {
     pub(super) expired: bool,
     /// Seconds until the timeout, if there is one.
     time_left: Option<f64>,
+    /// Its body runs outside Postgres; `lease` counts the claims of it by runners.
+    pub(super) external: bool,
+    pub(super) lease: i64,
 }
 
 impl WorkflowRow {
@@ -221,18 +359,28 @@ impl WorkflowRow {
     }
 }
 
+const LOAD: &str = "SELECT fn::oid, input, status, queue_name, started_by,
+            coalesce(deadline < clock_timestamp(), false),
+            extract(epoch FROM deadline - clock_timestamp())::float8,
+            external_body IS NOT NULL, lease
+       FROM eventic.workflow_runs WHERE workflow_id = $1 FOR UPDATE";
+/// [`LOAD`] on the tables of before 0.3.0 ([`external_schema`]).
+const LOAD_BEFORE_0_3: &str = "SELECT fn::oid, input, status, queue_name, started_by,
+            coalesce(deadline < clock_timestamp(), false),
+            extract(epoch FROM deadline - clock_timestamp())::float8,
+            false, 0::bigint
+       FROM eventic.workflow_runs WHERE workflow_id = $1 FOR UPDATE";
+
 pub(super) fn load(workflow_id: &str) -> Result<Option<WorkflowRow>> {
+    let sql = if external_schema()? {
+        LOAD
+    } else {
+        LOAD_BEFORE_0_3
+    };
     as_extension_owner(|| {
         Spi::connect_mut(|client| {
             let mut rows = client.update(
-                &*crate::spi_plans::kept(
-                    client,
-                    "SELECT fn::oid, input, status, queue_name, started_by,
-                        coalesce(deadline < clock_timestamp(), false),
-                        extract(epoch FROM deadline - clock_timestamp())::float8
-                   FROM eventic.workflow_runs WHERE workflow_id = $1 FOR UPDATE",
-                    &[workflow_id.into()],
-                )?,
+                &*crate::spi_plans::kept(client, sql, &[workflow_id.into()])?,
                 Some(1),
                 &[workflow_id.into()],
             )?;
@@ -247,6 +395,8 @@ pub(super) fn load(workflow_id: &str) -> Result<Option<WorkflowRow>> {
                 started_by: row.get::<pg_sys::Oid>(5)?.unwrap_or(pg_sys::InvalidOid),
                 expired: row.get::<bool>(6)?.unwrap_or(false),
                 time_left: row.get::<f64>(7)?,
+                external: row.get::<bool>(8)?.unwrap_or(false),
+                lease: row.get::<i64>(9)?.unwrap_or(0),
             }))
         })
     })

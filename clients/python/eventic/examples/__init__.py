@@ -1,0 +1,1 @@
+"""Examples: `python -m eventic.examples.demo` runs the seed README's demo."""
