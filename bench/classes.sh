@@ -7,8 +7,11 @@
 
 CLASSES_N=1000
 
+CLASSES_BULK=30000
+
 classes_prepare() {
-    bench_sql -v n="$CLASSES_N" <<'SQL'
+    bench_sql < "$BENCH_HOME/audit.sql"
+    bench_sql -v n="$CLASSES_N" -v bulk="$CLASSES_BULK" <<'SQL'
 -- What Pydantic v2 emits for
 --   class Status(str, Enum): draft = 'draft'; review = 'review'; published = 'published'
 --   class Validated(BaseModel):
@@ -69,16 +72,34 @@ SELECT r.id, d.doc ->> 'title', d.doc ->> 'body', d.doc ->> 'status',
        (d.doc ->> 'priority')::int, (d.doc ->> 'points')::int
   FROM bench_rows r JOIN bench_docs d USING (n);
 INSERT INTO bench_untracked SELECT * FROM bench_tracked;
+-- the audit-trigger baseline (issue 13): the same rows, the audit trigger of the issue
+CREATE TABLE bench_audited (LIKE bench_tracked INCLUDING ALL);
+INSERT INTO bench_audited SELECT * FROM bench_tracked;
+CREATE TRIGGER t_history AFTER UPDATE ON bench_audited FOR EACH ROW EXECUTE FUNCTION audit_row();
 SELECT eventic.track('bench_tracked') \g /dev/null
+
+-- the bulk path: 30,000 rows (the same documents, repeated) updated by one statement, tracked
+-- and audit-triggered
+CREATE TABLE bench_bulk_tracked (LIKE bench_tracked INCLUDING ALL);
+ALTER TABLE bench_bulk_tracked ADD COLUMN n int NOT NULL;
+INSERT INTO bench_bulk_tracked
+SELECT gen_random_uuid(), t.title, t.body, t.status, t.priority, t.points, g
+  FROM generate_series(1, :bulk) g JOIN bench_rows r ON r.n = 1 + g % 1000
+  JOIN bench_tracked t ON t.id = r.id;
+CREATE TABLE bench_bulk_audited (LIKE bench_bulk_tracked INCLUDING ALL);
+INSERT INTO bench_bulk_audited SELECT * FROM bench_bulk_tracked;
+CREATE TRIGGER t_history AFTER UPDATE ON bench_bulk_audited FOR EACH ROW EXECUTE FUNCTION audit_row();
+SELECT eventic.track('bench_bulk_tracked') \g /dev/null
 
 DO $$
 DECLARE bad text;
 BEGIN
     SELECT string_agg(problem, '; ') INTO bad FROM (
-        SELECT format('class %s has %s live records, not 1000', c, count(l.id)) AS problem
-          FROM unnest(ARRAY['Validated', 'Unvalidated', 'public.bench_tracked']) c
-          LEFT JOIN eventic.latest l ON l.class_type = c
-         GROUP BY c HAVING count(l.id) <> 1000
+        SELECT format('class %s has %s live records, not %s', c, count(l.id), want) AS problem
+          FROM (VALUES ('Validated', 1000), ('Unvalidated', 1000), ('public.bench_tracked', 1000),
+                       ('public.bench_bulk_tracked', 30000)) w(c, want)
+          LEFT JOIN eventic.latest l ON l.class_type = w.c
+         GROUP BY c, want HAVING count(l.id) <> want
         UNION ALL
         SELECT format('class %s: json_schema %s', class_name,
                       CASE WHEN json_schema IS NULL THEN 'missing' ELSE 'present' END)
@@ -88,13 +109,15 @@ BEGIN
         UNION ALL
         SELECT format('%s has triggers %s', tgrelid::regclass, string_agg(tgname, ', '))
           FROM pg_trigger
-         WHERE tgrelid IN ('bench_tracked'::regclass, 'bench_untracked'::regclass)
+         WHERE tgrelid IN ('bench_tracked'::regclass, 'bench_untracked'::regclass,
+                           'bench_bulk_tracked'::regclass)
          GROUP BY tgrelid
         HAVING tgrelid = 'bench_untracked'::regclass
             OR array_agg(tgname::text) <> ARRAY['eventic_track']
     ) p;
-    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = 'bench_tracked'::regclass) THEN
-        bad := concat_ws('; ', bad, 'bench_tracked has no trigger');
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = 'bench_tracked'::regclass)
+       OR NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = 'bench_bulk_tracked'::regclass) THEN
+        bad := concat_ws('; ', bad, 'a tracked table has no trigger');
     END IF;
     IF bad IS NOT NULL THEN
         RAISE EXCEPTION 'classes benchmark data not built as wanted: %', bad;
@@ -123,18 +146,40 @@ classes_run() {
         "the same set_field on a Validated record (class with a JSON Schema: each version validated)"
     bench_declare $g update_untracked update_untracked tps \
         "UPDATE bench_untracked SET title = ... WHERE id = random row 1..1000 (ordinary table)"
-    bench_declare $g update_tracked update_untracked tps \
+    bench_declare $g update_audited update_untracked tps \
+        "the same UPDATE on bench_audited, with the audit trigger of issue 13"
+    bench_declare $g update_tracked update_audited tps \
         "the same UPDATE on bench_tracked (eventic.track: the AFTER trigger appends a version)"
+    bench_declare $g bulk_audited bulk_audited latency \
+        "UPDATE bench_bulk_audited SET title = ... (all 30,000 rows, one statement, audit trigger)"
+    bench_declare $g bulk_tracked bulk_audited latency \
+        "the same 30,000-row UPDATE of a tracked table (30,000 versions appended)"
 
     # interleaved, order reversed every other round (as in records)
-    local benches=(set_unvalidated set_validated update_untracked update_tracked) c round b
+    local benches=(set_unvalidated set_validated update_untracked update_audited update_tracked) c round b
     for c in $BENCH_CLIENTS; do
         for round in $(seq 1 "$BENCH_ROUNDS"); do
             local order=("${benches[@]}")
-            [ $((round % 2)) = 0 ] && order=(update_tracked update_untracked set_validated set_unvalidated)
+            [ $((round % 2)) = 0 ] && order=(update_tracked update_audited update_untracked set_validated set_unvalidated)
             for b in "${order[@]}"; do
                 bench_pgbench $g "$b" "$c" "$round" "classes/$b.sql"
             done
         done
     done
+
+    # bulk: one client, each run a fixed number of 30,000-row statements (mean latency)
+    for round in $(seq 1 "$BENCH_ROUNDS"); do
+        local order=(bulk_audited bulk_tracked)
+        [ $((round % 2)) = 0 ] && order=(bulk_tracked bulk_audited)
+        for b in "${order[@]}"; do
+            bench_pgbench_count $g "$b" 1 "$round" "classes/$b.sql" "${BENCH_BULK_STATEMENTS:-3}"
+        done
+    done
+}
+
+classes_report() {
+    echo "issue 13 goals (classes):"
+    bench_goal classes update_tracked classes update_audited 0.9 "tracked UPDATE / audit-trigger UPDATE"
+    bench_goal classes bulk_tracked classes bulk_audited 0.8 "30,000-row tracked UPDATE / audit-trigger UPDATE (speed: audit ms / tracked ms)"
+    bench_goal classes update_tracked classes update_untracked - "tracked UPDATE / plain UPDATE"
 }

@@ -4,6 +4,7 @@
 RECORDS_N=1000
 
 records_prepare() {
+    bench_sql < "$BENCH_HOME/audit.sql"
     bench_sql -v n="$RECORDS_N" <<'SQL'
 -- 1000 Story records with a few fields; bench_ids maps a dense n to each record id.
 CREATE TABLE bench_ids (n int PRIMARY KEY, id uuid NOT NULL);
@@ -21,6 +22,10 @@ SELECT n, eventic.create('Story', jsonb_build_object(
 CREATE TABLE bench_plain (n int PRIMARY KEY, data jsonb NOT NULL);
 INSERT INTO bench_plain
 SELECT i.n, r.data FROM bench_ids i JOIN eventic.records r ON r.id = i.id AND r.version = 0;
+-- The audit-trigger baseline (issue 13): the same table and documents, with the audit trigger.
+CREATE TABLE bench_audit (LIKE bench_plain INCLUDING ALL);
+INSERT INTO bench_audit SELECT * FROM bench_plain;
+CREATE TRIGGER t_history AFTER UPDATE ON bench_audit FOR EACH ROW EXECUTE FUNCTION audit_row();
 
 -- The append-only floor: shaped exactly like eventic.records (columns, defaults, primary key,
 -- partial index; no CHECK constraints, as eventic.records has none), without its triggers,
@@ -111,9 +116,11 @@ records_run() {
     local g=records
     bench_declare $g update_plain update_plain tps \
         "UPDATE bench_plain SET data = jsonb_set(data, '{title}', ...) WHERE n = random 1..1000 (in place)"
-    bench_declare $g set_field update_plain tps \
+    bench_declare $g update_audit update_plain tps \
+        "the same UPDATE on bench_audit, with the audit trigger of issue 13 (INSERT to_jsonb(NEW) into audit_history)"
+    bench_declare $g set_field update_audit tps \
         "SELECT eventic.set_field(id of random record 1..1000, 'title', ...) (appends a version)"
-    bench_declare $g set_field_role update_plain tps \
+    bench_declare $g set_field_role update_audit tps \
         "set_field as an ordinary role that owns the class (row-level security applies)"
     bench_declare $g insert_append update_plain tps \
         "INSERT INTO bench_append SELECT latest version with the title changed (plain append-only floor)"
@@ -128,11 +135,11 @@ records_run() {
 
     # writes: the three interleaved, order reversed every other round, so that table growth
     # and machine state weigh on each alike
-    local writes=(update_plain set_field set_field_role insert_append) c round b
+    local writes=(update_plain update_audit set_field set_field_role insert_append) c round b
     for c in $BENCH_CLIENTS; do
         for round in $(seq 1 "$BENCH_ROUNDS"); do
             local order=("${writes[@]}")
-            [ $((round % 2)) = 0 ] && order=(insert_append set_field_role set_field update_plain)
+            [ $((round % 2)) = 0 ] && order=(insert_append set_field_role set_field update_audit update_plain)
             for b in "${order[@]}"; do
                 if [ "$b" = set_field_role ]; then
                     PGBENCH_USER=bench_app bench_pgbench $g "$b" "$c" "$round" "records/$b.sql"
@@ -157,4 +164,11 @@ records_run() {
             bench_pgbench $g "$b" 1 "$round" "$script" -D "versions=${item#*:}"
         done
     done
+}
+
+records_report() {
+    echo "issue 13 goals (records):"
+    bench_goal records set_field records update_audit 1.0 "set_field / audit-trigger UPDATE"
+    bench_goal records set_field records insert_append 0.9 "set_field / append-only floor"
+    bench_goal records set_field_role records update_audit - "set_field as bench_app / audit-trigger UPDATE"
 }

@@ -192,3 +192,69 @@ def test_one_transaction_writes_50000_records_and_a_tracked_table_of_30000_rows(
             "SELECT count(*) FROM eventic.records r JOIN items i ON r.id = eventic.tracked_id('items', i.sku)"
             " WHERE r.version = 1 AND (r.data->>'qty')::int = 1"
         ).fetchone()[0] == 30000
+
+
+def test_tracked_updates_and_set_field_on_one_record_lose_nothing(cluster, db):
+    """A tracked row's UPDATE appends without a row lock on the latest version (its own row
+    lock serialises the table's writers); set_field on the same record takes the lock. Mixed,
+    every write is a version, contiguous, each built on the one before (issue 13)."""
+    rounds = 40
+    with cluster.connect(dbname=db) as conn:
+        conn.execute("CREATE TABLE mixed_t (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), a int NOT NULL DEFAULT 0)")
+        row = conn.execute("INSERT INTO mixed_t DEFAULT VALUES RETURNING id").fetchone()[0]
+        conn.execute("SELECT eventic.track('mixed_t')")
+    start = threading.Barrier(4)
+
+    def writer(i):
+        with cluster.connect(dbname=db) as conn:
+            start.wait()
+            for n in range(1, rounds + 1):
+                if i < 2:
+                    conn.execute("UPDATE mixed_t SET a = a + 1 WHERE id = %s", (row,))
+                else:
+                    conn.execute("SELECT eventic.set_field(%s, %s, %s)", (row, f"s{i}", Jsonb(n)))
+
+    run_threads(writer, 4)
+    with cluster.connect(dbname=db) as conn:
+        final = conn.execute("SELECT eventic.hydrate(%s)", (row,)).fetchone()[0]
+        assert (final["a"], final["s2"], final["s3"]) == (2 * rounds, rounds, rounds)
+        (count, top) = conn.execute(
+            "SELECT count(*), max(version) FROM eventic.records WHERE id = %s", (row,)
+        ).fetchone()
+        assert count == top + 1 == 4 * rounds + 1
+
+
+def test_purge_of_a_tracked_record_waits_for_the_tables_writer(cluster, db):
+    """purge of a tracked record while a transaction has updated its row: the purge waits
+    for that writer (a table lock, as the tracked path takes no row lock on the latest
+    version), so no version is left behind without version 0."""
+    with cluster.connect(dbname=db) as conn:
+        conn.execute("CREATE TABLE purged_t (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), a int NOT NULL DEFAULT 0)")
+        row = conn.execute("INSERT INTO purged_t DEFAULT VALUES RETURNING id").fetchone()[0]
+        conn.execute("SELECT eventic.track('purged_t')")
+    with cluster.connect(dbname=db, autocommit=False) as writer:
+        writer.execute("UPDATE purged_t SET a = 1 WHERE id = %s", (row,))
+        done = []
+        purger = threading.Thread(
+            target=lambda: done.append(_purge(cluster, db, row)), daemon=True
+        )
+        purger.start()
+        purger.join(1.5)
+        assert done == [], "purge did not wait for the transaction that wrote the record"
+        writer.commit()
+    purger.join(30)
+    assert done == [2]
+    with cluster.connect(dbname=db) as conn:
+        assert conn.execute(
+            "SELECT count(*) FROM eventic.records WHERE id = %s", (row,)
+        ).fetchone()[0] == 0
+        # the row lives on: its next change starts a new history at version 0
+        conn.execute("UPDATE purged_t SET a = 2 WHERE id = %s", (row,))
+        assert conn.execute(
+            "SELECT array_agg(version ORDER BY version) FROM eventic.records WHERE id = %s", (row,)
+        ).fetchone()[0] == [0]
+
+
+def _purge(cluster, db, record):
+    with cluster.connect(dbname=db) as conn:
+        return conn.execute("SELECT eventic.purge(%s)", (record,)).fetchone()[0]

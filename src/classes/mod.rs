@@ -6,6 +6,7 @@ pub mod cache;
 pub mod naming;
 pub mod schema;
 pub mod tracked;
+pub mod tracked_append;
 
 use pgrx::prelude::*;
 use pgrx::{pg_sys, JsonB};

@@ -322,6 +322,14 @@ fn tracked_write<'a>(
         // SAFETY: the relation the trigger fired on is open, its pg_class row loaded.
         let rowtype = unsafe { (*relation.rd_rel).reltype };
         let event = trigger.event();
+        // an UPDATE that keeps the row's key: one statement, no lock (see tracked_append)
+        if event.fired_by_update() {
+            if let (Some(new), Some(old)) = (trigger.new(), trigger.old()) {
+                if super::tracked_append::try_update(class_name, id_column, new, &old, rowtype)? {
+                    return Ok(());
+                }
+            }
+        }
         let old = trigger
             .old()
             .filter(|_| event.fired_by_update() || event.fired_by_delete());

@@ -352,6 +352,7 @@ fn purge(id: Option<Uuid>) -> i64 {
     (|| {
         let id = required(id, "id")?;
         require_history_owner("purge")?;
+        crate::classes::tracked_append::fence_writers(id)?;
         match store::delete_all(id)? {
             0 => Err(EventicError::RecordNotFound { id: id.to_string() }),
             n => Ok(n),

@@ -464,29 +464,33 @@ pub fn append(id: Uuid, change: Change, expected_version: Option<i32>) -> Result
         None => return Err(EventicError::RecordNotFound { id: id.to_string() }),
         Some(row) => crate::classes::access::require(&row.class_type, crate::classes::access::Access::Write)?,
     }
-    // Maybe another writer appended while this one waited for the lock:
-    // lock the latest version as a fresh snapshot sees it, and try once more; with that lock
-    // held no one can append in between, so a second "nothing" is the record's state.
-    lock_current(id)?;
-    if let Some(version) = append_next(&args)? {
-        return Ok(version);
-    }
-    let id_text = || id.to_string();
-    match latest(id)? {
-        None => Err(EventicError::RecordNotFound { id: id_text() }),
-        Some(row) if row.deleted && !revive => Err(EventicError::RecordDeleted {
-            id: id_text(),
-            version: row.version,
-        }),
-        Some(row) if expected_version.is_some_and(|e| e != row.version) => {
-            Err(EventicError::StaleVersion {
-                id: id_text(),
-                expected: expected_version.unwrap_or_default(),
-                actual: row.version,
-            })
+    // Maybe another writer appended while this one waited for the lock: lock the latest
+    // version as a fresh snapshot sees it, and try again; with that lock held no locking
+    // writer can append in between, so "nothing" is the record's state, unless a writer that
+    // takes no lock (a tracked row's UPDATE, see classes::tracked_append) appended meanwhile.
+    loop {
+        let locked = lock_current(id)?;
+        if let Some(version) = append_next(&args)? {
+            return Ok(version);
         }
-        // the change would not alter the document: nothing to write
-        Some(row) => Ok(row.version),
+        let id_text = || id.to_string();
+        return match latest(id)? {
+            Some(row) if Some(row.version) != locked => continue,
+            None => Err(EventicError::RecordNotFound { id: id_text() }),
+            Some(row) if row.deleted && !revive => Err(EventicError::RecordDeleted {
+                id: id_text(),
+                version: row.version,
+            }),
+            Some(row) if expected_version.is_some_and(|e| e != row.version) => {
+                Err(EventicError::StaleVersion {
+                    id: id_text(),
+                    expected: expected_version.unwrap_or_default(),
+                    actual: row.version,
+                })
+            }
+            // the change would not alter the document: nothing to write
+            Some(row) => Ok(row.version),
+        };
     }
 }
 

@@ -1,0 +1,131 @@
+//! The fast path of tracked tables: an UPDATE of a tracked row appends its record's next
+//! version in one statement, without the row lock the generic write path takes on the
+//! latest version (issue 13: that lock wrote the old version row and a WAL record per write).
+//!
+//! Why no lock is needed: writers of one tracked row are already serialised by the row lock
+//! of their own UPDATE, and the trigger's statement runs with a fresh snapshot (READ
+//! COMMITTED), so it sees the version the previous writer committed. Any other writer of the
+//! same record (set_field, eventic.latest) is caught by the primary key: the version number
+//! it would take is taken, `ON CONFLICT DO NOTHING` appends nothing, and the caller falls back
+//! to the generic locked path, which retries until it builds on the true latest version.
+//! Under REPEATABLE READ that conflict is the standard 40001. eventic.purge of a tracked
+//! record fences the table's writers with a table lock ([`fence_writers`]).
+
+use pgrx::pg_sys::{self, PgBuiltInOids, PgOid};
+use pgrx::prelude::*;
+use pgrx::{AllocatedByPostgres, Uuid};
+use serde_json::Value;
+
+use crate::classes::tracked::record_id;
+use crate::records::store::{new_uuid_v7, OwnWrite, UUID};
+
+type Res<T> = crate::errors::Result<T>;
+
+/// The next version of the record of a tracked row: the latest version with the row's columns
+/// (all but the key) set over it, or, on a tombstone, the row's columns alone (a key deleted
+/// and inserted again); nothing when the row's columns change nothing in the document.
+/// $1 the new row, $2 the record id, $3 the new version_id, $4 the key column.
+/// Everything schema-qualified: it runs as the role that changed the row.
+const APPEND_ROW: &str = "INSERT INTO eventic.records
+       (version_id, id, version, class_type, data, created_at, created_by, deleted)
+SELECT $3, $2, cur.version OPERATOR(pg_catalog.+) 1, cur.class_type,
+       CASE WHEN cur.deleted
+            THEN d.doc OPERATOR(pg_catalog.||) '{\"properties\": {}}'::pg_catalog.jsonb
+            ELSE cur.data OPERATOR(pg_catalog.||) d.doc END,
+       pg_catalog.clock_timestamp(), CURRENT_USER, false
+  FROM (SELECT r.version, r.class_type, r.data, r.deleted FROM eventic.records r
+         WHERE r.id OPERATOR(pg_catalog.=) $2 ORDER BY r.version DESC LIMIT 1) cur
+ CROSS JOIN LATERAL (
+        SELECT pg_catalog.to_jsonb($1) OPERATOR(pg_catalog.-) $4 AS doc) d
+ WHERE cur.deleted OR (cur.data OPERATOR(pg_catalog.||) d.doc) OPERATOR(pg_catalog.<>) cur.data
+    ON CONFLICT (id, version) DO NOTHING
+RETURNING version";
+
+/// The key of a row as the generic path sees it (`to_jsonb(row) -> key`), read straight
+/// from the tuple for the key types that map one to one; `None` for any other type.
+fn key_of(row: &PgHeapTuple<'_, AllocatedByPostgres>, id_column: &str) -> Res<Option<Value>> {
+    let Some((_, att)) = row.get_attribute_by_name(id_column) else {
+        return Ok(None);
+    };
+    let key = |v: Option<Value>| Ok(Some(v.unwrap_or(Value::Null)));
+    match att.atttypid {
+        pg_sys::UUIDOID => key(row
+            .get_by_name::<Uuid>(id_column)?
+            .map(|u| Value::String(u.to_string()))),
+        pg_sys::INT2OID => key(row.get_by_name::<i16>(id_column)?.map(Value::from)),
+        pg_sys::INT4OID => key(row.get_by_name::<i32>(id_column)?.map(Value::from)),
+        pg_sys::INT8OID => key(row.get_by_name::<i64>(id_column)?.map(Value::from)),
+        pg_sys::TEXTOID | pg_sys::VARCHAROID => {
+            key(row.get_by_name::<String>(id_column)?.map(Value::String))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Append the version for an UPDATE of a tracked row whose key did not change. False when
+/// this path does not apply or appended nothing (a key of another type, a changed key, no
+/// record yet, a no-op change, a concurrent writer of another kind): the caller then takes
+/// the generic path, which tells those apart.
+pub fn try_update(
+    class_name: &str,
+    id_column: &str,
+    new: PgHeapTuple<'_, AllocatedByPostgres>,
+    old: &PgHeapTuple<'_, AllocatedByPostgres>,
+    rowtype: pg_sys::Oid,
+) -> Res<bool> {
+    let (Some(new_key), Some(old_key)) = (key_of(&new, id_column)?, key_of(old, id_column)?) else {
+        return Ok(false);
+    };
+    if new_key != old_key || new_key.is_null() {
+        return Ok(false);
+    }
+    let id = record_id(class_name, &new_key)?;
+    // the statement text names the row type, so each table gets its own kept plan
+    let sql = format!("{APPEND_ROW} /* {} */", rowtype.to_u32());
+    let _own = OwnWrite::begin();
+    crate::outbox::discard();
+    let appended = Spi::connect_mut(|client| -> Res<bool> {
+        let stmt = crate::spi_plans::dynamic_plan(
+            client,
+            &sql,
+            &[
+                PgOid::from(rowtype),
+                UUID,
+                UUID,
+                PgOid::BuiltIn(PgBuiltInOids::TEXTOID),
+            ],
+        )?;
+        // SAFETY: `new` is a row of the table whose row type is `rowtype`.
+        let row = unsafe { pgrx::datum::DatumWithOid::new(new, rowtype) };
+        let args = [row, id.into(), new_uuid_v7().into(), id_column.into()];
+        Ok(!client.update(&*stmt, None, &args)?.is_empty())
+    })?;
+    if appended {
+        crate::outbox::publish()?;
+    }
+    Ok(appended)
+}
+
+/// eventic.purge of a record of a tracked table: wait for the table's writing transactions
+/// and keep new ones out until the purge commits (they append without a row lock, so the
+/// purge's lock on the latest version would not hold them off).
+pub fn fence_writers(id: Uuid) -> Res<()> {
+    let table = Spi::get_one_with_args::<pg_sys::Oid>(
+        "SELECT c.tracked_table::pg_catalog.oid FROM eventic.records r \
+           JOIN eventic.classes c ON c.class_name OPERATOR(pg_catalog.=) r.class_type \
+          WHERE r.id OPERATOR(pg_catalog.=) $1 AND r.version OPERATOR(pg_catalog.=) 0",
+        &[id.into()],
+    );
+    let table = match table {
+        Ok(table) => table,
+        Err(pgrx::spi::SpiError::InvalidPosition) => None,
+        Err(other) => return Err(other.into()),
+    };
+    if let Some(table) = table {
+        // SAFETY: a lock on a relation oid; a table dropped meanwhile is simply locked by oid.
+        unsafe {
+            pg_sys::LockRelationOid(table, pg_sys::ShareRowExclusiveLock as pg_sys::LOCKMODE)
+        };
+    }
+    Ok(())
+}
