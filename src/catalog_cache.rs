@@ -25,7 +25,7 @@ thread_local! {
     /// The oids of eventic.classes and eventic.queues, once a lookup has seen them.
     static WATCHED: RefCell<Vec<pg_sys::Oid>> = const { RefCell::new(Vec::new()) };
     static DISTRIBUTION_GENERATION: Cell<u64> = const { Cell::new(0) };
-    /// The oid of eventic.records, once crate::citus has looked it up.
+    /// The oid of eventic.records, once the Citus state has looked it up.
     static RECORDS: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
 }
 

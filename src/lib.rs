@@ -89,7 +89,7 @@ extension_sql_file!(
 extension_sql_file!(
     "../sql/citus.sql",
     name = "citus_schema",
-    requires = ["classes_schema", citus::write_on_shard]
+    requires = ["classes_schema", records::shipped::write_on_shard]
 );
 extension_sql_file!("../sql/comments.sql", name = "comments", finalize);
 

@@ -4,6 +4,7 @@
 //! `(id, version)` primary key.
 
 pub mod fields;
+pub mod shipped;
 pub mod store;
 pub mod triggers;
 

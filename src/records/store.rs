@@ -281,7 +281,7 @@ const INSERT_FIRST: &str = "INSERT INTO eventic.records \
 /// Append version 0 of a new record.
 pub fn insert_first(id: Uuid, class_name: &str, data: Map<String, Value>) -> Result<()> {
     if crate::citus::forwards()? {
-        return crate::citus::insert_first(id, class_name, data);
+        return crate::records::shipped::insert_first(id, class_name, data);
     }
     let _own = OwnWrite::begin();
     crate::outbox::discard();
@@ -422,7 +422,7 @@ fn lock_current(id: Uuid) -> Result<Option<i32>> {
 /// A change that alters nothing writes nothing and returns the current version.
 pub fn append(id: Uuid, change: Change, expected_version: Option<i32>) -> Result<i32> {
     if crate::citus::forwards()? {
-        return crate::citus::append(id, change, expected_version);
+        return crate::records::shipped::append(id, change, expected_version);
     }
     let _own = OwnWrite::begin();
     let revive = change.revive;
@@ -536,7 +536,7 @@ const DELETE_ALL: &str = "DELETE FROM eventic.records WHERE id = $1";
 /// Remove every version of `id`; the number removed.
 pub fn delete_all(id: Uuid) -> Result<i64> {
     if crate::citus::forwards()? {
-        return crate::citus::delete_all(id);
+        return crate::records::shipped::delete_all(id);
     }
     // with the latest version locked no writer can append one this DELETE would not see
     lock_current(id)?;
