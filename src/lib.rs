@@ -18,6 +18,7 @@ pub mod queues;
 pub mod raw_jsonb;
 pub mod records;
 pub mod roles;
+pub mod runtime;
 pub mod schedules;
 pub mod settings;
 pub mod spi_plans;

@@ -7,14 +7,14 @@ use std::sync::atomic::Ordering;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 
-use crate::worker::board;
+use crate::runtime::board;
 
 /// The workers connected to this database, and whether eventic's launcher runs (0 and false
 /// without shared_preload_libraries).
 #[allow(clippy::type_complexity)] // pgrx's named output columns
 #[pg_extern(volatile, parallel_safe)]
 fn worker_liveness() -> TableIterator<'static, (name!(workers, i32), name!(launcher_up, bool))> {
-    if !crate::worker::preloaded() {
+    if !crate::runtime::preloaded() {
         return TableIterator::once((0, false));
     }
     // SAFETY: a plain read of this backend's database.

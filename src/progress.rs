@@ -248,7 +248,7 @@ fn set_progress(progress: Option<RawJsonb>) {
                 "eventic.set_progress in a group of jobs: they run again one by one".into(),
             ));
         }
-        if !crate::worker::preloaded() {
+        if !crate::runtime::preloaded() {
             return Err(EventicError::NotReady {
                 message: "eventic.set_progress needs eventic in shared_preload_libraries".into(),
                 hint: "Add eventic to shared_preload_libraries and restart the server.".into(),
@@ -353,7 +353,7 @@ fn progress_rows() -> TableIterator<
         name!(updated_us, i64),
     ),
 > {
-    if !crate::worker::preloaded() {
+    if !crate::runtime::preloaded() {
         return TableIterator::new(Vec::new());
     }
     // SAFETY: a plain read of this backend's database.

@@ -196,7 +196,7 @@ fn schedule(
             .ok_or_else(|| EventicError::Internal("no next run".into()))
         })?;
         // a worker asleep until its poll must see the new tick
-        crate::worker::wake_worker_at_commit();
+        crate::runtime::wake_worker_at_commit();
         Ok(next)
     })()
     .or_report()
@@ -282,7 +282,7 @@ pub fn fire_due() {
         Err(err) => err.report(),
     });
     match outcome {
-        Ok(Some(next)) => crate::worker::wake_by(next),
+        Ok(Some(next)) => crate::runtime::wake_by(next),
         Ok(None) => {}
         Err(failure) => pgrx::warning!(
             "eventic worker: could not fire the due schedules: {} (SQLSTATE {})",

@@ -198,7 +198,7 @@ fn retry_job(queue_name: Option<&str>, job_id: Option<i64>) {
         })?;
         revived.ok_or_else(|| unknown_job(name, job_id))?;
         if lookup(name)?.worker {
-            crate::worker::wake_worker_at_commit(); // it runs at commit, not at the next poll
+            crate::runtime::wake_worker_at_commit(); // it runs at commit, not at the next poll
         }
         Ok(())
     })()

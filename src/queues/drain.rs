@@ -378,7 +378,7 @@ pub fn drain(
             if grant.granted == 0 {
                 // a worker sleeps no longer than until the next start is allowed
                 if let Some(at) = grant.retry_at {
-                    crate::worker::wake_by(at);
+                    crate::runtime::wake_by(at);
                 }
                 break;
             }

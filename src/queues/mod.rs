@@ -269,7 +269,7 @@ fn alter(
         || concurrency.is_some()
         || rate_limit.is_some()
     {
-        crate::worker::wake_worker_at_commit();
+        crate::runtime::wake_worker_at_commit();
     }
     Ok(())
 }
@@ -340,7 +340,7 @@ fn notice_if_no_worker() {
     if PRELOAD_NOTICE_GIVEN.with(|given| given.replace(true)) {
         return;
     }
-    if !crate::worker::preloaded() {
+    if !crate::runtime::preloaded() {
         pgrx::notice!(
             "eventic's background worker is not running: jobs wait until eventic.run_pending() drains them. \
              Add eventic to shared_preload_libraries and restart PostgreSQL to run them in the background."
@@ -452,7 +452,7 @@ pub fn announce(queue_name: &str) -> Result<()> {
     }
     if lookup(queue_name)?.worker {
         notice_if_no_worker();
-        crate::worker::wake_worker_at_commit();
+        crate::runtime::wake_worker_at_commit();
     }
     Ok(())
 }

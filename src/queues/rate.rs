@@ -139,7 +139,7 @@ thread_local! {
 }
 
 fn table() -> &'static Table {
-    if crate::worker::preloaded() {
+    if crate::runtime::preloaded() {
         TABLE.get()
     } else {
         LOCAL.with(|local| *local.get_or_init(|| Box::leak(Box::default())))

@@ -22,7 +22,7 @@ use pgrx::bgworkers::BackgroundWorker;
 use pgrx::prelude::*;
 use pgrx::pg_sys;
 
-use super::board::{self, Paused, StopReason, WorkerArg};
+use crate::runtime::board::{self, Paused, StopReason, WorkerArg};
 use super::{guarded_transaction, set_activity, wait};
 use crate::settings;
 
@@ -132,7 +132,7 @@ impl Worker {
                 Some(Pass::Ran(_)) => {
                     compact_empty_queues();
                     set_activity(pg_sys::BackendState::STATE_IDLE, "eventic: waiting for jobs");
-                    wait(super::alarm::bounded(poll_interval()));
+                    wait(crate::runtime::bounded(poll_interval()));
                 }
                 Some(Pass::Paused(why)) => {
                     set_activity(
@@ -143,7 +143,7 @@ impl Worker {
                         },
                     );
                     self.set_paused(Some(why));
-                    wait(super::alarm::bounded(poll_interval().min(PAUSE_CHECK_INTERVAL)));
+                    wait(crate::runtime::bounded(poll_interval().min(PAUSE_CHECK_INTERVAL)));
                 }
                 Some(Pass::NoExtension) => {
                     if let (Some(entry), Some(requests)) = (entry, requests) {
@@ -179,7 +179,7 @@ impl Worker {
             ),
             StopReason::FirstWorkers => format!(
                 "its background worker slot goes to another database's first worker (max_worker_processes = {})",
-                super::max_worker_processes()
+                crate::runtime::max_worker_processes()
             ),
         })
     }

@@ -3,7 +3,7 @@
 //! databases and decides which workers should run:
 //!
 //! - not in a database where a worker found no extension, until that database asks for
-//!   workers (CREATE EXTENSION, an enqueue that found none): [`super::board`] keeps the mark;
+//!   workers (CREATE EXTENSION, an enqueue that found none): [`crate::runtime::board`] keeps the mark;
 //! - every database's first worker before any database's second (the order is worker number,
 //!   then database oid), at most eventic.max_workers in all; a database whose first worker
 //!   finds no free background worker slot takes one from a database with two or more;
@@ -27,7 +27,7 @@ use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::pg_sys;
 
-use super::board::{self, Starved, StopReason, WorkerArg, MAX_SLOTS};
+use crate::runtime::board::{self, Starved, StopReason, WorkerArg, MAX_SLOTS};
 use crate::settings;
 
 /// How often the launcher looks at the databases when nothing wakes it.
@@ -214,7 +214,7 @@ impl Launcher {
             log!(
                 "eventic: some databases run fewer workers than eventic.workers_per_database ({per_database}): \
                  no free background worker slot (max_worker_processes = {}); raise max_worker_processes to give them more",
-                super::max_worker_processes()
+                crate::runtime::max_worker_processes()
             );
         }
         self.short_logged = out_of_slots;
@@ -388,7 +388,7 @@ impl Launcher {
                             .store((self.episode << 8) | cause as u32, Ordering::Release);
                     }
                     let (message, hint) =
-                        super::starved_text(cause, &format!("database \"{name}\""));
+                        crate::runtime::starved_text(cause, &format!("database \"{name}\""));
                     ErrorReport::new(
                         PgSqlErrorCode::ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
                         message,

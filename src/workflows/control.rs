@@ -123,7 +123,7 @@ fn wait_for<T>(seconds: f64, mut check: impl FnMut() -> Result<Option<T>>) -> Re
         if std::time::Instant::now() >= deadline {
             return Ok(None);
         }
-        crate::worker::sleep_on_latch(std::time::Duration::from_millis(pause_ms));
+        crate::runtime::sleep_on_latch(std::time::Duration::from_millis(pause_ms));
         // 1 ms steps for the first ~20 ms (short workflows are seen as soon as they end),
         // then growing to 50 ms
         waited_ms += pause_ms;

@@ -14,7 +14,7 @@ pub fn wake_by(at: Instant) {
 }
 
 /// `timeout`, shortened to the alarm set since the last wait (which it clears).
-pub(super) fn bounded(timeout: Duration) -> Duration {
+pub fn bounded(timeout: Duration) -> Duration {
     match ALARM.with(Cell::take) {
         Some(at) => timeout.min(at.saturating_duration_since(Instant::now())),
         None => timeout,
