@@ -32,6 +32,7 @@ pub mod workflows;
 pub extern "C-unwind" fn _PG_init() {
     settings::init();
     catalog_cache::init();
+    progress::set_workflow_lookup(workflows::current_workflow_id);
     worker::init();
 }
 

@@ -15,6 +15,7 @@
 use std::cell::RefCell;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::OnceLock;
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -115,6 +116,16 @@ thread_local! {
     /// Functions that reported progress: their jobs run one by one, never in a group (a
     /// group's progress would belong to no one job).
     static RUN_ALONE: RefCell<HashSet<u32>> = RefCell::new(HashSet::new());
+}
+
+/// The workflow whose body runs in this backend, if one does: registered by `_PG_init`
+/// (`workflows::current_workflow_id`), so that progress does not import the workflows that
+/// report through it.
+static WORKFLOW_LOOKUP: OnceLock<fn() -> Option<String>> = OnceLock::new();
+
+/// Called from `_PG_init`: how [`set_progress`] finds the workflow of a running body.
+pub fn set_workflow_lookup(lookup: fn() -> Option<String>) {
+    let _ = WORKFLOW_LOOKUP.set(lookup);
 }
 
 fn now_us() -> i64 {
@@ -255,7 +266,7 @@ fn set_progress(progress: Option<RawJsonb>) {
             });
         }
         // a workflow body (not a step) shows its workflow too
-        let workflow = crate::workflows::current_workflow_id();
+        let workflow = WORKFLOW_LOOKUP.get().and_then(|lookup| lookup());
         let (workflow_id, position, step, started_at) = match &running.step {
             Some(step) => (
                 Some(step.workflow_id.clone()),
