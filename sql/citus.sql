@@ -1,7 +1,7 @@
 -- Scale-out on Citus (README "Scale-out"): eventic.distribute and the write it ships to the
 -- node holding a record.
 
--- Internal: one write of a record on the node holding it (src/citus.rs). Runs as the calling
+-- Internal: one write of a record on the node holding it (src/records/shipped.rs). Runs as the calling
 -- role with the same checks as eventic.create/set_fields/purge; the router query that calls it
 -- is itself a query on a shard, so its own statements are a nested distributed execution
 -- (local: the record's shard is on this node).
