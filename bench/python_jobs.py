@@ -71,7 +71,6 @@ def sql_consumer(conn, url, n, threads):
 
     def consume():
         with psycopg.connect(url, autocommit=True) as c:
-            c.execute("SET jit = off")  # as eventic.worker does (see there)
             while True:
                 ids = [r[0] for r in c.execute("SELECT job_id FROM eventic.dequeue('bench_ext', 512, '30 s')")]
                 if not ids:
