@@ -11,6 +11,7 @@ pub mod catalog_cache;
 pub mod citus;
 pub mod classes;
 pub mod errors;
+pub mod locks;
 pub mod metrics;
 pub mod outbox;
 pub mod progress;

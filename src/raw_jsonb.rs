@@ -84,6 +84,16 @@ pub fn column(row: &pgrx::spi::SpiHeapTupleData<'_>, ordinal: usize) -> Result<O
 }
 
 impl RawJsonb {
+    /// A jsonb datum (non-null) as a RawJsonb.
+    pub fn from_raw(datum: pg_sys::Datum) -> Self {
+        RawJsonb(datum)
+    }
+
+    /// The datum itself.
+    pub fn datum(self) -> pg_sys::Datum {
+        self.0
+    }
+
     /// Copy a value read through SPI out of SPI's memory into the caller's, so it outlives
     /// `SPI_finish` (call while still connected).
     pub fn transfer_out_of_spi(self) -> Self {

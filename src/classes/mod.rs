@@ -14,7 +14,6 @@ use serde_json::Value;
 
 use crate::errors::{required, EventicError, OrReport, Result};
 use crate::records::fields::check_class_name;
-use crate::records::store;
 use crate::roles::{as_extension_owner, current_role, may_execute, may_manage};
 use crate::settings::strict_field_names;
 
@@ -214,7 +213,7 @@ pub fn register(
         schema::compile(class_name, doc)?;
         schema::view_columns(class_name, doc, strict_field_names())?;
     }
-    store::lock_class(class_name);
+    crate::locks::lock_class(class_name);
     let existing = registered(class_name)?;
     if let Some(existing) = &existing {
         let changes = json_schema
@@ -378,7 +377,7 @@ fn register_class(
 fn drop_class(class_name: Option<&str>) {
     (|| {
         let class_name = required(class_name, "class_name")?;
-        store::lock_class(class_name);
+        crate::locks::lock_class(class_name);
         let Some(existing) = registered(class_name)? else {
             return Err(unknown_class(class_name));
         };

@@ -13,11 +13,14 @@
 
 use pgrx::pg_sys::{self, PgBuiltInOids, PgOid};
 use pgrx::prelude::*;
-use pgrx::{AllocatedByPostgres, Uuid};
+use pgrx::{AllocatedByPostgres, IntoDatum, Uuid};
 use serde_json::Value;
 
 use crate::classes::tracked::record_id;
-use crate::records::store::{new_uuid_v7, OwnWrite, UUID};
+use crate::records::direct::{self, Appended, Next};
+use crate::records::fields::PROPERTIES;
+use crate::records::jsonb_fn;
+use crate::records::store::{self, new_uuid_v7, OwnWrite, UUID};
 
 type Res<T> = crate::errors::Result<T>;
 
@@ -80,6 +83,9 @@ pub fn try_update(
         return Ok(false);
     }
     let id = record_id(class_name, &new_key)?;
+    if let Some(layout) = crate::records::direct::layout()? {
+        return append_direct(layout, id, id_column, new, rowtype);
+    }
     // the statement text names the row type, so each table gets its own kept plan
     let sql = format!("{APPEND_ROW} /* {} */", rowtype.to_u32());
     let _own = OwnWrite::begin();
@@ -104,6 +110,44 @@ pub fn try_update(
         crate::outbox::publish()?;
     }
     Ok(appended)
+}
+
+/// [`try_update`] on the direct path (records::direct): the row as a document, set over the
+/// latest version with the same jsonb functions as [`APPEND_ROW`].
+fn append_direct(
+    layout: direct::Layout,
+    id: Uuid,
+    id_column: &str,
+    new: PgHeapTuple<'_, AllocatedByPostgres>,
+    rowtype: pg_sys::Oid,
+) -> Res<bool> {
+    let zero = pg_sys::Datum::from(0usize);
+    let row = new.into_datum().unwrap_or(zero);
+    let key = id_column.into_datum().unwrap_or(zero);
+    // SAFETY: `row` is a composite of type `rowtype`, `key` a text.
+    let doc = unsafe { jsonb_fn::delete_key(jsonb_fn::row_to_jsonb(row, rowtype), key) };
+    let appended = direct::append(layout, id, new_uuid_v7(), |head| {
+        store::require_write(id, &head.class_type)?;
+        // SAFETY: jsonb datums.
+        unsafe {
+            if head.deleted {
+                let empty = jsonb_fn::empty_object();
+                return Ok(Some(Next { data: jsonb_fn::set_key(doc, PROPERTIES, empty), deleted: false }));
+            }
+            let data = jsonb_fn::concat(head.data, doc);
+            Ok(jsonb_fn::differ(data, head.data).then_some(Next { data, deleted: false }))
+        }
+    })?;
+    match appended {
+        Appended::Version { version, class_type, data, deleted } => {
+            store::after_direct_append(id, &class_type, version, data, deleted)?;
+            Ok(true)
+        }
+        // the row's columns change nothing in the document
+        Appended::Nothing(_) => Ok(true),
+        // no record yet: the generic path creates it
+        Appended::NoRecord => Ok(false),
+    }
 }
 
 /// eventic.purge of a record of a tracked table: wait for the table's writing transactions

@@ -3,7 +3,9 @@
 //! Every write goes through [`store::append`]; reads are single index probes on the
 //! `(id, version)` primary key.
 
+pub mod direct;
 pub mod fields;
+pub mod jsonb_fn;
 pub mod shipped;
 pub mod store;
 pub mod triggers;

@@ -22,80 +22,12 @@ use serde_json::{Map, Value};
 
 use crate::errors::{EventicError, Result};
 use crate::raw_jsonb::RawJsonb;
-use crate::records::fields::Patch;
+use crate::records::direct;
+use crate::records::fields::{Patch, PROPERTIES};
 use crate::spi_plans::plan;
 
 pub fn new_uuid_v7() -> Uuid {
     Uuid::from_bytes(*uuid::Uuid::now_v7().as_bytes())
-}
-
-/// `locktag_field4` of the lock that serialises registering one class.
-const CLASS_LOCK_SPACE: u16 = 0x4563;
-
-/// Block until this transaction holds the registration lock of class `name`.
-pub fn lock_class(name: &str) {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    name.hash(&mut hasher);
-    let hash = hasher.finish();
-    lock_key(CLASS_LOCK_SPACE, (hash >> 32) as u32, hash as u32);
-}
-
-/// `locktag_field4` of the locks that count how many workers drain one queue at once.
-const QUEUE_SLOT_SPACE: u16 = 0x4571;
-
-/// Try to take slot `slot` of queue `name` for this transaction (one of its `concurrency`
-/// slots); false when another worker holds it.
-pub fn try_lock_queue_slot(name: &str, slot: u32) -> bool {
-    let tag = queue_slot_tag(name, slot);
-    // SAFETY: a valid LOCKTAG; dontWait: returns LOCKACQUIRE_NOT_AVAIL instead of waiting.
-    let result = unsafe {
-        pg_sys::LockAcquire(&tag, pg_sys::ExclusiveLock as pg_sys::LOCKMODE, false, true)
-    };
-    result != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL
-}
-
-/// Give back a slot taken by [`try_lock_queue_slot`] in the current (sub)transaction before
-/// it ends.
-pub fn unlock_queue_slot(name: &str, slot: u32) {
-    // SAFETY: a valid LOCKTAG; releasing a lock this resource owner holds (or a no-op warning)
-    unsafe {
-        pg_sys::LockRelease(&queue_slot_tag(name, slot), pg_sys::ExclusiveLock as pg_sys::LOCKMODE, false);
-    }
-}
-
-fn queue_slot_tag(name: &str, slot: u32) -> pg_sys::LOCKTAG {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    name.hash(&mut hasher);
-    locktag(QUEUE_SLOT_SPACE, hasher.finish() as u32, slot)
-}
-
-fn locktag(space: u16, high: u32, low: u32) -> pg_sys::LOCKTAG {
-    pg_sys::LOCKTAG {
-        // SAFETY: MyDatabaseId is set for the whole life of a backend connected to a database.
-        locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
-        locktag_field2: high,
-        locktag_field3: low,
-        locktag_field4: space,
-        locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
-        locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
-    }
-}
-
-/// A transaction-scoped exclusive advisory lock in one of eventic's own key spaces.
-fn lock_key(space: u16, high: u32, low: u32) {
-    let tag = locktag(space, high, low);
-    // SAFETY: a valid LOCKTAG; a transaction-level (not session) lock, released at commit or
-    // abort. Deadlocks are found by the deadlock detector like any heavyweight lock.
-    unsafe {
-        pg_sys::LockAcquire(
-            &tag,
-            pg_sys::ExclusiveLock as pg_sys::LOCKMODE,
-            false,
-            false,
-        );
-    }
 }
 
 thread_local! {
@@ -421,6 +353,9 @@ fn lock_current(id: Uuid) -> Result<Option<i32>> {
 /// Apply `change` to the latest version of `id` and return the resulting version number.
 /// A change that alters nothing writes nothing and returns the current version.
 pub fn append(id: Uuid, change: Change, expected_version: Option<i32>) -> Result<i32> {
+    if let Some(layout) = direct::layout()? {
+        return append_direct(layout, id, change, expected_version);
+    }
     if crate::citus::forwards()? {
         return crate::records::shipped::append(id, change, expected_version);
     }
@@ -491,6 +426,105 @@ pub fn append(id: Uuid, change: Change, expected_version: Option<i32>) -> Result
             // the change would not alter the document: nothing to write
             Some(row) => Ok(row.version),
         };
+    }
+}
+
+/// The access a write of a record of `class_type` needs: reading it (else, as the row-level
+/// security of the SQL path would have it, there is no such record) and writing it.
+pub fn require_write(id: Uuid, class_type: &str) -> Result<()> {
+    use crate::classes::access::{may, require, Access};
+    if !may(class_type, Access::Read)? {
+        return Err(EventicError::RecordNotFound { id: id.to_string() });
+    }
+    require(class_type, Access::Write)
+}
+
+/// The checks and the outbox of a version the direct path appended (what the insert trigger
+/// of eventic.records does for the SQL path).
+pub fn after_direct_append(id: Uuid, class_type: &str, version: i32, data: pg_sys::Datum, deleted: bool) -> Result<()> {
+    crate::outbox::discard();
+    let id = id.to_string();
+    let new = crate::classes::NewVersion { class_type, id: &id, version, deleted };
+    crate::classes::on_new_version(new, || RawJsonb::from_raw(data).to_value())?;
+    crate::outbox::publish()
+}
+
+/// [`append`] on the direct path (records::direct): the same document, built with the same
+/// jsonb functions as [`APPEND_NEXT`]'s expression.
+fn append_direct(layout: direct::Layout, id: Uuid, change: Change, expected_version: Option<i32>) -> Result<i32> {
+    use crate::records::jsonb_fn::{concat, delete_keys, differ, empty_object, field, set_key};
+    let (revive, tombstone) = (change.revive, change.tombstone);
+    let zero = pg_sys::Datum::from(0usize);
+    let (fields, one) = match change.set {
+        FieldValues::Raw(raw) => (raw.datum(), None),
+        FieldValues::Built(map) => (JsonB(Value::Object(map)).into_datum().unwrap_or(zero), None),
+        FieldValues::One(name, value) => (zero, Some((name, value.datum()))),
+    };
+    let removed = (!change.removed.is_empty()).then(|| change.removed.into_datum()).flatten();
+    let properties = match change.properties {
+        p if p.set.is_empty() && p.removed.is_empty() => None,
+        p => Some((
+            JsonB(Value::Object(p.set)).into_datum().unwrap_or(zero),
+            p.removed.into_datum().unwrap_or(zero),
+        )),
+    };
+    let appended = direct::append(layout, id, new_uuid_v7(), |head| {
+        require_write(id, &head.class_type)?;
+        if (head.deleted && !revive) || expected_version.is_some_and(|e| e != head.version) {
+            return Ok(None);
+        }
+        // SAFETY: every datum is a non-null jsonb (text[] for removed / properties removed).
+        let data = unsafe {
+            if tombstone {
+                head.data
+            } else if revive && head.deleted {
+                let fields = match &one {
+                    Some((name, value)) => set_key(empty_object(), name, *value),
+                    None => fields,
+                };
+                set_key(fields, PROPERTIES, empty_object())
+            } else {
+                let mut data = match removed {
+                    Some(removed) => delete_keys(head.data, removed),
+                    None => head.data,
+                };
+                data = match &one {
+                    Some((name, value)) => set_key(data, name, *value),
+                    None => concat(data, fields),
+                };
+                if let Some((set, gone)) = properties {
+                    let bag = field(data, PROPERTIES).unwrap_or_else(empty_object);
+                    data = set_key(data, PROPERTIES, concat(delete_keys(bag, gone), set));
+                }
+                data
+            }
+        };
+        // SAFETY: two jsonb datums.
+        if tombstone || head.deleted || unsafe { differ(data, head.data) } {
+            Ok(Some(direct::Next { data, deleted: tombstone }))
+        } else {
+            Ok(None)
+        }
+    })?;
+    let id_text = || id.to_string();
+    match appended {
+        direct::Appended::Version { version, class_type, data, deleted } => {
+            after_direct_append(id, &class_type, version, data, deleted)?;
+            Ok(version)
+        }
+        direct::Appended::NoRecord => Err(EventicError::RecordNotFound { id: id_text() }),
+        direct::Appended::Nothing(head) if head.deleted && !revive => {
+            Err(EventicError::RecordDeleted { id: id_text(), version: head.version })
+        }
+        direct::Appended::Nothing(head) if expected_version.is_some_and(|e| e != head.version) => {
+            Err(EventicError::StaleVersion {
+                id: id_text(),
+                expected: expected_version.unwrap_or_default(),
+                actual: head.version,
+            })
+        }
+        // the change would not alter the document: nothing to write
+        direct::Appended::Nothing(head) => Ok(head.version),
     }
 }
 

@@ -326,10 +326,10 @@ fn drain_database(budget: i64) -> i64 {
             // sees the effects of the one before it), or gives it back at once when it ran
             // nothing: a long job of a queue visited later must not keep this one closed
             let slot = (0..concurrency.max(1) as u32)
-                .find(|slot| crate::records::store::try_lock_queue_slot(&queue, *slot))?;
+                .find(|slot| crate::locks::try_lock_queue_slot(&queue, *slot))?;
             match crate::queues::drain(&queue, budget - ran, None, Some(deadline)) {
                 Ok(0) => {
-                    crate::records::store::unlock_queue_slot(&queue, slot);
+                    crate::locks::unlock_queue_slot(&queue, slot);
                     Some(0)
                 }
                 Ok(n) => Some(n),

@@ -1,0 +1,344 @@
+//! The direct write path (issue 13): append a version by reading the record's latest version
+//! from the primary key and inserting the next one into the heap and its index, without an
+//! SQL statement, a row lock or the insert trigger. Same rows, same guarantees, a third of
+//! the CPU of the SQL path (`store::append`'s statement), which remains for Citus shards and
+//! for a `eventic.records` whose shape eventic does not know (an index or trigger added to it).
+//!
+//! How writers of one record stay in order without locking its latest row (that lock wrote
+//! the row and a WAL record on every write): each writer holds a short lock on the record
+//! (a heavyweight lock in eventic's own advisory key space, taken and given back around the
+//! read and the insert, so a transaction writing 100,000 records keeps none of them) while it
+//! reads the latest version with a *dirty* snapshot (which also sees versions that other
+//! transactions inserted and have not yet committed) and appends on top of it. A version
+//! still in progress in another transaction is waited for (its transaction ends), then the
+//! writer reads again: under READ COMMITTED each writer so builds on the version the previous
+//! writer committed, versions stay contiguous and no update is lost. Under REPEATABLE READ a
+//! latest version the transaction's snapshot cannot see is the standard 40001; SERIALIZABLE
+//! transactions take the SQL path (its reads are what predicate locking watches).
+//!
+//! What the insert trigger did for eventic's own versions (the class's JSON Schema, the
+//! outbox) the caller does after the insert; row-level security is the caller's access check.
+
+use std::cell::Cell;
+
+use pgrx::pg_sys::{self, Datum};
+use pgrx::prelude::*;
+use pgrx::{IntoDatum, Uuid};
+
+use crate::errors::Result;
+
+/// Attribute numbers of eventic.records (checked against the catalog, see [`layout`]).
+const ATT_VERSION: i32 = 3;
+const ATT_CLASS_TYPE: i32 = 4;
+const ATT_DATA: i32 = 5;
+const ATT_DELETED: i32 = 8;
+const COLUMNS: &str = "version_id,id,version,class_type,data,created_at,created_by,deleted";
+
+#[derive(Clone, Copy)]
+pub struct Layout {
+    records: pg_sys::Oid,
+    pkey: pg_sys::Oid,
+}
+
+thread_local! {
+    /// The layout for a distribution generation (bumped by every relcache invalidation of
+    /// eventic.records: an index, a trigger or a column added, the extension dropped).
+    static LAYOUT: Cell<(u64, Option<Layout>)> = const { Cell::new((0, None)) };
+}
+
+/// The tables the direct path writes, or `None` when it must not be used: a Citus node (the
+/// SQL statements are what Citus routes), a SERIALIZABLE transaction, or an eventic.records
+/// that is not exactly eventic's own (other columns, indexes or triggers than it creates).
+pub fn layout() -> Result<Option<Layout>> {
+    if crate::citus::on_shard() || crate::citus::forwards()? {
+        return Ok(None);
+    }
+    // SAFETY: reads the transaction's isolation level.
+    if unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_SERIALIZABLE as i32 {
+        return Ok(None);
+    }
+    let generation = crate::catalog_cache::distribution_generation() + 1;
+    let (seen, layout) = LAYOUT.with(Cell::get);
+    if seen == generation {
+        return Ok(layout);
+    }
+    let layout = look_up_layout()?;
+    LAYOUT.with(|l| l.set((generation, layout)));
+    Ok(layout)
+}
+
+fn look_up_layout() -> Result<Option<Layout>> {
+    let row = Spi::get_three::<pg_sys::Oid, pg_sys::Oid, bool>(&format!(
+        "SELECT c.oid,
+                (SELECT i.indexrelid FROM pg_catalog.pg_index i
+                   JOIN pg_catalog.pg_class ic ON ic.oid OPERATOR(pg_catalog.=) i.indexrelid
+                  WHERE i.indrelid OPERATOR(pg_catalog.=) c.oid AND ic.relname OPERATOR(pg_catalog.=) 'records_pkey'
+                    AND i.indisunique AND i.indnkeyatts OPERATOR(pg_catalog.=) 2
+                    AND i.indkey[0] OPERATOR(pg_catalog.=) 2 AND i.indkey[1] OPERATOR(pg_catalog.=) 3),
+                (SELECT pg_catalog.count(*) FROM pg_catalog.pg_index i
+                  WHERE i.indrelid OPERATOR(pg_catalog.=) c.oid) OPERATOR(pg_catalog.=) 2
+            AND (SELECT pg_catalog.count(*) FROM pg_catalog.pg_trigger t
+                  WHERE t.tgrelid OPERATOR(pg_catalog.=) c.oid) OPERATOR(pg_catalog.=) 4
+            AND (SELECT pg_catalog.string_agg(a.attname::text, ',' ORDER BY a.attnum)
+                   FROM pg_catalog.pg_attribute a
+                  WHERE a.attrelid OPERATOR(pg_catalog.=) c.oid AND a.attnum OPERATOR(pg_catalog.>) 0
+                    AND NOT a.attisdropped) OPERATOR(pg_catalog.=) '{COLUMNS}'
+           FROM pg_catalog.pg_class c
+          WHERE c.oid OPERATOR(pg_catalog.=) 'eventic.records'::pg_catalog.regclass"
+    ))?;
+    Ok(match row {
+        (Some(records), Some(pkey), Some(true)) => Some(Layout { records, pkey }),
+        _ => None,
+    })
+}
+
+/// The short write lock of one record: held from reading its latest version until the next
+/// version is in the heap and the index, never across a wait for another transaction.
+struct RecordLock(pg_sys::LOCKTAG);
+
+impl RecordLock {
+    fn take(id: &Uuid) -> Self {
+        let b = id.as_bytes();
+        let word = |i: usize| u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        let tag = crate::locks::locktag(
+            crate::locks::RECORD_SPACE,
+            word(0) ^ word(8),
+            word(4) ^ word(12),
+        );
+        // SAFETY: a valid LOCKTAG; a transaction-level lock (released below, or at abort).
+        unsafe {
+            pg_sys::LockAcquire(&tag, pg_sys::ExclusiveLock as pg_sys::LOCKMODE, false, false);
+        }
+        RecordLock(tag)
+    }
+}
+
+impl Drop for RecordLock {
+    fn drop(&mut self) {
+        // an ERROR unwinding through here: the abort releases the lock
+        if !std::thread::panicking() {
+            // SAFETY: the lock this guard took, held by the current resource owner.
+            unsafe {
+                pg_sys::LockRelease(&self.0, pg_sys::ExclusiveLock as pg_sys::LOCKMODE, false);
+            }
+        }
+    }
+}
+
+/// The latest version of a record as the next one is built from it.
+pub struct Head {
+    pub version: i32,
+    pub class_type: String,
+    /// the class_type text datum (copied into the version appended)
+    class_datum: Datum,
+    /// the document, detoasted, in the current memory context
+    pub data: Datum,
+    pub deleted: bool,
+}
+
+enum Found {
+    Head(Head),
+    /// the latest version is being inserted or removed by this transaction id
+    Busy(pg_sys::TransactionId),
+    Missing,
+}
+
+/// Read the latest version of `id` with a dirty snapshot (see the module comment).
+unsafe fn read_head(rel: pg_sys::Relation, index: pg_sys::Relation, id: Datum) -> Found {
+    unsafe {
+        let mut dirty: pg_sys::SnapshotData = std::mem::zeroed();
+        dirty.snapshot_type = pg_sys::SnapshotType::SNAPSHOT_DIRTY;
+        let mut key: pg_sys::ScanKeyData = std::mem::zeroed();
+        pg_sys::ScanKeyInit(
+            &mut key,
+            1,
+            pg_sys::BTEqualStrategyNumber as u16,
+            pg_sys::Oid::from(pg_sys::F_UUID_EQ),
+            id,
+        );
+        let scan = pg_sys::index_beginscan(rel, index, &mut dirty, 1, 0);
+        pg_sys::index_rescan(scan, &mut key, 1, std::ptr::null_mut(), 0);
+        let slot = pg_sys::table_slot_create(rel, std::ptr::null_mut());
+        let found = if !pg_sys::index_getnext_slot(
+            scan,
+            pg_sys::ScanDirection::BackwardScanDirection,
+            slot,
+        ) {
+            Found::Missing
+        } else if dirty.xmin != pg_sys::InvalidTransactionId {
+            Found::Busy(dirty.xmin)
+        } else if dirty.xmax != pg_sys::InvalidTransactionId {
+            Found::Busy(dirty.xmax)
+        } else {
+            check_visible_to_transaction(slot);
+            Found::Head(head_of(slot))
+        };
+        pg_sys::ExecDropSingleTupleTableSlot(slot);
+        pg_sys::index_endscan(scan);
+        found
+    }
+}
+
+/// Under REPEATABLE READ, a latest version committed after the transaction's snapshot is a
+/// serialization failure (what the SQL path's ON CONFLICT raised).
+unsafe fn check_visible_to_transaction(slot: *mut pg_sys::TupleTableSlot) {
+    unsafe {
+        if pg_sys::XactIsoLevel < pg_sys::XACT_REPEATABLE_READ as i32 {
+            return;
+        }
+        let mut should_free = false;
+        let tuple = pg_sys::ExecFetchSlotHeapTuple(slot, false, &mut should_free);
+        let xmin = (*(*tuple).t_data).t_choice.t_heap.t_xmin;
+        let frozen = (*(*tuple).t_data).t_infomask & pg_sys::HEAP_XMIN_FROZEN as u16
+            == pg_sys::HEAP_XMIN_FROZEN as u16;
+        if frozen
+            || pg_sys::TransactionIdIsCurrentTransactionId(xmin)
+            || !pg_sys::XidInMVCCSnapshot(xmin, pg_sys::GetTransactionSnapshot())
+        {
+            return;
+        }
+    }
+    // the message Postgres gives for the same conflict (ON CONFLICT on an invisible row)
+    pgrx::ereport!(
+        ERROR,
+        pgrx::PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
+        "could not serialize access due to concurrent update"
+    );
+}
+
+unsafe fn head_of(slot: *mut pg_sys::TupleTableSlot) -> Head {
+    unsafe {
+        let mut isnull = false;
+        let version = pg_sys::slot_getattr(slot, ATT_VERSION, &mut isnull);
+        let version = i32::from_datum(version, isnull).unwrap_or_default();
+        let class_datum = pg_sys::slot_getattr(slot, ATT_CLASS_TYPE, &mut isnull);
+        let class_datum = Datum::from(pg_sys::pg_detoast_datum_copy(class_datum.cast_mut_ptr()));
+        let class_type = String::from_datum(class_datum, false).unwrap_or_default();
+        let data = pg_sys::slot_getattr(slot, ATT_DATA, &mut isnull);
+        let data = Datum::from(pg_sys::pg_detoast_datum_copy(data.cast_mut_ptr()));
+        let deleted = pg_sys::slot_getattr(slot, ATT_DELETED, &mut isnull);
+        let deleted = bool::from_datum(deleted, isnull).unwrap_or(false);
+        Head {
+            version,
+            class_type,
+            class_datum,
+            data,
+            deleted,
+        }
+    }
+}
+
+/// What to append on top of the head: the document and whether it is a tombstone.
+pub struct Next {
+    pub data: Datum,
+    pub deleted: bool,
+}
+
+/// The result of [`append`].
+pub enum Appended {
+    /// the version appended, and the head it was built on
+    Version { version: i32, class_type: String, data: Datum, deleted: bool },
+    /// `build` appended nothing; the head as it was
+    Nothing(Head),
+    /// the record has no version (or only versions being removed)
+    NoRecord,
+}
+
+/// Append the next version of `id` with what `build` makes of the latest version (`None`:
+/// append nothing). `build` runs with the record's write lock held: it must not wait for
+/// other transactions (no SQL).
+pub fn append(
+    layout: Layout,
+    id: Uuid,
+    version_id: Uuid,
+    mut build: impl FnMut(&Head) -> Result<Option<Next>>,
+) -> Result<Appended> {
+    let id_datum = id.into_datum().unwrap_or(Datum::from(0usize));
+    loop {
+        // SAFETY: the relations are eventic.records and its primary key (checked by layout()),
+        // opened and closed here, their locks kept to the end of the transaction as the
+        // executor keeps them.
+        let outcome = unsafe {
+            let rel = pg_sys::table_open(layout.records, pg_sys::RowExclusiveLock as i32);
+            let index = pg_sys::index_open(layout.pkey, pg_sys::RowExclusiveLock as i32);
+            let lock = RecordLock::take(&id);
+            let outcome = match read_head(rel, index, id_datum) {
+                Found::Busy(xid) => Ok(Err(xid)),
+                Found::Missing => Ok(Ok(Appended::NoRecord)),
+                Found::Head(head) => match build(&head) {
+                    Err(err) => Err(err),
+                    Ok(None) => Ok(Ok(Appended::Nothing(head))),
+                    Ok(Some(next)) => {
+                        let version = head.version + 1;
+                        insert(rel, index, id_datum, version, &head, &next, version_id);
+                        Ok(Ok(Appended::Version {
+                            version,
+                            class_type: head.class_type,
+                            data: next.data,
+                            deleted: next.deleted,
+                        }))
+                    }
+                },
+            };
+            drop(lock);
+            pg_sys::index_close(index, pg_sys::NoLock as i32);
+            pg_sys::table_close(rel, pg_sys::NoLock as i32);
+            outcome?
+        };
+        match outcome {
+            Ok(appended) => return Ok(appended),
+            // SAFETY: waits for a transaction to end (its lock is released at commit/abort).
+            Err(xid) => unsafe {
+                pg_sys::XactLockTableWait(
+                    xid,
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                    pg_sys::XLTW_Oper::XLTW_None,
+                )
+            },
+        }
+    }
+}
+
+/// Insert version `version` into the heap and the primary key (the partial index of
+/// version-0 rows takes no later version).
+unsafe fn insert(
+    rel: pg_sys::Relation,
+    index: pg_sys::Relation,
+    id: Datum,
+    version: i32,
+    head: &Head,
+    next: &Next,
+    version_id: Uuid,
+) {
+    unsafe {
+        let mut created_by: pg_sys::NameData = std::mem::zeroed();
+        let user = pg_sys::GetUserNameFromId(pg_sys::GetUserId(), false);
+        pg_sys::namestrcpy(&mut created_by, user);
+        let mut values = [
+            version_id.into_datum().unwrap_or(Datum::from(0usize)),
+            id,
+            Datum::from(version),
+            head.class_datum,
+            next.data,
+            Datum::from(pg_sys::GetCurrentTimestamp()),
+            Datum::from(&mut created_by as *mut pg_sys::NameData),
+            Datum::from(next.deleted),
+        ];
+        let mut nulls = [false; 8];
+        let tuple = pg_sys::heap_form_tuple((*rel).rd_att, values.as_mut_ptr(), nulls.as_mut_ptr());
+        pg_sys::heap_insert(rel, tuple, pg_sys::GetCurrentCommandId(true), 0, std::ptr::null_mut());
+        let mut key = [id, Datum::from(version)];
+        let mut key_nulls = [false; 2];
+        pg_sys::index_insert(
+            index,
+            key.as_mut_ptr(),
+            key_nulls.as_mut_ptr(),
+            &mut (*tuple).t_self,
+            rel,
+            pg_sys::IndexUniqueCheck::UNIQUE_CHECK_YES,
+            false,
+            pg_sys::BuildIndexInfo(index),
+        );
+    }
+}
