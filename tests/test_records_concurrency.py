@@ -258,3 +258,105 @@ def test_purge_of_a_tracked_record_waits_for_the_tables_writer(cluster, db):
 def _purge(cluster, db, record):
     with cluster.connect(dbname=db) as conn:
         return conn.execute("SELECT eventic.purge(%s)", (record,)).fetchone()[0]
+
+
+def test_purge_waits_for_an_uncommitted_set_field(cluster, db):
+    """set_field appends without a row lock (the direct path): a purge while its version is
+    uncommitted waits for it, so no version outlives the purge without version 0."""
+    story = new_story(cluster, db)
+    with cluster.connect(dbname=db, autocommit=False) as writer:
+        writer.execute("SELECT eventic.set_field(%s, 'title', '\"pending\"')", (story,))
+        done = []
+        purger = threading.Thread(target=lambda: done.append(_purge(cluster, db, story)), daemon=True)
+        purger.start()
+        purger.join(1.5)
+        assert done == [], "purge did not wait for the uncommitted version"
+        writer.commit()
+    purger.join(30)
+    assert done == [2]
+    with cluster.connect(dbname=db) as conn:
+        assert conn.execute("SELECT count(*) FROM eventic.records WHERE id = %s", (story,)).fetchone()[0] == 0
+        try:
+            conn.execute("SELECT eventic.set_field(%s, 'title', '\"late\"')", (story,))
+            raise AssertionError("a purged record was written")
+        except psycopg.errors.NoDataFound:
+            pass
+
+
+# Every kind of change, applied on the direct path and again on the SQL path; the versions
+# written must be the same rows (data, deletion, numbering) and the errors the same.
+CHANGES = [
+    "SELECT eventic.set_field(:id, 'title', '\"two\"')",
+    "SELECT eventic.set_field(:id, 'title', '\"two\"')",  # changes nothing: no version
+    "SELECT eventic.set_fields(:id, '{\"body\": \"b\", \"n\": 1, \"deep\": {\"a\": [1, 2]}}')",
+    "SELECT eventic.add_property(:id, 'color', '\"red\"')",
+    "SELECT eventic.add_property(:id, 'size', '3')",
+    "SELECT eventic.remove_property(:id, 'color')",
+    "UPDATE eventic.latest SET data = data - 'n' || '{\"title\": \"three\"}' WHERE id = :id",
+    "SELECT eventic.set_field(:id, 'title', '\"four\"', expected_version => 2)",  # 40001
+    "SELECT eventic.set_field(:id, 'properties', '{\"only\": true}')",
+    "SELECT eventic.delete(:id)",
+    "SELECT eventic.set_field(:id, 'title', '\"after\"')",  # P0002
+]
+TRACKED_CHANGES = [
+    "UPDATE paths_t SET a = 1 WHERE k = 1",
+    "UPDATE paths_t SET a = 1 WHERE k = 1",  # the same value: no version
+    "UPDATE paths_t SET b = 'x', a = 2 WHERE k = 1",
+    "SELECT eventic.set_field(eventic.tracked_id('paths_t', '1'), 'extra', '1')",
+    "UPDATE paths_t SET a = 3 WHERE k = 1",
+    "DELETE FROM paths_t WHERE k = 1",
+    "INSERT INTO paths_t VALUES (1, 9, 'back')",
+    "UPDATE paths_t SET a = 10 WHERE k = 1",
+]
+
+
+def _apply(conn, changes, record=None):
+    outcomes = []
+    for sql in changes:
+        try:
+            with conn.transaction():
+                conn.execute(sql.replace(":id", f"'{record}'::uuid") if record else sql)
+            outcomes.append("ok")
+        except psycopg.Error as err:
+            outcomes.append(err.sqlstate)
+    return outcomes
+
+
+def _history(conn, record):
+    return conn.execute(
+        "SELECT version, data, deleted, created_by FROM eventic.records WHERE id = %s ORDER BY version",
+        (record,),
+    ).fetchall()
+
+
+def test_the_direct_and_the_sql_write_paths_write_the_same_versions(cluster, db):
+    """An index added to eventic.records sends writes through the SQL statement instead of
+    the direct path; both must produce identical histories and errors."""
+    results = []
+    with cluster.connect(dbname=db) as conn:
+        for path in ("direct", "sql"):
+            if path == "sql":
+                conn.execute("CREATE INDEX records_extra ON eventic.records (created_at)")
+            story = conn.execute("SELECT eventic.create('Story', '{\"title\": \"one\"}')").fetchone()[0]
+            story_outcomes = _apply(conn, CHANGES, story)
+            conn.execute("DROP TABLE IF EXISTS paths_t")
+            conn.execute("CREATE TABLE paths_t (k int PRIMARY KEY, a int, b text)")
+            conn.execute("INSERT INTO paths_t VALUES (1, 0, NULL)")
+            conn.execute("SELECT eventic.purge(eventic.tracked_id('paths_t', '1'))"
+                         " WHERE EXISTS (SELECT 1 FROM eventic.records WHERE id = eventic.tracked_id('paths_t', '1'))")
+            conn.execute("SELECT eventic.track('paths_t', id_column => 'k')")
+            tracked_outcomes = _apply(conn, TRACKED_CHANGES)
+            tracked = conn.execute("SELECT eventic.tracked_id('paths_t', '1')").fetchone()[0]
+            results.append((story_outcomes, tracked_outcomes, _history(conn, story), _history(conn, tracked)))
+            # which path wrote: only the SQL path locks (sets xmax on) the version it builds on
+            locked = conn.execute(
+                "SELECT count(*) FILTER (WHERE xmax <> '0') FROM eventic.records WHERE id = %s", (story,)
+            ).fetchone()[0]
+            assert (locked > 0) == (path == "sql"), (path, locked)
+        conn.execute("DROP INDEX eventic.records_extra")
+    direct, sql = results
+    assert direct[0] == ["ok"] * 7 + ["40001", "ok", "ok", "P0002"]
+    assert direct[1] == ["ok"] * len(TRACKED_CHANGES)
+    assert [v for v, *_ in direct[2]] == list(range(9))
+    assert direct[3][-1][1] == {"a": 10, "b": "back", "properties": {}}
+    assert direct == sql

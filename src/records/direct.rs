@@ -94,7 +94,7 @@ fn look_up_layout() -> Result<Option<Layout>> {
 
 /// The short write lock of one record: held from reading its latest version until the next
 /// version is in the heap and the index, never across a wait for another transaction.
-struct RecordLock(pg_sys::LOCKTAG);
+pub struct RecordLock(pg_sys::LOCKTAG);
 
 impl RecordLock {
     fn take(id: &Uuid) -> Self {
@@ -297,6 +297,35 @@ pub fn append(
                 )
             },
         }
+    }
+}
+
+/// The record's write lock, taken when no version of it is being inserted or removed by
+/// another transaction (waiting for those to end): what a statement that removes versions
+/// (eventic.purge) holds, so that no writer appends a version it would not see.
+pub fn settle(layout: Layout, id: Uuid) -> RecordLock {
+    let id_datum = id.into_datum().unwrap_or(Datum::from(0usize));
+    loop {
+        // SAFETY: as in append.
+        let busy = unsafe {
+            let rel = pg_sys::table_open(layout.records, pg_sys::RowExclusiveLock as i32);
+            let index = pg_sys::index_open(layout.pkey, pg_sys::RowExclusiveLock as i32);
+            let lock = RecordLock::take(&id);
+            let found = read_head(rel, index, id_datum);
+            pg_sys::index_close(index, pg_sys::NoLock as i32);
+            pg_sys::table_close(rel, pg_sys::NoLock as i32);
+            match found {
+                Found::Busy(xid) => {
+                    drop(lock);
+                    xid
+                }
+                Found::Head(_) | Found::Missing => return lock,
+            }
+        };
+        // SAFETY: waits for a transaction to end.
+        unsafe {
+            pg_sys::XactLockTableWait(busy, std::ptr::null_mut(), std::ptr::null_mut(), pg_sys::XLTW_Oper::XLTW_None)
+        };
     }
 }
 

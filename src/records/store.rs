@@ -572,8 +572,15 @@ pub fn delete_all(id: Uuid) -> Result<i64> {
     if crate::citus::forwards()? {
         return crate::records::shipped::delete_all(id);
     }
-    // with the latest version locked no writer can append one this DELETE would not see
-    lock_current(id)?;
+    // no writer may append a version this DELETE would not see: with the direct path, the
+    // record's write lock once no version is in progress; else the latest version's row lock
+    let _settled = match direct::layout()? {
+        Some(layout) => Some(direct::settle(layout, id)),
+        None => {
+            lock_current(id)?;
+            None
+        }
+    };
     let _own = OwnWrite::begin();
     Spi::connect_mut(|client| -> Result<i64> {
         let stmt = plan(client, DELETE_ALL, &[UUID], true)?;
