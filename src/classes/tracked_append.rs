@@ -44,22 +44,28 @@ SELECT $3, $2, cur.version OPERATOR(pg_catalog.+) 1, cur.class_type,
     ON CONFLICT (id, version) DO NOTHING
 RETURNING version";
 
-/// The key of a row as the generic path sees it (`to_jsonb(row) -> key`), read straight
-/// from the tuple for the key types that map one to one; `None` for any other type.
-fn key_of(row: &PgHeapTuple<'_, AllocatedByPostgres>, id_column: &str) -> Res<Option<Value>> {
-    let Some((_, att)) = row.get_attribute_by_name(id_column) else {
+/// The key of a tracked row, for the key types that map one to one to the generic path's
+/// `to_jsonb(row) -> key`: a uuid is the record id itself.
+#[derive(PartialEq)]
+enum Key {
+    Id(Uuid),
+    Json(Value),
+}
+
+/// The row's key, read straight from the tuple; `None` for a null key or another key type
+/// (the generic path then handles the row).
+fn key_of(row: &PgHeapTuple<'_, AllocatedByPostgres>, id_column: &str) -> Res<Option<Key>> {
+    let Some((index, att)) = row.get_attribute_by_name(id_column) else {
         return Ok(None);
     };
-    let key = |v: Option<Value>| Ok(Some(v.unwrap_or(Value::Null)));
+    let json = |v: Option<Value>| Ok(v.map(Key::Json));
     match att.atttypid {
-        pg_sys::UUIDOID => key(row
-            .get_by_name::<Uuid>(id_column)?
-            .map(|u| Value::String(u.to_string()))),
-        pg_sys::INT2OID => key(row.get_by_name::<i16>(id_column)?.map(Value::from)),
-        pg_sys::INT4OID => key(row.get_by_name::<i32>(id_column)?.map(Value::from)),
-        pg_sys::INT8OID => key(row.get_by_name::<i64>(id_column)?.map(Value::from)),
+        pg_sys::UUIDOID => Ok(row.get_by_index::<Uuid>(index)?.map(Key::Id)),
+        pg_sys::INT2OID => json(row.get_by_index::<i16>(index)?.map(Value::from)),
+        pg_sys::INT4OID => json(row.get_by_index::<i32>(index)?.map(Value::from)),
+        pg_sys::INT8OID => json(row.get_by_index::<i64>(index)?.map(Value::from)),
         pg_sys::TEXTOID | pg_sys::VARCHAROID => {
-            key(row.get_by_name::<String>(id_column)?.map(Value::String))
+            json(row.get_by_index::<String>(index)?.map(Value::String))
         }
         _ => Ok(None),
     }
@@ -79,10 +85,13 @@ pub fn try_update(
     let (Some(new_key), Some(old_key)) = (key_of(&new, id_column)?, key_of(old, id_column)?) else {
         return Ok(false);
     };
-    if new_key != old_key || new_key.is_null() {
+    if new_key != old_key {
         return Ok(false);
     }
-    let id = record_id(class_name, &new_key)?;
+    let id = match new_key {
+        Key::Id(id) => id,
+        Key::Json(key) => record_id(class_name, &key)?,
+    };
     if let Some(layout) = crate::records::direct::layout()? {
         return append_direct(layout, id, id_column, new, rowtype);
     }

@@ -329,6 +329,38 @@ pub fn settle(layout: Layout, id: Uuid) -> RecordLock {
     }
 }
 
+thread_local! {
+    /// The name of the role last seen writing (created_by), by its oid.
+    static USER_NAME: Cell<(pg_sys::Oid, u64, [u8; pg_sys::NAMEDATALEN as usize])> =
+        const { Cell::new((pg_sys::InvalidOid, 0, [0; pg_sys::NAMEDATALEN as usize])) };
+}
+
+/// `current_user` as a `name`, cached by the role's oid until a role changes (renamed).
+fn current_user_name() -> pg_sys::NameData {
+    // SAFETY: GetUserId reads a backend global.
+    let role = unsafe { pg_sys::GetUserId() };
+    let generation = crate::catalog_cache::acl_generation();
+    let (seen, seen_generation, mut bytes) = USER_NAME.with(Cell::get);
+    if seen != role || seen_generation != generation {
+        // SAFETY: the current role exists (noerr = false raises if not); namestrcpy copies at
+        // most NAMEDATALEN - 1 bytes and terminates.
+        unsafe {
+            let mut name: pg_sys::NameData = std::mem::zeroed();
+            pg_sys::namestrcpy(&mut name, pg_sys::GetUserNameFromId(role, false));
+            for (b, c) in bytes.iter_mut().zip(name.data.iter()) {
+                *b = *c as u8;
+            }
+        }
+        USER_NAME.with(|u| u.set((role, generation, bytes)));
+    }
+    // SAFETY: NameData is a plain byte array.
+    let mut name: pg_sys::NameData = unsafe { std::mem::zeroed() };
+    for (c, b) in name.data.iter_mut().zip(bytes.iter()) {
+        *c = *b as std::ffi::c_char;
+    }
+    name
+}
+
 /// Insert version `version` into the heap and the primary key (the partial index of
 /// version-0 rows takes no later version).
 unsafe fn insert(
@@ -341,9 +373,7 @@ unsafe fn insert(
     version_id: Uuid,
 ) {
     unsafe {
-        let mut created_by: pg_sys::NameData = std::mem::zeroed();
-        let user = pg_sys::GetUserNameFromId(pg_sys::GetUserId(), false);
-        pg_sys::namestrcpy(&mut created_by, user);
+        let mut created_by = current_user_name();
         let mut values = [
             version_id.into_datum().unwrap_or(Datum::from(0usize)),
             id,

@@ -443,6 +443,9 @@ pub fn require_write(id: Uuid, class_type: &str) -> Result<()> {
 /// of eventic.records does for the SQL path).
 pub fn after_direct_append(id: Uuid, class_type: &str, version: i32, data: pg_sys::Datum, deleted: bool) -> Result<()> {
     crate::outbox::discard();
+    if !crate::classes::asks_of_new_versions(class_type, deleted)? {
+        return Ok(());
+    }
     let id = id.to_string();
     let new = crate::classes::NewVersion { class_type, id: &id, version, deleted };
     crate::classes::on_new_version(new, || RawJsonb::from_raw(data).to_value())?;
