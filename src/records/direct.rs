@@ -143,21 +143,66 @@ enum Found {
     Missing,
 }
 
+thread_local! {
+    /// The latest version this backend last saw of each record it wrote: the head is looked
+    /// for from there on, so a scan of a long history reads one index entry, not every
+    /// version on the leaf page. Only a hint: a stale one costs a second scan.
+    static HINTS: std::cell::RefCell<std::collections::HashMap<[u8; 16], i32>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// Records remembered by [`HINTS`] before it starts again (24 bytes each).
+const MAX_HINTS: usize = 1 << 16;
+
+fn remember(id: &Uuid, version: i32) {
+    HINTS.with(|hints| {
+        let mut hints = hints.borrow_mut();
+        if hints.len() >= MAX_HINTS {
+            hints.clear();
+        }
+        hints.insert(*id.as_bytes(), version);
+    });
+}
+
 /// Read the latest version of `id` with a dirty snapshot (see the module comment).
-unsafe fn read_head(rel: pg_sys::Relation, index: pg_sys::Relation, id: Datum) -> Found {
+unsafe fn read_head(rel: pg_sys::Relation, index: pg_sys::Relation, id: &Uuid, id_datum: Datum) -> Found {
+    let hint = HINTS.with(|hints| hints.borrow().get(id.as_bytes()).copied());
+    // SAFETY: the caller's relations; a missing version >= hint means the hint is stale
+    let found = match unsafe { scan_head(rel, index, id_datum, hint) } {
+        Found::Missing if hint.is_some() => unsafe { scan_head(rel, index, id_datum, None) },
+        found => found,
+    };
+    if let Found::Head(head) = &found {
+        remember(id, head.version);
+    }
+    found
+}
+
+/// The highest version of `id` (at or above `from`) a dirty snapshot sees.
+unsafe fn scan_head(rel: pg_sys::Relation, index: pg_sys::Relation, id: Datum, from: Option<i32>) -> Found {
     unsafe {
         let mut dirty: pg_sys::SnapshotData = std::mem::zeroed();
         dirty.snapshot_type = pg_sys::SnapshotType::SNAPSHOT_DIRTY;
-        let mut key: pg_sys::ScanKeyData = std::mem::zeroed();
+        let mut keys: [pg_sys::ScanKeyData; 2] = std::mem::zeroed();
         pg_sys::ScanKeyInit(
-            &mut key,
+            &mut keys[0],
             1,
             pg_sys::BTEqualStrategyNumber as u16,
             pg_sys::Oid::from(pg_sys::F_UUID_EQ),
             id,
         );
-        let scan = pg_sys::index_beginscan(rel, index, &mut dirty, 1, 0);
-        pg_sys::index_rescan(scan, &mut key, 1, std::ptr::null_mut(), 0);
+        if let Some(from) = from {
+            pg_sys::ScanKeyInit(
+                &mut keys[1],
+                2,
+                pg_sys::BTGreaterEqualStrategyNumber as u16,
+                pg_sys::Oid::from(pg_sys::F_INT4GE),
+                Datum::from(from),
+            );
+        }
+        let nkeys = if from.is_some() { 2 } else { 1 };
+        let scan = pg_sys::index_beginscan(rel, index, &mut dirty, nkeys, 0);
+        pg_sys::index_rescan(scan, keys.as_mut_ptr(), nkeys, std::ptr::null_mut(), 0);
         let slot = pg_sys::table_slot_create(rel, std::ptr::null_mut());
         let found = if !pg_sys::index_getnext_slot(
             scan,
@@ -262,7 +307,7 @@ pub fn append(
             let rel = pg_sys::table_open(layout.records, pg_sys::RowExclusiveLock as i32);
             let index = pg_sys::index_open(layout.pkey, pg_sys::RowExclusiveLock as i32);
             let lock = RecordLock::take(&id);
-            let outcome = match read_head(rel, index, id_datum) {
+            let outcome = match read_head(rel, index, &id, id_datum) {
                 Found::Busy(xid) => Ok(Err(xid)),
                 Found::Missing => Ok(Ok(Appended::NoRecord)),
                 Found::Head(head) => match build(&head) {
@@ -271,6 +316,7 @@ pub fn append(
                     Ok(Some(next)) => {
                         let version = head.version + 1;
                         insert(rel, index, id_datum, version, &head, &next, version_id);
+                        remember(&id, version);
                         Ok(Ok(Appended::Version {
                             version,
                             class_type: head.class_type,
@@ -311,7 +357,7 @@ pub fn settle(layout: Layout, id: Uuid) -> RecordLock {
             let rel = pg_sys::table_open(layout.records, pg_sys::RowExclusiveLock as i32);
             let index = pg_sys::index_open(layout.pkey, pg_sys::RowExclusiveLock as i32);
             let lock = RecordLock::take(&id);
-            let found = read_head(rel, index, id_datum);
+            let found = read_head(rel, index, &id, id_datum);
             pg_sys::index_close(index, pg_sys::NoLock as i32);
             pg_sys::table_close(rel, pg_sys::NoLock as i32);
             match found {
