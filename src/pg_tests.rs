@@ -141,3 +141,47 @@ fn view_update_without_properties_keeps_the_bag() {
     assert_eq!(doc["title"], json!("c"));
     assert_eq!(doc["properties"], json!({"featured": true}));
 }
+
+/// The one-pass merge of the direct write path gives exactly what `base || (over - key)` gives,
+/// byte for byte (jsonb equality would hide a wrong key order).
+#[pg_test]
+fn merge_objects_is_concat_without_the_skipped_key() {
+    use crate::raw_jsonb::RawJsonb;
+    use crate::records::jsonb_fn::merge_objects;
+    let cases = [
+        (r#"{}"#, r#"{}"#, None),
+        (r#"{"a": 1}"#, r#"{}"#, None),
+        (r#"{}"#, r#"{"a": 1, "bb": [1, {"c": 2}]}"#, None),
+        (r#"{"a": 1, "ccc": 3, "dd": {"x": [1, 2]}}"#, r#"{"b": 2, "ccc": "new", "e": null}"#, None),
+        (r#"{"title": "a", "properties": {"k": 1}, "zz": true}"#, r#"{"id": 7, "title": "b", "body": "x"}"#, Some("id")),
+        (r#"{"id": "kept", "n": 1}"#, r#"{"id": 7, "n": 2}"#, Some("id")),
+        (r#"{"aaaa": 1, "b": 2}"#, r#"{"aaaa": {"deep": [[1], {"e": 1.50}]}, "ccc": 1e400}"#, Some("zz")),
+        // not two objects: the operators' answer
+        (r#"[1, 2]"#, r#"{"a": 1}"#, None),
+        (r#"{"a": 1}"#, r#"[3]"#, None),
+    ];
+    for (base, over, skip) in cases {
+        let datum = |text: &str| {
+            let text = std::ffi::CString::new(text).expect("no NUL");
+            // SAFETY: jsonb_in of a C string; the result lives in the test's memory context.
+            unsafe {
+                pgrx::direct_function_call_as_datum(
+                    pgrx::pg_sys::jsonb_in,
+                    &[Some(pgrx::pg_sys::Datum::from(text.as_ptr()))],
+                )
+            }
+            .expect("a jsonb")
+        };
+        // SAFETY: two jsonb datums.
+        let merged = RawJsonb::from_raw(unsafe { merge_objects(datum(base), datum(over), skip) });
+        let expected = match skip {
+            Some(key) => format!("SELECT '{base}'::jsonb || ('{over}'::jsonb - '{key}')"),
+            None => format!("SELECT '{base}'::jsonb || '{over}'::jsonb"),
+        };
+        let same = Spi::get_one_with_args::<bool>(
+            &format!("SELECT jsonb_send($1) = jsonb_send(({expected}))"),
+            &[merged.into()],
+        );
+        assert_eq!(same, Ok(Some(true)), "{base} || {over} - {skip:?}");
+    }
+}

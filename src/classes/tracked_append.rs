@@ -132,18 +132,19 @@ fn append_direct(
 ) -> Res<bool> {
     let zero = pg_sys::Datum::from(0usize);
     let row = new.into_datum().unwrap_or(zero);
-    let key = id_column.into_datum().unwrap_or(zero);
-    // SAFETY: `row` is a composite of type `rowtype`, `key` a text.
-    let doc = unsafe { jsonb_fn::delete_key(jsonb_fn::row_to_jsonb(row, rowtype), key) };
+    // SAFETY: `row` is a composite of type `rowtype`.
+    let doc = unsafe { jsonb_fn::row_to_jsonb(row, rowtype) };
     let appended = direct::append(layout, id, new_uuid_v7(), |head| {
         store::require_write(id, &head.class_type)?;
-        // SAFETY: jsonb datums.
+        // SAFETY: jsonb datums (objects).
         unsafe {
             if head.deleted {
-                let empty = jsonb_fn::empty_object();
-                return Ok(Some(Next { data: jsonb_fn::set_key(doc, PROPERTIES, empty), deleted: false }));
+                let fresh = jsonb_fn::set_key(jsonb_fn::empty_object(), PROPERTIES, jsonb_fn::empty_object());
+                let data = jsonb_fn::merge_objects(fresh, doc, Some(id_column));
+                return Ok(Some(Next { data, deleted: false }));
             }
-            let data = jsonb_fn::concat(head.data, doc);
+            // the latest version with the row's columns (but its key) set over it
+            let data = jsonb_fn::merge_objects(head.data, doc, Some(id_column));
             Ok(jsonb_fn::differ(data, head.data).then_some(Next { data, deleted: false }))
         }
     })?;

@@ -105,3 +105,103 @@ pub unsafe fn row_to_jsonb(row: Datum, rowtype: pg_sys::Oid) -> Datum {
     });
     unsafe { pg_sys::FunctionCall1Coll(flinfo, pg_sys::InvalidOid, row) }
 }
+
+/// `base || (over - skip)` for two jsonb objects, in one pass: both objects' keys are stored
+/// in jsonb's key order, so they merge like two sorted lists (a key of `over` replaces the
+/// same key of `base`) and the result is built once, without the sort `||` does. Anything but
+/// two objects goes through the operators instead.
+pub unsafe fn merge_objects(base: Datum, over: Datum, skip: Option<&str>) -> Datum {
+    unsafe {
+        let a = pg_sys::pg_detoast_datum(base.cast_mut_ptr()).cast::<pg_sys::Jsonb>();
+        let b = pg_sys::pg_detoast_datum(over.cast_mut_ptr()).cast::<pg_sys::Jsonb>();
+        if !is_object(a) || !is_object(b) {
+            let over = match skip.and_then(|key| key.into_datum()) {
+                Some(key) => delete_key(over, key),
+                None => over,
+            };
+            return concat(base, over);
+        }
+        let mut state: *mut pg_sys::JsonbParseState = std::ptr::null_mut();
+        pg_sys::pushJsonbValue(&mut state, pg_sys::JsonbIteratorToken::WJB_BEGIN_OBJECT, std::ptr::null_mut());
+        let mut left = Pairs::new(a, None);
+        let mut right = Pairs::new(b, skip.map(str::as_bytes));
+        let (mut l, mut r) = (left.next(), right.next());
+        loop {
+            let take_left = match (&l, &r) {
+                (None, None) => break,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (Some((lk, _)), Some((rk, _))) => match key_order(key_bytes(lk), key_bytes(rk)) {
+                    std::cmp::Ordering::Less => true,
+                    std::cmp::Ordering::Greater => false,
+                    // the same key: `over`'s value wins
+                    std::cmp::Ordering::Equal => {
+                        l = left.next();
+                        false
+                    }
+                },
+            };
+            let (side, pair) = if take_left { (&mut left, &mut l) } else { (&mut right, &mut r) };
+            if let Some((mut key, mut value)) = pair.take() {
+                pg_sys::pushJsonbValue(&mut state, pg_sys::JsonbIteratorToken::WJB_KEY, &mut key);
+                pg_sys::pushJsonbValue(&mut state, pg_sys::JsonbIteratorToken::WJB_VALUE, &mut value);
+            }
+            *pair = side.next();
+        }
+        let merged = pg_sys::pushJsonbValue(&mut state, pg_sys::JsonbIteratorToken::WJB_END_OBJECT, std::ptr::null_mut());
+        Datum::from(pg_sys::JsonbValueToJsonb(merged))
+    }
+}
+
+unsafe fn is_object(jb: *mut pg_sys::Jsonb) -> bool {
+    // JsonContainerIsObject: the container header's object flag
+    unsafe { (*jb).root.header & pg_sys::JB_FOBJECT != 0 }
+}
+
+/// The top-level (key, value) pairs of a jsonb object in stored order, nested values as
+/// binary (not descended into), leaving out the key `skip`.
+struct Pairs<'a> {
+    it: *mut pg_sys::JsonbIterator,
+    skip: Option<&'a [u8]>,
+}
+
+impl<'a> Pairs<'a> {
+    unsafe fn new(jb: *mut pg_sys::Jsonb, skip: Option<&'a [u8]>) -> Self {
+        unsafe {
+            let mut it = pg_sys::JsonbIteratorInit(&mut (*jb).root);
+            let mut v: pg_sys::JsonbValue = std::mem::zeroed();
+            pg_sys::JsonbIteratorNext(&mut it, &mut v, true); // WJB_BEGIN_OBJECT
+            Pairs { it, skip }
+        }
+    }
+
+    fn next(&mut self) -> Option<(pg_sys::JsonbValue, pg_sys::JsonbValue)> {
+        loop {
+            // SAFETY: an iterator over a live object container; KEY is followed by its VALUE.
+            unsafe {
+                let mut key: pg_sys::JsonbValue = std::mem::zeroed();
+                if pg_sys::JsonbIteratorNext(&mut self.it, &mut key, true) != pg_sys::JsonbIteratorToken::WJB_KEY {
+                    return None;
+                }
+                let mut value: pg_sys::JsonbValue = std::mem::zeroed();
+                pg_sys::JsonbIteratorNext(&mut self.it, &mut value, true);
+                if self.skip != Some(key_bytes(&key)) {
+                    return Some((key, value));
+                }
+            }
+        }
+    }
+}
+
+fn key_bytes(key: &pg_sys::JsonbValue) -> &[u8] {
+    // SAFETY: a jbvString key returned by the iterator points into its container.
+    unsafe {
+        let s = key.val.string;
+        std::slice::from_raw_parts(s.val.cast::<u8>(), s.len.max(0) as usize)
+    }
+}
+
+/// jsonb's order of object keys: shorter first, then bytewise.
+fn key_order(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    a.len().cmp(&b.len()).then_with(|| a.cmp(b))
+}

@@ -455,7 +455,7 @@ pub fn after_direct_append(id: Uuid, class_type: &str, version: i32, data: pg_sy
 /// [`append`] on the direct path (records::direct): the same document, built with the same
 /// jsonb functions as [`APPEND_NEXT`]'s expression.
 fn append_direct(layout: direct::Layout, id: Uuid, change: Change, expected_version: Option<i32>) -> Result<i32> {
-    use crate::records::jsonb_fn::{concat, delete_keys, differ, empty_object, field, set_key};
+    use crate::records::jsonb_fn::{concat, delete_keys, differ, empty_object, field, merge_objects, set_key};
     let (revive, tombstone) = (change.revive, change.tombstone);
     let zero = pg_sys::Datum::from(0usize);
     let (fields, one) = match change.set {
@@ -493,7 +493,7 @@ fn append_direct(layout: direct::Layout, id: Uuid, change: Change, expected_vers
                 };
                 data = match &one {
                     Some((name, value)) => set_key(data, name, *value),
-                    None => concat(data, fields),
+                    None => merge_objects(data, fields, None),
                 };
                 if let Some((set, gone)) = properties {
                     let bag = field(data, PROPERTIES).unwrap_or_else(empty_object);
