@@ -23,33 +23,51 @@ fn call_strict(func: unsafe fn(pg_sys::FunctionCallInfo) -> Datum, args: &[Datum
 }
 
 /// `a || b`
+///
+/// # Safety
+/// The datums are non-null values of the types named (see the module comment).
 pub unsafe fn concat(a: Datum, b: Datum) -> Datum {
     call_strict(pg_sys::jsonb_concat, &[a, b])
 }
 
 /// `doc - keys` (a text[] datum)
+///
+/// # Safety
+/// The datums are non-null values of the types named (see the module comment).
 pub unsafe fn delete_keys(doc: Datum, keys: Datum) -> Datum {
     call_strict(pg_sys::jsonb_delete_array, &[doc, keys])
 }
 
 /// `doc - key` (a text datum)
+///
+/// # Safety
+/// The datums are non-null values of the types named (see the module comment).
 pub unsafe fn delete_key(doc: Datum, key: Datum) -> Datum {
     call_strict(pg_sys::jsonb_delete, &[doc, key])
 }
 
 /// `a <> b`
+///
+/// # Safety
+/// The datums are non-null values of the types named (see the module comment).
 pub unsafe fn differ(a: Datum, b: Datum) -> bool {
     call_strict(pg_sys::jsonb_ne, &[a, b]).value() != 0
 }
 
 /// `jsonb_set(doc, '{name}', value)`: `doc` (an object) with key `name` set to `value`, the
 /// same as `doc || jsonb_build_object(name, value)`.
+///
+/// # Safety
+/// The datums are non-null values of the types named (see the module comment).
 pub unsafe fn set_key(doc: Datum, name: &str, value: Datum) -> Datum {
     let path = vec![name.to_string()].into_datum().unwrap_or(Datum::from(0usize));
     call_strict(pg_sys::jsonb_set, &[doc, path, value, Datum::from(true)])
 }
 
 /// `doc -> name`, `None` when the key is absent.
+///
+/// # Safety
+/// The datums are non-null values of the types named (see the module comment).
 pub unsafe fn field(doc: Datum, name: &str) -> Option<Datum> {
     call(pg_sys::jsonb_object_field, &[doc, name.into_datum()?])
 }
@@ -66,6 +84,9 @@ thread_local! {
 }
 
 /// `to_jsonb(row)` for a composite datum of row type `rowtype`.
+///
+/// # Safety
+/// The datums are non-null values of the types named (see the module comment).
 pub unsafe fn row_to_jsonb(row: Datum, rowtype: pg_sys::Oid) -> Datum {
     let flinfo = TO_JSONB.with(|cache| {
         *cache.borrow_mut().entry(rowtype.to_u32()).or_insert_with(|| {
@@ -110,6 +131,9 @@ pub unsafe fn row_to_jsonb(row: Datum, rowtype: pg_sys::Oid) -> Datum {
 /// in jsonb's key order, so they merge like two sorted lists (a key of `over` replaces the
 /// same key of `base`) and the result is built once, without the sort `||` does. Anything but
 /// two objects goes through the operators instead.
+///
+/// # Safety
+/// The datums are non-null values of the types named (see the module comment).
 pub unsafe fn merge_objects(base: Datum, over: Datum, skip: Option<&str>) -> Datum {
     unsafe {
         let a = pg_sys::pg_detoast_datum(base.cast_mut_ptr()).cast::<pg_sys::Jsonb>();
