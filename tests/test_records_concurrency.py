@@ -234,16 +234,7 @@ def test_purge_of_a_tracked_record_waits_for_the_tables_writer(cluster, db):
         conn.execute("SELECT eventic.track('purged_t')")
     with cluster.connect(dbname=db, autocommit=False) as writer:
         writer.execute("UPDATE purged_t SET a = 1 WHERE id = %s", (row,))
-        done = []
-        purger = threading.Thread(
-            target=lambda: done.append(_purge(cluster, db, row)), daemon=True
-        )
-        purger.start()
-        purger.join(1.5)
-        assert done == [], "purge did not wait for the transaction that wrote the record"
-        writer.commit()
-    purger.join(30)
-    assert done == [2]
+        _purge_waits_for(writer, cluster, db, row)
     with cluster.connect(dbname=db) as conn:
         assert conn.execute(
             "SELECT count(*) FROM eventic.records WHERE id = %s", (row,)
@@ -253,6 +244,19 @@ def test_purge_of_a_tracked_record_waits_for_the_tables_writer(cluster, db):
         assert conn.execute(
             "SELECT array_agg(version ORDER BY version) FROM eventic.records WHERE id = %s", (row,)
         ).fetchone()[0] == [0]
+
+
+def _purge_waits_for(writer, cluster, db, record):
+    """Purge `record` from another connection while `writer` has written it uncommitted: the
+    purge must wait for the writer, then remove both versions."""
+    done = []
+    purger = threading.Thread(target=lambda: done.append(_purge(cluster, db, record)), daemon=True)
+    purger.start()
+    purger.join(1.5)
+    assert done == [], "purge did not wait for the transaction that wrote the record"
+    writer.commit()
+    purger.join(30)
+    assert done == [2]
 
 
 def _purge(cluster, db, record):
@@ -266,14 +270,7 @@ def test_purge_waits_for_an_uncommitted_set_field(cluster, db):
     story = new_story(cluster, db)
     with cluster.connect(dbname=db, autocommit=False) as writer:
         writer.execute("SELECT eventic.set_field(%s, 'title', '\"pending\"')", (story,))
-        done = []
-        purger = threading.Thread(target=lambda: done.append(_purge(cluster, db, story)), daemon=True)
-        purger.start()
-        purger.join(1.5)
-        assert done == [], "purge did not wait for the uncommitted version"
-        writer.commit()
-    purger.join(30)
-    assert done == [2]
+        _purge_waits_for(writer, cluster, db, story)
     with cluster.connect(dbname=db) as conn:
         assert conn.execute("SELECT count(*) FROM eventic.records WHERE id = %s", (story,)).fetchone()[0] == 0
         try:

@@ -92,6 +92,40 @@ fn look_up_layout() -> Result<Option<Layout>> {
     })
 }
 
+/// eventic.records and its primary key, open for one read and append; closed on drop, their
+/// locks kept to the end of the transaction (as the executor keeps them).
+struct Open {
+    rel: pg_sys::Relation,
+    index: pg_sys::Relation,
+}
+
+impl Open {
+    /// # Safety
+    /// `layout` names eventic.records and its primary key (see [`layout`]).
+    unsafe fn new(layout: Layout) -> Self {
+        // SAFETY: the caller's relations exist; RowExclusiveLock as an INSERT takes.
+        unsafe {
+            Open {
+                rel: pg_sys::table_open(layout.records, pg_sys::RowExclusiveLock as i32),
+                index: pg_sys::index_open(layout.pkey, pg_sys::RowExclusiveLock as i32),
+            }
+        }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        // an ERROR unwinding through here: the abort closes them
+        if !std::thread::panicking() {
+            // SAFETY: the relations this guard opened.
+            unsafe {
+                pg_sys::index_close(self.index, pg_sys::NoLock as i32);
+                pg_sys::table_close(self.rel, pg_sys::NoLock as i32);
+            }
+        }
+    }
+}
+
 /// The short write lock of one record: held from reading its latest version until the next
 /// version is in the heap and the index, never across a wait for another transaction.
 pub struct RecordLock(pg_sys::LOCKTAG);
@@ -300,12 +334,10 @@ pub fn append(
 ) -> Result<Appended> {
     let id_datum = id.into_datum().unwrap_or(Datum::from(0usize));
     loop {
-        // SAFETY: the relations are eventic.records and its primary key (checked by layout()),
-        // opened and closed here, their locks kept to the end of the transaction as the
-        // executor keeps them.
+        // SAFETY: the layout's relations (checked by layout()), open while read and written.
         let outcome = unsafe {
-            let rel = pg_sys::table_open(layout.records, pg_sys::RowExclusiveLock as i32);
-            let index = pg_sys::index_open(layout.pkey, pg_sys::RowExclusiveLock as i32);
+            let open = Open::new(layout);
+            let (rel, index) = (open.rel, open.index);
             let lock = RecordLock::take(&id);
             let outcome = match read_head(rel, index, &id, id_datum) {
                 Found::Busy(xid) => Ok(Err(xid)),
@@ -327,8 +359,7 @@ pub fn append(
                 },
             };
             drop(lock);
-            pg_sys::index_close(index, pg_sys::NoLock as i32);
-            pg_sys::table_close(rel, pg_sys::NoLock as i32);
+            drop(open);
             outcome?
         };
         match outcome {
@@ -354,12 +385,10 @@ pub fn settle(layout: Layout, id: Uuid) -> RecordLock {
     loop {
         // SAFETY: as in append.
         let busy = unsafe {
-            let rel = pg_sys::table_open(layout.records, pg_sys::RowExclusiveLock as i32);
-            let index = pg_sys::index_open(layout.pkey, pg_sys::RowExclusiveLock as i32);
+            let open = Open::new(layout);
             let lock = RecordLock::take(&id);
-            let found = read_head(rel, index, &id, id_datum);
-            pg_sys::index_close(index, pg_sys::NoLock as i32);
-            pg_sys::table_close(rel, pg_sys::NoLock as i32);
+            let found = read_head(open.rel, open.index, &id, id_datum);
+            drop(open);
             match found {
                 Found::Busy(xid) => {
                     drop(lock);
