@@ -51,6 +51,7 @@ pub fn init() {
     board::init();
     crate::progress::init();
     crate::queues::rate::init();
+    crate::records::heads::init();
     BackgroundWorkerBuilder::new(LAUNCHER_TYPE)
         .set_type(LAUNCHER_TYPE)
         .set_library("eventic")

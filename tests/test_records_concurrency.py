@@ -4,6 +4,7 @@ is built from the one before it."""
 import threading
 
 import psycopg
+import pytest
 from psycopg.types.json import Jsonb
 
 WRITERS = 8
@@ -357,3 +358,71 @@ def test_the_direct_and_the_sql_write_paths_write_the_same_versions(cluster, db)
     assert [v for v, *_ in direct[2]] == list(range(9))
     assert direct[3][-1][1] == {"a": 10, "b": "back", "properties": {}}
     assert direct == sql
+
+
+def test_a_connection_that_remembers_a_record_builds_on_what_others_wrote(cluster, db):
+    """A connection remembers where the latest version of a record it wrote lies and reads it
+    there next time (records::heads); whatever happened to the record in between (another
+    writer, its own rollback, a table rewrite, a purge) it must build on the true latest
+    version or fail as the record's state says."""
+    with cluster.connect(dbname=db) as a, cluster.connect(dbname=db) as b:
+        assert "eventic" in a.execute("SHOW shared_preload_libraries").fetchone()[0]
+        story = a.execute("SELECT eventic.create('Story', '{\"n\": 0}')").fetchone()[0]
+
+        def set_n(conn, n):
+            return conn.execute("SELECT eventic.set_field(%s, 'n', %s)", (story, Jsonb(n))).fetchone()[0]
+
+        assert set_n(a, 1) == 1
+        assert set_n(b, 2) == 2  # a's remembered version is stale now
+        assert set_n(a, 3) == 3
+        with a.transaction(force_rollback=True):
+            assert set_n(a, 4) == 4  # remembered, then rolled back
+        assert set_n(a, 5) == 4
+        with a.transaction():
+            a.execute("SAVEPOINT s")
+            assert set_n(a, 6) == 5
+            a.execute("ROLLBACK TO SAVEPOINT s")
+            assert set_n(a, 7) == 5
+        b.execute("VACUUM FULL eventic.records")  # every row moves
+        assert set_n(a, 8) == 6
+        versions = a.execute(
+            "SELECT array_agg((data->>'n')::int ORDER BY version) FROM eventic.records WHERE id = %s", (story,)
+        ).fetchone()[0]
+        assert versions == [0, 1, 2, 3, 5, 7, 8]
+        assert b.execute("SELECT eventic.purge(%s)", (story,)).fetchone()[0] == 7
+        with pytest.raises(psycopg.errors.NoDataFound):
+            set_n(a, 9)
+
+
+def test_serializable_writers_of_one_record_conflict_with_40001(cluster, db):
+    """SERIALIZABLE writers take the direct path too: two that read and write one record
+    concurrently cannot both commit; the loser gets 40001 and nothing of it is written."""
+    story = new_story(cluster, db)
+    with cluster.connect(dbname=db, autocommit=False) as t1, cluster.connect(dbname=db, autocommit=False) as t2:
+        for conn in (t1, t2):
+            conn.execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+            conn.execute("SELECT eventic.hydrate(%s)", (story,)).fetchone()
+        t1.execute("SELECT eventic.set_field(%s, 'a', '1')", (story,))
+        done = []
+
+        def second():
+            try:
+                t2.execute("SELECT eventic.set_field(%s, 'b', '2')", (story,))
+                t2.commit()
+                done.append("committed")
+            except psycopg.errors.SerializationFailure:
+                t2.rollback()
+                done.append("40001")
+
+        waiter = threading.Thread(target=second, daemon=True)
+        waiter.start()
+        waiter.join(1.0)
+        assert done == [], "the second writer did not wait for the first"
+        t1.commit()
+        waiter.join(30)
+        assert done == ["40001"]
+    with cluster.connect(dbname=db) as conn:
+        rows = conn.execute(
+            "SELECT version, data ? 'a', data ? 'b' FROM eventic.records WHERE id = %s ORDER BY version", (story,)
+        ).fetchall()
+    assert rows == [(0, False, False), (1, True, False)]

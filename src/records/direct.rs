@@ -26,8 +26,10 @@ use pgrx::prelude::*;
 use pgrx::{IntoDatum, Uuid};
 
 use crate::errors::Result;
+use crate::records::heads;
 
 /// Attribute numbers of eventic.records (checked against the catalog, see [`layout`]).
+const ATT_ID: i32 = 2;
 const ATT_VERSION: i32 = 3;
 const ATT_CLASS_TYPE: i32 = 4;
 const ATT_DATA: i32 = 5;
@@ -47,14 +49,10 @@ thread_local! {
 }
 
 /// The tables the direct path writes, or `None` when it must not be used: a Citus node (the
-/// SQL statements are what Citus routes), a SERIALIZABLE transaction, or an eventic.records
+/// SQL statements are what Citus routes) or an eventic.records
 /// that is not exactly eventic's own (other columns, indexes or triggers than it creates).
 pub fn layout() -> Result<Option<Layout>> {
     if crate::citus::on_shard() || crate::citus::forwards()? {
-        return Ok(None);
-    }
-    // SAFETY: reads the transaction's isolation level.
-    if unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_SERIALIZABLE as i32 {
         return Ok(None);
     }
     let generation = crate::catalog_cache::distribution_generation() + 1;
@@ -168,6 +166,8 @@ pub struct Head {
     /// the document, detoasted, in the current memory context
     pub data: Datum,
     pub deleted: bool,
+    /// where its row is
+    tid: pg_sys::ItemPointerData,
 }
 
 enum Found {
@@ -177,39 +177,88 @@ enum Found {
     Missing,
 }
 
-thread_local! {
-    /// The latest version this backend last saw of each record it wrote: the head is looked
-    /// for from there on, so a scan of a long history reads one index entry, not every
-    /// version on the leaf page. Only a hint: a stale one costs a second scan.
-    static HINTS: std::cell::RefCell<std::collections::HashMap<[u8; 16], i32>> =
-        std::cell::RefCell::new(std::collections::HashMap::new());
-}
-
-/// Records remembered by [`HINTS`] before it starts again (24 bytes each).
-const MAX_HINTS: usize = 1 << 16;
-
-fn remember(id: &Uuid, version: i32) {
-    HINTS.with(|hints| {
-        let mut hints = hints.borrow_mut();
-        if hints.len() >= MAX_HINTS {
-            hints.clear();
+/// Read the latest version of `id`: by the address this backend remembers when no one has
+/// written the record since (see records::heads), else from the primary key with a dirty
+/// snapshot (see the module comment), from the version it remembers on.
+unsafe fn read_head(
+    rel: pg_sys::Relation,
+    index: pg_sys::Relation,
+    id: &Uuid,
+    id_datum: Datum,
+    writes: Option<u64>,
+) -> Found {
+    let hint = heads::hint(id);
+    // SAFETY: the caller's relations.
+    unsafe {
+        let serializable = pg_sys::XactIsoLevel >= pg_sys::XACT_SERIALIZABLE as i32;
+        if let Some(hint) = hint.filter(|h| h.writes.is_some() && h.writes == writes && !serializable) {
+            if let Some(found) = fetch_head(rel, id, hint) {
+                return found;
+            }
         }
-        hints.insert(*id.as_bytes(), version);
-    });
+        if serializable {
+            register_read(rel, index, id_datum);
+        }
+        // a missing version >= the hint means the hint is stale
+        let from = hint.map(|h| h.version);
+        let found = match scan_head(rel, index, id_datum, from) {
+            Found::Missing if from.is_some() => scan_head(rel, index, id_datum, None),
+            found => found,
+        };
+        if let Found::Head(head) = &found {
+            heads::remember(id, heads::Hint { version: head.version, tid: head.tid, writes });
+        }
+        found
+    }
 }
 
-/// Read the latest version of `id` with a dirty snapshot (see the module comment).
-unsafe fn read_head(rel: pg_sys::Relation, index: pg_sys::Relation, id: &Uuid, id_datum: Datum) -> Found {
-    let hint = HINTS.with(|hints| hints.borrow().get(id.as_bytes()).copied());
-    // SAFETY: the caller's relations; a missing version >= hint means the hint is stale
-    let found = match unsafe { scan_head(rel, index, id_datum, hint) } {
-        Found::Missing if hint.is_some() => unsafe { scan_head(rel, index, id_datum, None) },
-        found => found,
-    };
-    if let Found::Head(head) = &found {
-        remember(id, head.version);
+/// The head at the remembered address, if that row still is version `hint.version` of `id`
+/// and no other transaction is inserting or removing it.
+unsafe fn fetch_head(rel: pg_sys::Relation, id: &Uuid, hint: heads::Hint) -> Option<Found> {
+    unsafe {
+        let mut dirty: pg_sys::SnapshotData = std::mem::zeroed();
+        dirty.snapshot_type = pg_sys::SnapshotType::SNAPSHOT_DIRTY;
+        let mut tuple: pg_sys::HeapTupleData = std::mem::zeroed();
+        tuple.t_self = hint.tid;
+        let mut buffer: pg_sys::Buffer = pg_sys::InvalidBuffer as pg_sys::Buffer;
+        if !pg_sys::heap_fetch(rel, &mut dirty, &mut tuple, &mut buffer, false) {
+            return None;
+        }
+        let slot = pg_sys::table_slot_create(rel, std::ptr::null_mut());
+        pg_sys::ExecStoreBufferHeapTuple(&mut tuple, slot, buffer);
+        pg_sys::ReleaseBuffer(buffer);
+        let mut isnull = false;
+        let found_id = pg_sys::slot_getattr(slot, ATT_ID, &mut isnull);
+        let same = !isnull
+            && Uuid::from_datum(found_id, false).is_some_and(|found| found == *id)
+            && i32::from_datum(pg_sys::slot_getattr(slot, ATT_VERSION, &mut isnull), isnull)
+                == Some(hint.version);
+        let found = if !same {
+            None
+        } else if dirty.xmin != pg_sys::InvalidTransactionId || dirty.xmax != pg_sys::InvalidTransactionId {
+            None // in flux: the search tells what to wait for
+        } else {
+            check_visible_to_transaction(slot);
+            Some(Found::Head(head_of(slot)))
+        };
+        pg_sys::ExecDropSingleTupleTableSlot(slot);
+        found
     }
-    found
+}
+
+/// SERIALIZABLE: read the record's versions with the transaction's snapshot too, which is
+/// what registers the read with predicate locking (a dirty read does not).
+unsafe fn register_read(rel: pg_sys::Relation, index: pg_sys::Relation, id: Datum) {
+    unsafe {
+        let mut key: pg_sys::ScanKeyData = std::mem::zeroed();
+        pg_sys::ScanKeyInit(&mut key, 1, pg_sys::BTEqualStrategyNumber as u16, pg_sys::Oid::from(pg_sys::F_UUID_EQ), id);
+        let scan = pg_sys::index_beginscan(rel, index, pg_sys::GetTransactionSnapshot(), 1, 0);
+        pg_sys::index_rescan(scan, &mut key, 1, std::ptr::null_mut(), 0);
+        let slot = pg_sys::table_slot_create(rel, std::ptr::null_mut());
+        pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::BackwardScanDirection, slot);
+        pg_sys::ExecDropSingleTupleTableSlot(slot);
+        pg_sys::index_endscan(scan);
+    }
 }
 
 /// The highest version of `id` (at or above `from`) a dirty snapshot sees.
@@ -298,6 +347,7 @@ unsafe fn head_of(slot: *mut pg_sys::TupleTableSlot) -> Head {
         let deleted = pg_sys::slot_getattr(slot, ATT_DELETED, &mut isnull);
         let deleted = bool::from_datum(deleted, isnull).unwrap_or(false);
         Head {
+            tid: (*slot).tts_tid,
             version,
             class_type,
             class_datum,
@@ -339,7 +389,9 @@ pub fn append(
             let open = Open::new(layout);
             let (rel, index) = (open.rel, open.index);
             let lock = RecordLock::take(&id);
-            let outcome = match read_head(rel, index, &id, id_datum) {
+            heads::check_generation();
+            let writes = heads::writes(&id);
+            let outcome = match read_head(rel, index, &id, id_datum, writes) {
                 Found::Busy(xid) => Ok(Err(xid)),
                 Found::Missing => Ok(Ok(Appended::NoRecord)),
                 Found::Head(head) => match build(&head) {
@@ -347,8 +399,9 @@ pub fn append(
                     Ok(None) => Ok(Ok(Appended::Nothing(head))),
                     Ok(Some(next)) => {
                         let version = head.version + 1;
-                        insert(rel, index, id_datum, version, &head, &next, version_id);
-                        remember(&id, version);
+                        let tid = insert(rel, index, id_datum, version, &head, &next, version_id);
+                        let writes = heads::count_write(&id);
+                        heads::remember(&id, heads::Hint { version, tid, writes });
                         Ok(Ok(Appended::Version {
                             version,
                             class_type: head.class_type,
@@ -387,14 +440,19 @@ pub fn settle(layout: Layout, id: Uuid) -> RecordLock {
         let busy = unsafe {
             let open = Open::new(layout);
             let lock = RecordLock::take(&id);
-            let found = read_head(open.rel, open.index, &id, id_datum);
+            heads::check_generation();
+            let found = read_head(open.rel, open.index, &id, id_datum, heads::writes(&id));
             drop(open);
             match found {
                 Found::Busy(xid) => {
                     drop(lock);
                     xid
                 }
-                Found::Head(_) | Found::Missing => return lock,
+                Found::Head(_) | Found::Missing => {
+                    // what other backends remember of this record is no longer true
+                    heads::count_write(&id);
+                    return lock;
+                }
             }
         };
         // SAFETY: waits for a transaction to end.
@@ -446,7 +504,7 @@ unsafe fn insert(
     head: &Head,
     next: &Next,
     version_id: Uuid,
-) {
+) -> pg_sys::ItemPointerData {
     unsafe {
         let mut created_by = current_user_name();
         let mut values = [
@@ -474,5 +532,6 @@ unsafe fn insert(
             false,
             pg_sys::BuildIndexInfo(index),
         );
+        (*tuple).t_self
     }
 }

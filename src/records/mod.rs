@@ -5,6 +5,7 @@
 
 pub mod direct;
 pub mod fields;
+pub mod heads;
 pub mod jsonb_fn;
 pub mod shipped;
 pub mod store;
