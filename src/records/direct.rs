@@ -233,10 +233,11 @@ unsafe fn fetch_head(rel: pg_sys::Relation, id: &Uuid, hint: heads::Hint) -> Opt
             && Uuid::from_datum(found_id, false).is_some_and(|found| found == *id)
             && i32::from_datum(pg_sys::slot_getattr(slot, ATT_VERSION, &mut isnull), isnull)
                 == Some(hint.version);
-        let found = if !same {
+        // a row in flux (being inserted or removed) is left to the search: it tells what to
+        // wait for
+        let in_flux = dirty.xmin != pg_sys::InvalidTransactionId || dirty.xmax != pg_sys::InvalidTransactionId;
+        let found = if !same || in_flux {
             None
-        } else if dirty.xmin != pg_sys::InvalidTransactionId || dirty.xmax != pg_sys::InvalidTransactionId {
-            None // in flux: the search tells what to wait for
         } else {
             check_visible_to_transaction(slot);
             Some(Found::Head(head_of(slot)))
