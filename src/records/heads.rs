@@ -5,7 +5,7 @@
 //!
 //! An address is used only while no one has written the record since: every append and purge
 //! (any backend, with the record's write lock held) counts a write in a shared slot of the
-//! record (a hash of its id into 65,536 slots: records sharing a slot only cost each other a
+//! record (a hash of its id into 131,072 slots: records sharing a slot only cost each other a
 //! search). What was remembered is forgotten when a (sub)transaction aborts (the row it
 //! wrote is gone) and when eventic.records changes (a rewrite moves every row). Without the
 //! preload there is no shared memory: versions are remembered, addresses are not used.
@@ -19,7 +19,8 @@ use pgrx::prelude::*;
 use pgrx::shmem::PGRXSharedMemory;
 use pgrx::{PgAtomic, Uuid};
 
-const SLOTS: usize = 1 << 16;
+/// 1 MB of shared memory: a one-statement write of 30,000 records shares a slot for ~20% of them.
+const SLOTS: usize = 1 << 17;
 
 pub struct WriteCounts {
     slots: [AtomicU64; SLOTS],
@@ -76,8 +77,28 @@ pub struct Hint {
 /// Records remembered before the map starts again (about 40 bytes each).
 const MAX_HINTS: usize = 1 << 16;
 
+/// Record ids are random (UUIDv7's low half, UUIDv5): their own bits are the hash.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0 ^ u64::from_le_bytes(word)).rotate_left(23).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+}
+
+type Hints = HashMap<[u8; 16], Hint, std::hash::BuildHasherDefault<IdHasher>>;
+
 thread_local! {
-    static HINTS: RefCell<HashMap<[u8; 16], Hint>> = RefCell::new(HashMap::new());
+    static HINTS: RefCell<Hints> = RefCell::new(Hints::default());
     /// eventic.records's cache generation the hints belong to.
     static GENERATION: Cell<u64> = const { Cell::new(0) };
     static CALLBACKS: Cell<bool> = const { Cell::new(false) };
