@@ -1,15 +1,18 @@
-//! The fast path of tracked tables: an UPDATE of a tracked row appends its record's next
-//! version in one statement, without the row lock the generic write path takes on the
-//! latest version (issue 13: that lock wrote the old version row and a WAL record per write).
+//! The fast path of tracked tables: an UPDATE of a tracked row that keeps its key appends its
+//! record's next version from the row itself. On the direct path (records::direct) the row's
+//! columns are merged over the latest version in one pass ([`append_direct`]), under the
+//! record's write lock like every other writer.
 //!
-//! Why no lock is needed: writers of one tracked row are already serialised by the row lock
-//! of their own UPDATE, and the trigger's statement runs with a fresh snapshot (READ
-//! COMMITTED), so it sees the version the previous writer committed. Any other writer of the
-//! same record (set_field, eventic.latest) is caught by the primary key: the version number
-//! it would take is taken, `ON CONFLICT DO NOTHING` appends nothing, and the caller falls back
-//! to the generic locked path, which retries until it builds on the true latest version.
-//! Under REPEATABLE READ that conflict is the standard 40001. eventic.purge of a tracked
-//! record fences the table's writers with a table lock ([`fence_writers`]).
+//! Where the direct path does not apply (Citus, an eventic.records eventic does not know), one
+//! statement appends without the row lock the generic SQL path takes on the latest version:
+//! writers of one tracked row are already serialised by the row lock of their own UPDATE, and
+//! the statement runs with a fresh snapshot (READ COMMITTED), so it sees the version the
+//! previous writer committed. Any other writer of the same record (set_field, eventic.latest)
+//! is caught by the primary key: the version number it would take is taken, `ON CONFLICT DO
+//! NOTHING` appends nothing, and the caller falls back to the generic locked path, which
+//! retries until it builds on the true latest version. Under REPEATABLE READ that conflict is
+//! the standard 40001. eventic.purge of a tracked record fences the table's writers with a
+//! table lock ([`fence_writers`]).
 
 use pgrx::pg_sys::{self, PgBuiltInOids, PgOid};
 use pgrx::prelude::*;

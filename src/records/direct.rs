@@ -1,8 +1,8 @@
 //! The direct write path (issue 13): append a version by reading the record's latest version
 //! from the primary key and inserting the next one into the heap and its index, without an
-//! SQL statement, a row lock or the insert trigger. Same rows, same guarantees, a third of
-//! the CPU of the SQL path (`store::append`'s statement), which remains for Citus shards and
-//! for a `eventic.records` whose shape eventic does not know (an index or trigger added to it).
+//! SQL statement (no planner, no executor start), a row lock or the insert trigger. Same rows,
+//! same guarantees as the SQL path (`store::append`'s statement), which remains for Citus
+//! and for an `eventic.records` whose shape eventic does not know (an index or trigger added).
 //!
 //! How writers of one record stay in order without locking its latest row (that lock wrote
 //! the row and a WAL record on every write): each writer holds a short lock on the record
@@ -14,7 +14,9 @@
 //! writer reads again: under READ COMMITTED each writer so builds on the version the previous
 //! writer committed, versions stay contiguous and no update is lost. Under REPEATABLE READ a
 //! latest version the transaction's snapshot cannot see is the standard 40001; SERIALIZABLE
-//! transactions take the SQL path (its reads are what predicate locking watches).
+//! transactions also read the record with their snapshot, which registers the read with
+//! predicate locking. Where the latest version lies, when this connection wrote it last, is
+//! remembered (records::heads): then it is read by its address, without a search.
 //!
 //! What the insert trigger did for eventic's own versions (the class's JSON Schema, the
 //! outbox) the caller does after the insert; row-level security is the caller's access check.

@@ -1,16 +1,19 @@
-//! The write path every change goes through: lock the record, build the next version from
-//! the latest one, append it. Also the two reads everything else is built on.
+//! The write path every change goes through: build the next version from the latest one and
+//! append it. Also the reads everything else is built on.
 //!
-//! Writers of one record are serialised by a row lock (FOR NO KEY UPDATE) on its latest
+//! Normally a change is applied on the direct path (records::direct: the latest version read
+//! from the primary key, the next inserted into heap and key under the record's short write
+//! lock; [`append_direct`] builds the document with the same jsonb functions as the SQL
+//! below). The SQL path remains for Citus and for an eventic.records eventic does not know:
+//! writers of one record are serialised by a row lock (FOR NO KEY UPDATE) on its latest
 //! version row: the lock lives in the row's header, so a transaction can write any number of
-//! records (a lock per record in the shared lock table ran out at 10,000-20,000 records per
-//! transaction). A version's data is never changed. A writer locks the latest version in the
-//! scan that reads it and appends on top of it; when another writer appended while it waited,
-//! that version number is taken (the insert conflicts), so it locks the new latest version,
-//! seen with a fresh snapshot, and tries again. Under READ COMMITTED each writer so builds on
-//! the version the previous writer committed; versions stay contiguous and no update is lost.
-//! Under REPEATABLE READ a writer whose snapshot is stale gets a serialization failure from
-//! the primary key (`ON CONFLICT` on an invisible row), which is the standard 40001.
+//! records. A writer locks the latest version in the scan that reads it and appends on top of
+//! it; when another writer appended while it waited, that version number is taken (the insert
+//! conflicts), so it locks the new latest version, seen with a fresh snapshot, and tries
+//! again. Under READ COMMITTED each writer so builds on the version the previous writer
+//! committed; versions stay contiguous and no update is lost. Under REPEATABLE READ a writer
+//! whose snapshot is stale gets a serialization failure from the primary key (`ON CONFLICT` on
+//! an invisible row), which is the standard 40001.
 
 use std::cell::Cell;
 
