@@ -426,3 +426,15 @@ def test_serializable_writers_of_one_record_conflict_with_40001(cluster, db):
             "SELECT version, data ? 'a', data ? 'b' FROM eventic.records WHERE id = %s ORDER BY version", (story,)
         ).fetchall()
     assert rows == [(0, False, False), (1, True, False)]
+
+
+def test_the_write_path_is_not_misled_by_a_type_in_the_callers_search_path(cluster, db):
+    """The direct path checks the shape of eventic.records with a query run as the caller:
+    a `text` type of the caller's own, first in its search_path, must not change it."""
+    with cluster.connect(dbname=db) as conn:
+        conn.execute("CREATE SCHEMA shadow")
+        conn.execute("CREATE DOMAIN shadow.text AS integer")
+        story = conn.execute("SELECT eventic.create('Story', '{\"n\": 0}')").fetchone()[0]
+    with cluster.connect(dbname=db) as conn:  # a new session: the check runs on its first write
+        conn.execute("SET search_path = shadow, pg_catalog")
+        assert conn.execute("SELECT eventic.set_field(%s, 'n', '1')", (story,)).fetchone()[0] == 1

@@ -79,7 +79,7 @@ fn look_up_layout() -> Result<Option<Layout>> {
                   WHERE i.indrelid OPERATOR(pg_catalog.=) c.oid) OPERATOR(pg_catalog.=) 2
             AND (SELECT pg_catalog.count(*) FROM pg_catalog.pg_trigger t
                   WHERE t.tgrelid OPERATOR(pg_catalog.=) c.oid) OPERATOR(pg_catalog.=) 4
-            AND (SELECT pg_catalog.string_agg(a.attname::text, ',' ORDER BY a.attnum)
+            AND (SELECT pg_catalog.string_agg(a.attname::pg_catalog.text, ',' ORDER BY a.attnum)
                    FROM pg_catalog.pg_attribute a
                   WHERE a.attrelid OPERATOR(pg_catalog.=) c.oid AND a.attnum OPERATOR(pg_catalog.>) 0
                     AND NOT a.attisdropped) OPERATOR(pg_catalog.=) '{COLUMNS}'
