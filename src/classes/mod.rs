@@ -28,20 +28,23 @@ pub struct NewVersion<'a> {
 /// Whether [`on_new_version`] has anything to do for a version of `class_type` (a schema to
 /// match, subscribers to tell): the write paths skip building its arguments when not.
 pub fn asks_of_new_versions(class_type: &str, deleted: bool) -> Result<bool> {
-    Ok(cache::lookup(class_type)?
-        .is_some_and(|class| (class.validator.is_some() && !deleted) || !class.subscribers.is_empty()))
+    Ok(cache::lookup(class_type)?.is_some_and(|class| asks(&class, deleted)))
+}
+
+fn asks(class: &cache::ClassInfo, deleted: bool) -> bool {
+    (class.validator.is_some() && !deleted) || !class.subscribers.is_empty()
 }
 
 /// What a class asks of each new version: a match with its schema (tombstones excepted), and
 /// the events of its subscribers, enqueued in the same transaction (the outbox). `data` is
 /// only read when one of the two needs it.
 pub fn on_new_version(new: NewVersion<'_>, data: impl FnOnce() -> Result<Value>) -> Result<()> {
-    if !asks_of_new_versions(new.class_type, new.deleted)? {
-        return Ok(());
-    }
     let Some(class) = cache::lookup(new.class_type)? else {
         return Ok(());
     };
+    if !asks(&class, new.deleted) {
+        return Ok(());
+    }
     let check = class.validator.as_ref().filter(|_| !new.deleted);
     let data = data()?;
     if let Some(validator) = check {
