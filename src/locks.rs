@@ -13,7 +13,7 @@ pub fn lock_class(name: &str) {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     name.hash(&mut hasher);
     let hash = hasher.finish();
-    lock_key(CLASS_LOCK_SPACE, (hash >> 32) as u32, hash as u32);
+    acquire(&locktag(CLASS_LOCK_SPACE, (hash >> 32) as u32, hash as u32), false);
 }
 
 /// `locktag_field4` of the locks that count how many workers drain one queue at once.
@@ -22,21 +22,13 @@ const QUEUE_SLOT_SPACE: u16 = 0x4571;
 /// Try to take slot `slot` of queue `name` for this transaction (one of its `concurrency`
 /// slots); false when another worker holds it.
 pub fn try_lock_queue_slot(name: &str, slot: u32) -> bool {
-    let tag = queue_slot_tag(name, slot);
-    // SAFETY: a valid LOCKTAG; dontWait: returns LOCKACQUIRE_NOT_AVAIL instead of waiting.
-    let result = unsafe {
-        pg_sys::LockAcquire(&tag, pg_sys::ExclusiveLock as pg_sys::LOCKMODE, false, true)
-    };
-    result != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL
+    acquire(&queue_slot_tag(name, slot), true)
 }
 
 /// Give back a slot taken by [`try_lock_queue_slot`] in the current (sub)transaction before
 /// it ends.
 pub fn unlock_queue_slot(name: &str, slot: u32) {
-    // SAFETY: a valid LOCKTAG; releasing a lock this resource owner holds (or a no-op warning)
-    unsafe {
-        pg_sys::LockRelease(&queue_slot_tag(name, slot), pg_sys::ExclusiveLock as pg_sys::LOCKMODE, false);
-    }
+    release(&queue_slot_tag(name, slot));
 }
 
 fn queue_slot_tag(name: &str, slot: u32) -> pg_sys::LOCKTAG {
@@ -47,9 +39,9 @@ fn queue_slot_tag(name: &str, slot: u32) -> pg_sys::LOCKTAG {
 }
 
 /// `locktag_field4` of the short per-record write lock (records::direct).
-pub const RECORD_SPACE: u16 = 0x4572;
+const RECORD_SPACE: u16 = 0x4572;
 
-pub fn locktag(space: u16, high: u32, low: u32) -> pg_sys::LOCKTAG {
+fn locktag(space: u16, high: u32, low: u32) -> pg_sys::LOCKTAG {
     pg_sys::LOCKTAG {
         // SAFETY: MyDatabaseId is set for the whole life of a backend connected to a database.
         locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
@@ -61,18 +53,43 @@ pub fn locktag(space: u16, high: u32, low: u32) -> pg_sys::LOCKTAG {
     }
 }
 
-/// A transaction-scoped exclusive advisory lock in one of eventic's own key spaces.
-fn lock_key(space: u16, high: u32, low: u32) {
-    let tag = locktag(space, high, low);
-    // SAFETY: a valid LOCKTAG; a transaction-level (not session) lock, released at commit or
-    // abort. Deadlocks are found by the deadlock detector like any heavyweight lock.
+/// Take `tag` exclusively for this transaction (waiting, unless `dont_wait`); false when
+/// `dont_wait` and another transaction holds it. Released at commit or abort, or by
+/// [`release`]; deadlocks are found by the deadlock detector like any heavyweight lock.
+fn acquire(tag: &pg_sys::LOCKTAG, dont_wait: bool) -> bool {
+    // SAFETY: a valid LOCKTAG; a transaction-level (not session) lock.
+    let result = unsafe { pg_sys::LockAcquire(tag, pg_sys::ExclusiveLock as pg_sys::LOCKMODE, false, dont_wait) };
+    result != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL
+}
+
+/// Give back a lock taken by [`acquire`] before the (sub)transaction ends.
+fn release(tag: &pg_sys::LOCKTAG) {
+    // SAFETY: a valid LOCKTAG; releasing a lock this resource owner holds (or a no-op warning)
     unsafe {
-        pg_sys::LockAcquire(
-            &tag,
-            pg_sys::ExclusiveLock as pg_sys::LOCKMODE,
-            false,
-            false,
-        );
+        pg_sys::LockRelease(tag, pg_sys::ExclusiveLock as pg_sys::LOCKMODE, false);
     }
 }
 
+/// The short write lock of one record (records::direct): held from reading its latest version
+/// until the next version is in the heap and the index, never across a wait for another
+/// transaction; given back when dropped.
+pub struct RecordLock(pg_sys::LOCKTAG);
+
+impl RecordLock {
+    pub fn take(id: &pgrx::Uuid) -> Self {
+        let b = id.as_bytes();
+        let word = |i: usize| u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        let tag = locktag(RECORD_SPACE, word(0) ^ word(8), word(4) ^ word(12));
+        acquire(&tag, false);
+        RecordLock(tag)
+    }
+}
+
+impl Drop for RecordLock {
+    fn drop(&mut self) {
+        // an ERROR unwinding through here: the abort releases the lock
+        if !std::thread::panicking() {
+            release(&self.0);
+        }
+    }
+}

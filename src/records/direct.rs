@@ -28,6 +28,7 @@ use pgrx::prelude::*;
 use pgrx::{IntoDatum, Uuid};
 
 use crate::errors::Result;
+use crate::locks::RecordLock;
 use crate::records::heads;
 
 /// Attribute numbers of eventic.records (checked against the catalog, see [`layout`]).
@@ -126,38 +127,6 @@ impl Drop for Open {
     }
 }
 
-/// The short write lock of one record: held from reading its latest version until the next
-/// version is in the heap and the index, never across a wait for another transaction.
-pub struct RecordLock(pg_sys::LOCKTAG);
-
-impl RecordLock {
-    fn take(id: &Uuid) -> Self {
-        let b = id.as_bytes();
-        let word = |i: usize| u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
-        let tag = crate::locks::locktag(
-            crate::locks::RECORD_SPACE,
-            word(0) ^ word(8),
-            word(4) ^ word(12),
-        );
-        // SAFETY: a valid LOCKTAG; a transaction-level lock (released below, or at abort).
-        unsafe {
-            pg_sys::LockAcquire(&tag, pg_sys::ExclusiveLock as pg_sys::LOCKMODE, false, false);
-        }
-        RecordLock(tag)
-    }
-}
-
-impl Drop for RecordLock {
-    fn drop(&mut self) {
-        // an ERROR unwinding through here: the abort releases the lock
-        if !std::thread::panicking() {
-            // SAFETY: the lock this guard took, held by the current resource owner.
-            unsafe {
-                pg_sys::LockRelease(&self.0, pg_sys::ExclusiveLock as pg_sys::LOCKMODE, false);
-            }
-        }
-    }
-}
 
 /// The latest version of a record as the next one is built from it.
 pub struct Head {
