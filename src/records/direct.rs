@@ -358,12 +358,9 @@ pub fn append(
     loop {
         // SAFETY: the layout's relations (checked by layout()), open while read and written.
         let outcome = unsafe {
-            let open = Open::new(layout);
+            let (open, lock, found) = lock_and_read(layout, &id, id_datum);
             let (rel, index) = (open.rel, open.index);
-            let lock = RecordLock::take(&id);
-            heads::check_generation();
-            let writes = heads::writes(&id);
-            let outcome = match read_head(rel, index, &id, id_datum, writes) {
+            let outcome = match found {
                 Found::Busy(xid) => Ok(Err(xid)),
                 Found::Missing => Ok(Ok(Appended::NoRecord)),
                 Found::Head(head) => match build(&head) {
@@ -389,17 +386,33 @@ pub fn append(
         };
         match outcome {
             Ok(appended) => return Ok(appended),
-            // SAFETY: waits for a transaction to end (its lock is released at commit/abort).
-            Err(xid) => unsafe {
-                pg_sys::XactLockTableWait(
-                    xid,
-                    std::ptr::null_mut(),
-                    std::ptr::null_mut(),
-                    pg_sys::XLTW_Oper::XLTW_None,
-                )
-            },
+            Err(xid) => wait_for(xid),
         }
     }
+}
+
+/// Open the relations, take the record's write lock and read its latest version (the start
+/// of every append and settle).
+///
+/// # Safety
+/// `layout` names eventic.records and its primary key (see [`layout`]).
+unsafe fn lock_and_read(layout: Layout, id: &Uuid, id_datum: Datum) -> (Open, RecordLock, Found) {
+    // SAFETY: the caller's layout; the relations stay open while `Open` lives.
+    unsafe {
+        let open = Open::new(layout);
+        let lock = RecordLock::take(id);
+        heads::check_generation(); // after the open, which has seen the table's invalidations
+        let found = read_head(open.rel, open.index, id, id_datum, heads::writes(id));
+        (open, lock, found)
+    }
+}
+
+/// Wait for transaction `xid` to end (a version it inserts or removes is in the way).
+fn wait_for(xid: pg_sys::TransactionId) {
+    // SAFETY: waits on the transaction's lock, released at its commit or abort.
+    unsafe {
+        pg_sys::XactLockTableWait(xid, std::ptr::null_mut(), std::ptr::null_mut(), pg_sys::XLTW_Oper::XLTW_None)
+    };
 }
 
 /// The record's write lock, taken when no version of it is being inserted or removed by
@@ -410,10 +423,7 @@ pub fn settle(layout: Layout, id: Uuid) -> RecordLock {
     loop {
         // SAFETY: as in append.
         let busy = unsafe {
-            let open = Open::new(layout);
-            let lock = RecordLock::take(&id);
-            heads::check_generation();
-            let found = read_head(open.rel, open.index, &id, id_datum, heads::writes(&id));
+            let (open, lock, found) = lock_and_read(layout, &id, id_datum);
             drop(open);
             match found {
                 Found::Busy(xid) => {
@@ -427,10 +437,7 @@ pub fn settle(layout: Layout, id: Uuid) -> RecordLock {
                 }
             }
         };
-        // SAFETY: waits for a transaction to end.
-        unsafe {
-            pg_sys::XactLockTableWait(busy, std::ptr::null_mut(), std::ptr::null_mut(), pg_sys::XLTW_Oper::XLTW_None)
-        };
+        wait_for(busy);
     }
 }
 
