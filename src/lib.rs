@@ -35,6 +35,7 @@ pub extern "C-unwind" fn _PG_init() {
     catalog_cache::init();
     progress::set_workflow_lookup(workflows::current_workflow_id);
     worker::init();
+    classes::tracked_batch::init();
 }
 
 extension_sql_file!(

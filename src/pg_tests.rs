@@ -185,3 +185,86 @@ fn merge_objects_is_concat_without_the_skipped_key() {
         assert_eq!(same, Ok(Some(true)), "{base} || {over} - {skip:?}");
     }
 }
+
+/// The tracked row's document built straight from its columns is the jsonb `to_jsonb(row) -
+/// key` makes, byte for byte (numbers from integers, strings, booleans, nulls), and a row with
+/// a column of another type is left to `to_jsonb`.
+#[pg_test]
+fn plain_row_to_jsonb_is_to_jsonb_without_the_key() {
+    use crate::raw_jsonb::RawJsonb;
+    use crate::records::jsonb_fn::plain_row_to_jsonb;
+    use pgrx::pg_sys;
+    use pgrx::IntoDatum;
+    Spi::run(
+        "CREATE TABLE plain_rows (id uuid PRIMARY KEY, flag bool, small int2, medium int4, big int8,
+                                  title text, code varchar(10), dropped int)",
+    )
+    .expect("table");
+    Spi::run("ALTER TABLE plain_rows DROP COLUMN dropped").expect("drop");
+    type Case = (Option<bool>, Option<i16>, Option<i32>, Option<i64>, Option<&'static str>, Option<&'static str>);
+    let cases: [Case; 6] = [
+        (Some(true), Some(0), Some(0), Some(0), Some(""), Some("")),
+        (Some(false), Some(i16::MIN), Some(i32::MIN), Some(i64::MIN), Some("a \"quoted\" \\ line\nnext"), Some("ütf-8 ✓")),
+        (None, Some(i16::MAX), Some(i32::MAX), Some(i64::MAX), None, None),
+        (Some(true), Some(-1), Some(9999), Some(10000), Some("x"), Some("y")),
+        (Some(false), Some(10000), Some(-10000), Some(12_345_678_901), Some("{\"not\": \"json\"}"), Some("0")),
+        (None, None, None, None, None, None),
+    ];
+    let relid = Spi::get_one::<pg_sys::Oid>("SELECT 'plain_rows'::regclass::oid").expect("oid").expect("oid");
+    for (n, (flag, small, medium, big, title, code)) in cases.into_iter().enumerate() {
+        let id = pgrx::Uuid::from_bytes([n as u8 + 1; 16]);
+        Spi::run_with_args(
+            "INSERT INTO plain_rows VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &[id.into(), flag.into(), small.into(), medium.into(), big.into(), title.into(), code.into()],
+        )
+        .expect("insert");
+        let zero = pg_sys::Datum::from(0usize);
+        let mut values = [
+            id.into_datum().unwrap_or(zero),
+            flag.into_datum().unwrap_or(zero),
+            small.into_datum().unwrap_or(zero),
+            medium.into_datum().unwrap_or(zero),
+            big.into_datum().unwrap_or(zero),
+            title.into_datum().unwrap_or(zero),
+            code.into_datum().unwrap_or(zero),
+            zero,
+        ];
+        let mut nulls = [
+            false,
+            flag.is_none(),
+            small.is_none(),
+            medium.is_none(),
+            big.is_none(),
+            title.is_none(),
+            code.is_none(),
+            true,
+        ];
+        // SAFETY: a row formed for the table's own descriptor, read while the table is open.
+        let doc = unsafe {
+            let rel = pg_sys::table_open(relid, pg_sys::AccessShareLock as i32);
+            let tuple = pg_sys::heap_form_tuple((*rel).rd_att, values.as_mut_ptr(), nulls.as_mut_ptr());
+            let doc = plain_row_to_jsonb(tuple, (*rel).rd_att, "id");
+            pg_sys::table_close(rel, pg_sys::NoLock as i32);
+            doc
+        };
+        let doc = RawJsonb::from_raw(doc.expect("plain columns"));
+        let same = Spi::get_one_with_args::<bool>(
+            "SELECT jsonb_send($1) = jsonb_send(to_jsonb(p) - 'id') FROM plain_rows p WHERE id = $2",
+            &[doc.into(), id.into()],
+        );
+        assert_eq!(same, Ok(Some(true)), "case {n}");
+    }
+    // a column of another type: not built here
+    Spi::run("ALTER TABLE plain_rows ADD COLUMN at timestamptz").expect("add");
+    // SAFETY: as above.
+    let other = unsafe {
+        let rel = pg_sys::table_open(relid, pg_sys::AccessShareLock as i32);
+        let mut values = [pg_sys::Datum::from(0usize); 9];
+        let mut nulls = [true; 9];
+        let tuple = pg_sys::heap_form_tuple((*rel).rd_att, values.as_mut_ptr(), nulls.as_mut_ptr());
+        let doc = plain_row_to_jsonb(tuple, (*rel).rd_att, "id");
+        pg_sys::table_close(rel, pg_sys::NoLock as i32);
+        doc
+    };
+    assert!(other.is_none());
+}

@@ -7,6 +7,7 @@ pub mod naming;
 pub mod schema;
 pub mod tracked;
 pub mod tracked_append;
+pub mod tracked_batch;
 
 use pgrx::prelude::*;
 use pgrx::{pg_sys, JsonB};

@@ -216,7 +216,7 @@ fn tracked_id(table: Option<PgRelation>, key: Option<&str>) -> Uuid {
 
 /// Make the record of a tracked row hold `doc`: create it, or append a version (reviving a
 /// tombstoned key that was inserted again).
-fn upsert(class_name: &str, id: Uuid, doc: Value) -> Res<()> {
+pub(super) fn upsert(class_name: &str, id: Uuid, doc: Value) -> Res<()> {
     let change = Change {
         set: FieldValues::Built(doc.as_object().cloned().unwrap_or_default()),
         revive: true,
@@ -325,7 +325,10 @@ fn tracked_write<'a>(
         // an UPDATE that keeps the row's key: one statement, no lock (see tracked_append)
         if event.fired_by_update() {
             if let (Some(new), Some(old)) = (trigger.new(), trigger.old()) {
-                if super::tracked_append::try_update(class_name, id_column, new, &old, rowtype)? {
+                let data = trigger.trigger_data();
+                // SAFETY: the UPDATE's new row and the relation it is a row of.
+                let raw = (data.tg_newtuple, unsafe { (*data.tg_relation).rd_att });
+                if super::tracked_append::try_update(class_name, id_column, new, &old, rowtype, raw)? {
                     return Ok(());
                 }
             }

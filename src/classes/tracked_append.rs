@@ -1,7 +1,7 @@
 //! The fast path of tracked tables: an UPDATE of a tracked row that keeps its key appends its
 //! record's next version from the row itself. On the direct path (records::direct) the row's
-//! columns are merged over the latest version in one pass ([`append_direct`]), under the
-//! record's write lock like every other writer.
+//! columns are merged over the latest version in one pass, under the record's write lock like
+//! every other writer, at the end of the statement (see tracked_batch).
 //!
 //! Where the direct path does not apply (Citus, an eventic.records eventic does not know), one
 //! statement appends without the row lock the generic SQL path takes on the latest version:
@@ -20,10 +20,8 @@ use pgrx::{AllocatedByPostgres, IntoDatum, Uuid};
 use serde_json::Value;
 
 use crate::classes::tracked::record_id;
-use crate::records::direct::{self, Appended, Next};
-use crate::records::fields::PROPERTIES;
 use crate::records::jsonb_fn;
-use crate::records::store::{self, new_uuid_v7, OwnWrite, UUID};
+use crate::records::store::{new_uuid_v7, OwnWrite, UUID};
 
 type Res<T> = crate::errors::Result<T>;
 
@@ -84,6 +82,7 @@ pub fn try_update(
     new: PgHeapTuple<'_, AllocatedByPostgres>,
     old: &PgHeapTuple<'_, AllocatedByPostgres>,
     rowtype: pg_sys::Oid,
+    raw: (pg_sys::HeapTuple, pg_sys::TupleDesc),
 ) -> Res<bool> {
     let (Some(new_key), Some(old_key)) = (key_of(&new, id_column)?, key_of(old, id_column)?) else {
         return Ok(false);
@@ -96,7 +95,12 @@ pub fn try_update(
         Key::Json(key) => record_id(class_name, &key)?,
     };
     if let Some(layout) = crate::records::direct::layout()? {
-        return append_direct(layout, id, id_column, new, rowtype);
+        // SAFETY: `raw` is `new` as the trigger has it; `row` a composite of type `rowtype`.
+        let doc = match unsafe { jsonb_fn::plain_row_to_jsonb(raw.0, raw.1, id_column) } {
+            Some(doc) => doc,
+            None => unsafe { jsonb_fn::row_to_jsonb(new.into_datum().unwrap_or(pg_sys::Datum::from(0usize)), rowtype) },
+        };
+        return super::tracked_batch::append(layout, id, class_name, id_column, doc);
     }
     // the statement text names the row type, so each table gets its own kept plan
     let sql = format!("{APPEND_ROW} /* {} */", rowtype.to_u32());
@@ -122,45 +126,6 @@ pub fn try_update(
         crate::outbox::publish()?;
     }
     Ok(appended)
-}
-
-/// [`try_update`] on the direct path (records::direct): the row as a document, set over the
-/// latest version with the same jsonb functions as [`APPEND_ROW`].
-fn append_direct(
-    layout: direct::Layout,
-    id: Uuid,
-    id_column: &str,
-    new: PgHeapTuple<'_, AllocatedByPostgres>,
-    rowtype: pg_sys::Oid,
-) -> Res<bool> {
-    let zero = pg_sys::Datum::from(0usize);
-    let row = new.into_datum().unwrap_or(zero);
-    // SAFETY: `row` is a composite of type `rowtype`.
-    let doc = unsafe { jsonb_fn::row_to_jsonb(row, rowtype) };
-    let appended = direct::append(layout, id, new_uuid_v7(), |head| {
-        store::require_write(id, &head.class_type)?;
-        // SAFETY: jsonb datums (objects).
-        unsafe {
-            if head.deleted {
-                let fresh = jsonb_fn::set_key(jsonb_fn::empty_object(), PROPERTIES, jsonb_fn::empty_object());
-                let data = jsonb_fn::merge_objects(fresh, doc, Some(id_column));
-                return Ok(Some(Next { data, deleted: false }));
-            }
-            // the latest version with the row's columns (but its key) set over it
-            let data = jsonb_fn::merge_objects(head.data, doc, Some(id_column));
-            Ok(jsonb_fn::differ(data, head.data).then_some(Next { data, deleted: false }))
-        }
-    })?;
-    match appended {
-        Appended::Version { version, class_type, data, deleted } => {
-            store::after_direct_append(id, &class_type, version, data, deleted)?;
-            Ok(true)
-        }
-        // the row's columns change nothing in the document
-        Appended::Nothing(_) => Ok(true),
-        // no record yet: the generic path creates it
-        Appended::NoRecord => Ok(false),
-    }
 }
 
 /// eventic.purge of a record of a tracked table: wait for the table's writing transactions

@@ -45,7 +45,12 @@ pub struct Layout {
     pkey: pg_sys::Oid,
 }
 
+/// What makes the writes a connection keeps (see [`write_first`]).
+type MakeKept = fn() -> Result<()>;
+
 thread_local! {
+    /// Writes this connection keeps to make before any other (classes::tracked_batch).
+    static WRITE_FIRST: Cell<Option<MakeKept>> = const { Cell::new(None) };
     /// The layout for a distribution generation (bumped by every relcache invalidation of
     /// eventic.records: an index, a trigger or a column added, the extension dropped).
     static LAYOUT: Cell<(u64, Option<Layout>)> = const { Cell::new((0, None)) };
@@ -93,11 +98,13 @@ fn look_up_layout() -> Result<Option<Layout>> {
     })
 }
 
-/// eventic.records and its primary key, open for one read and append; closed on drop, their
-/// locks kept to the end of the transaction (as the executor keeps them).
-struct Open {
+/// eventic.records and its primary key, open for appends (one, or a batch of them: see
+/// [`append_in`]); closed on drop, their locks kept to the end of the transaction (as the
+/// executor keeps them).
+pub struct Open {
     rel: pg_sys::Relation,
     index: pg_sys::Relation,
+    index_info: *mut pg_sys::IndexInfo,
 }
 
 impl Open {
@@ -106,12 +113,20 @@ impl Open {
     unsafe fn new(layout: Layout) -> Self {
         // SAFETY: the caller's relations exist; RowExclusiveLock as an INSERT takes.
         unsafe {
+            let index = pg_sys::index_open(layout.pkey, pg_sys::RowExclusiveLock as i32);
             Open {
                 rel: pg_sys::table_open(layout.records, pg_sys::RowExclusiveLock as i32),
-                index: pg_sys::index_open(layout.pkey, pg_sys::RowExclusiveLock as i32),
+                index,
+                index_info: pg_sys::BuildIndexInfo(index),
             }
         }
     }
+}
+
+/// Open the tables of `layout` for a batch of appends.
+pub fn open(layout: Layout) -> Open {
+    // SAFETY: a layout is only made by layout(), which checked it.
+    unsafe { Open::new(layout) }
 }
 
 impl Drop for Open {
@@ -345,6 +360,23 @@ pub enum Appended {
     NoRecord,
 }
 
+/// Have `make` called before the next append or settle (it makes the writes it keeps, so that
+/// no later write overtakes them), until [`write_first_done`].
+pub fn write_first(make: MakeKept) {
+    WRITE_FIRST.with(|w| w.set(Some(make)));
+}
+
+pub fn write_first_done() {
+    WRITE_FIRST.with(|w| w.set(None));
+}
+
+fn make_writes_kept() -> Result<()> {
+    match WRITE_FIRST.with(Cell::get) {
+        Some(make) => make(),
+        None => Ok(()),
+    }
+}
+
 /// Append the next version of `id` with what `build` makes of the latest version (`None`:
 /// append nothing). `build` runs with the record's write lock held: it must not wait for
 /// other transactions (no SQL).
@@ -352,14 +384,24 @@ pub fn append(
     layout: Layout,
     id: Uuid,
     version_id: Uuid,
+    build: impl FnMut(&Head) -> Result<Option<Next>>,
+) -> Result<Appended> {
+    append_in(&open(layout), id, version_id, build)
+}
+
+/// [`append`] with the tables already open (a batch of appends opens them once).
+pub fn append_in(
+    open: &Open,
+    id: Uuid,
+    version_id: Uuid,
     mut build: impl FnMut(&Head) -> Result<Option<Next>>,
 ) -> Result<Appended> {
+    make_writes_kept()?;
     let id_datum = id.into_datum().unwrap_or(Datum::from(0usize));
     loop {
         // SAFETY: the layout's relations (checked by layout()), open while read and written.
         let outcome = unsafe {
-            let (open, lock, found) = lock_and_read(layout, &id, id_datum);
-            let (rel, index) = (open.rel, open.index);
+            let (lock, found) = lock_and_read(open, &id, id_datum);
             let outcome = match found {
                 Found::Busy(xid) => Ok(Err(xid)),
                 Found::Missing => Ok(Ok(Appended::NoRecord)),
@@ -368,7 +410,7 @@ pub fn append(
                     Ok(None) => Ok(Ok(Appended::Nothing(head))),
                     Ok(Some(next)) => {
                         let version = head.version + 1;
-                        let tid = insert(rel, index, id_datum, version, &head, &next, version_id);
+                        let tid = insert(open, id_datum, version, &head, &next, version_id);
                         let writes = heads::count_write(&id);
                         heads::remember(&id, heads::Hint { version, tid, writes });
                         Ok(Ok(Appended::Version {
@@ -381,7 +423,6 @@ pub fn append(
                 },
             };
             drop(lock);
-            drop(open);
             outcome?
         };
         match outcome {
@@ -391,19 +432,18 @@ pub fn append(
     }
 }
 
-/// Open the relations, take the record's write lock and read its latest version (the start
-/// of every append and settle).
+/// Take the record's write lock and read its latest version (the start of every append and
+/// settle).
 ///
 /// # Safety
-/// `layout` names eventic.records and its primary key (see [`layout`]).
-unsafe fn lock_and_read(layout: Layout, id: &Uuid, id_datum: Datum) -> (Open, RecordLock, Found) {
-    // SAFETY: the caller's layout; the relations stay open while `Open` lives.
+/// `open` holds eventic.records and its primary key (see [`layout`]).
+unsafe fn lock_and_read(open: &Open, id: &Uuid, id_datum: Datum) -> (RecordLock, Found) {
+    // SAFETY: the caller's open relations.
     unsafe {
-        let open = Open::new(layout);
         let lock = RecordLock::take(id);
         heads::check_generation(); // after the open, which has seen the table's invalidations
         let found = read_head(open.rel, open.index, id, id_datum, heads::writes(id));
-        (open, lock, found)
+        (lock, found)
     }
 }
 
@@ -418,13 +458,13 @@ fn wait_for(xid: pg_sys::TransactionId) {
 /// The record's write lock, taken when no version of it is being inserted or removed by
 /// another transaction (waiting for those to end): what a statement that removes versions
 /// (eventic.purge) holds, so that no writer appends a version it would not see.
-pub fn settle(layout: Layout, id: Uuid) -> RecordLock {
+pub fn settle(layout: Layout, id: Uuid) -> Result<RecordLock> {
+    make_writes_kept()?;
     let id_datum = id.into_datum().unwrap_or(Datum::from(0usize));
     loop {
         // SAFETY: as in append.
         let busy = unsafe {
-            let (open, lock, found) = lock_and_read(layout, &id, id_datum);
-            drop(open);
+            let (lock, found) = lock_and_read(&open(layout), &id, id_datum);
             match found {
                 Found::Busy(xid) => {
                     drop(lock);
@@ -433,7 +473,7 @@ pub fn settle(layout: Layout, id: Uuid) -> RecordLock {
                 Found::Head(_) | Found::Missing => {
                     // what other backends remember of this record is no longer true
                     heads::count_write(&id);
-                    return lock;
+                    return Ok(lock);
                 }
             }
         };
@@ -476,8 +516,7 @@ fn current_user_name() -> pg_sys::NameData {
 /// Insert version `version` into the heap and the primary key (the partial index of
 /// version-0 rows takes no later version).
 unsafe fn insert(
-    rel: pg_sys::Relation,
-    index: pg_sys::Relation,
+    open: &Open,
     id: Datum,
     version: i32,
     head: &Head,
@@ -485,6 +524,7 @@ unsafe fn insert(
     version_id: Uuid,
 ) -> pg_sys::ItemPointerData {
     unsafe {
+        let (rel, index) = (open.rel, open.index);
         let mut created_by = current_user_name();
         let mut values = [
             version_id.into_datum().unwrap_or(Datum::from(0usize)),
@@ -509,7 +549,7 @@ unsafe fn insert(
             rel,
             pg_sys::IndexUniqueCheck::UNIQUE_CHECK_YES,
             false,
-            pg_sys::BuildIndexInfo(index),
+            open.index_info,
         );
         (*tuple).t_self
     }

@@ -5,7 +5,7 @@
 //!
 //! An address is used only while no one has written the record since: every append and purge
 //! (any backend, with the record's write lock held) counts a write in a shared slot of the
-//! record (a hash of its id into 131,072 slots: records sharing a slot only cost each other a
+//! record (a hash of its id into 262,144 slots: records sharing a slot only cost each other a
 //! search). What was remembered is forgotten when a (sub)transaction aborts (the row it
 //! wrote is gone) and when eventic.records changes (a rewrite moves every row). Without the
 //! preload there is no shared memory: versions are remembered, addresses are not used.
@@ -19,8 +19,10 @@ use pgrx::prelude::*;
 use pgrx::shmem::PGRXSharedMemory;
 use pgrx::{PgAtomic, Uuid};
 
-/// 1 MB of shared memory: a one-statement write of 30,000 records shares a slot for ~20% of them.
-const SLOTS: usize = 1 << 17;
+/// 2 MB of shared memory: of 30,000 records written by one statement ~11% share a slot with
+/// another (with 1 MB ~20% did: each is searched for again on its next write). Built on the
+/// postmaster's stack before it is copied into shared memory (pg_shmem_init): not much more.
+const SLOTS: usize = 1 << 18;
 
 pub struct WriteCounts {
     slots: [AtomicU64; SLOTS],

@@ -229,3 +229,76 @@ fn key_bytes(key: &pg_sys::JsonbValue) -> &[u8] {
 fn key_order(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
     a.len().cmp(&b.len()).then_with(|| a.cmp(b))
 }
+
+/// `to_jsonb(row) - skip` for a row whose columns (but `skip`) are all of types whose JSON
+/// form is plain (bool, int2/int4/int8, text, varchar), built straight from the columns: the
+/// same jsonb `to_jsonb` makes, without its detour through each column's text output (and,
+/// for integers, `numeric_in`). `None` for a row with a column of any other type.
+///
+/// # Safety
+/// `tuple` is a row of `desc`, both live while the result is built.
+pub unsafe fn plain_row_to_jsonb(tuple: pg_sys::HeapTuple, desc: pg_sys::TupleDesc, skip: &str) -> Option<Datum> {
+    unsafe {
+        let natts = (*desc).natts as usize;
+        let attrs = (*desc).attrs.as_slice(natts);
+        let name_of = |att: &pg_sys::FormData_pg_attribute| std::ffi::CStr::from_ptr(att.attname.data.as_ptr()).to_bytes();
+        let plain = |typid: pg_sys::Oid| {
+            matches!(typid, pg_sys::BOOLOID | pg_sys::INT2OID | pg_sys::INT4OID | pg_sys::INT8OID | pg_sys::TEXTOID | pg_sys::VARCHAROID)
+        };
+        if attrs.iter().any(|att| !att.attisdropped && !plain(att.atttypid) && name_of(att) != skip.as_bytes()) {
+            return None;
+        }
+        let mut values = vec![Datum::from(0usize); natts];
+        let mut nulls = vec![false; natts];
+        pg_sys::heap_deform_tuple(tuple, desc, values.as_mut_ptr(), nulls.as_mut_ptr());
+        let mut pairs: Vec<(&[u8], pg_sys::JsonbValue)> = Vec::with_capacity(natts);
+        for (i, att) in attrs.iter().enumerate() {
+            let name = name_of(att);
+            if att.attisdropped || name == skip.as_bytes() {
+                continue;
+            }
+            let mut value: pg_sys::JsonbValue = std::mem::zeroed();
+            let datum = values[i];
+            if nulls[i] {
+                value.type_ = pg_sys::jbvType::jbvNull;
+            } else {
+                match att.atttypid {
+                    pg_sys::BOOLOID => {
+                        value.type_ = pg_sys::jbvType::jbvBool;
+                        value.val.boolean = datum.value() != 0;
+                    }
+                    pg_sys::INT2OID | pg_sys::INT4OID | pg_sys::INT8OID => {
+                        let n = match att.atttypid {
+                            pg_sys::INT2OID => i64::from(datum.value() as i16),
+                            pg_sys::INT4OID => i64::from(datum.value() as i32),
+                            _ => datum.value() as i64,
+                        };
+                        value.type_ = pg_sys::jbvType::jbvNumeric;
+                        value.val.numeric = pg_sys::int64_to_numeric(n);
+                    }
+                    _ => {
+                        let text = pg_sys::pg_detoast_datum_packed(datum.cast_mut_ptr());
+                        let bytes = pgrx::varlena::varlena_to_byte_slice(text);
+                        value.type_ = pg_sys::jbvType::jbvString;
+                        value.val.string.len = bytes.len() as i32;
+                        value.val.string.val = bytes.as_ptr().cast_mut().cast();
+                    }
+                }
+            }
+            pairs.push((name, value));
+        }
+        pairs.sort_by(|a, b| key_order(a.0, b.0));
+        let mut state: *mut pg_sys::JsonbParseState = std::ptr::null_mut();
+        pg_sys::pushJsonbValue(&mut state, pg_sys::JsonbIteratorToken::WJB_BEGIN_OBJECT, std::ptr::null_mut());
+        for (name, mut value) in pairs {
+            let mut key: pg_sys::JsonbValue = std::mem::zeroed();
+            key.type_ = pg_sys::jbvType::jbvString;
+            key.val.string.len = name.len() as i32;
+            key.val.string.val = name.as_ptr().cast_mut().cast();
+            pg_sys::pushJsonbValue(&mut state, pg_sys::JsonbIteratorToken::WJB_KEY, &mut key);
+            pg_sys::pushJsonbValue(&mut state, pg_sys::JsonbIteratorToken::WJB_VALUE, &mut value);
+        }
+        let object = pg_sys::pushJsonbValue(&mut state, pg_sys::JsonbIteratorToken::WJB_END_OBJECT, std::ptr::null_mut());
+        Some(Datum::from(pg_sys::JsonbValueToJsonb(object)))
+    }
+}

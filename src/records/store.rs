@@ -581,7 +581,7 @@ pub fn delete_all(id: Uuid) -> Result<i64> {
     // no writer may append a version this DELETE would not see: with the direct path, the
     // record's write lock once no version is in progress; else the latest version's row lock
     let _settled = match direct::layout()? {
-        Some(layout) => Some(direct::settle(layout, id)),
+        Some(layout) => Some(direct::settle(layout, id)?),
         None => {
             lock_current(id)?;
             None
