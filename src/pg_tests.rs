@@ -148,7 +148,8 @@ fn view_update_without_properties_keeps_the_bag() {
 fn merge_objects_is_concat_without_the_skipped_key() {
     use crate::raw_jsonb::RawJsonb;
     use crate::records::jsonb_fn::merge_objects;
-    let cases = [
+    let many = (many_keys(0, 40), many_keys(20, 60), many_keys(0, 70));
+    let cases: [(&str, &str, Option<&str>); 13] = [
         (r#"{}"#, r#"{}"#, None),
         (r#"{"a": 1}"#, r#"{}"#, None),
         (r#"{}"#, r#"{"a": 1, "bb": [1, {"c": 2}]}"#, None),
@@ -156,6 +157,13 @@ fn merge_objects_is_concat_without_the_skipped_key() {
         (r#"{"title": "a", "properties": {"k": 1}, "zz": true}"#, r#"{"id": 7, "title": "b", "body": "x"}"#, Some("id")),
         (r#"{"id": "kept", "n": 1}"#, r#"{"id": 7, "n": 2}"#, Some("id")),
         (r#"{"aaaa": 1, "b": 2}"#, r#"{"aaaa": {"deep": [[1], {"e": 1.50}]}, "ccc": 1e400}"#, Some("zz")),
+        // numbers and nested values after strings of every length mod 4 (alignment padding)
+        (r#"{"a": "x", "bb": 1.5, "ccc": "xyz", "dddd": [1, "two", 3.25], "e": true, "f": false, "g": null}"#,
+         r#"{"a": "xy", "bb": -7, "h": {"k": [1.0, {"m": null}]}, "ii": "ü✓", "": ""}"#, None),
+        (r#"{"n1": 1, "n2": 22.0, "s": "", "o": {}, "l": []}"#, r#"{"n1": 1, "s": "abc", "o": {"x": 1}, "id": 3}"#, Some("id")),
+        // more than 32 items: every 32nd entry stores an offset
+        (many.0.as_str(), many.1.as_str(), None),
+        (many.2.as_str(), r#"{"k05": "changed", "zzz": 1.25}"#, Some("k07")),
         // not two objects: the operators' answer
         (r#"[1, 2]"#, r#"{"a": 1}"#, None),
         (r#"{"a": 1}"#, r#"[3]"#, None),
@@ -183,6 +191,44 @@ fn merge_objects_is_concat_without_the_skipped_key() {
             &[merged.into()],
         );
         assert_eq!(same, Ok(Some(true)), "{base} || {over} - {skip:?}");
+    }
+}
+
+/// `{"k<from>": <from>, ... }` up to `to` (exclusive), numbers and strings alternating.
+#[cfg(any(test, feature = "pg_test"))]
+fn many_keys(from: usize, to: usize) -> String {
+    let pairs: Vec<String> = (from..to)
+        .map(|i| if i % 2 == 0 { format!(r#""k{i:02}": {i}.5"#) } else { format!(r#""k{i:02}": "v{i}""#) })
+        .collect();
+    format!("{{{}}}", pairs.join(", "))
+}
+
+/// What the merge tells of its result: the same pairs, a difference it is sure of, or one only
+/// jsonb's comparison can tell (a number stored with another scale).
+#[pg_test]
+fn merge_objects_tells_whether_the_result_differs() {
+    use crate::records::jsonb_fn::{merge_objects_telling, Sameness};
+    let datum = |text: &str| {
+        let text = std::ffi::CString::new(text).expect("no NUL");
+        // SAFETY: jsonb_in of a C string.
+        unsafe {
+            pgrx::direct_function_call_as_datum(pgrx::pg_sys::jsonb_in, &[Some(pgrx::pg_sys::Datum::from(text.as_ptr()))])
+        }
+        .expect("a jsonb")
+    };
+    let cases = [
+        (r#"{"a": 1, "b": "x", "c": [1]}"#, r#"{"a": 1, "b": "x", "c": [1], "id": 9}"#, Sameness::Same),
+        (r#"{"a": 1, "b": "x"}"#, r#"{"b": "y"}"#, Sameness::Differs),
+        (r#"{"a": 1, "b": "x"}"#, r#"{"c": null}"#, Sameness::Differs),
+        (r#"{"a": 1, "b": "x"}"#, r#"{"a": "1"}"#, Sameness::Differs),
+        (r#"{"a": 1, "b": true}"#, r#"{"b": false}"#, Sameness::Differs),
+        (r#"{"a": 1.0}"#, r#"{"a": 1}"#, Sameness::Unknown),
+        (r#"{"a": {"x": 1.0}}"#, r#"{"a": {"x": 1}}"#, Sameness::Unknown),
+    ];
+    for (base, over, want) in cases {
+        // SAFETY: two jsonb objects.
+        let (_, told) = unsafe { merge_objects_telling(datum(base), datum(over), Some("id")) };
+        assert_eq!(told, want, "{base} || {over}");
     }
 }
 

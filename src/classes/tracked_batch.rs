@@ -107,7 +107,7 @@ unsafe extern "C-unwind" fn finish(query: *mut pg_sys::QueryDesc) {
 /// (appending now): the caller then takes the generic path, which creates it.
 pub fn append(layout: direct::Layout, id: Uuid, class_name: &str, id_column: &str, doc: Datum) -> Res<bool> {
     if FINISHING.with(Cell::get) == 0 || APPENDING.with(Cell::get) {
-        return append_now(layout, id, id_column, doc);
+        return append_now(&direct::open(layout), id, id_column, doc);
     }
     keep(id, class_name, id_column, doc);
     if KEPT_BYTES.with(Cell::get) >= MAX_BYTES {
@@ -172,6 +172,8 @@ pub fn append_kept() -> Res<()> {
     APPENDING.with(|a| a.set(true));
     // SAFETY: reads a backend global.
     let current = unsafe { pg_sys::GetCurrentSubTransactionId() };
+    // eventic.records opened once for all (no direct path any more: the generic one)
+    let open = direct::layout()?.map(direct::open);
     // each row's work in memory of its own, emptied after it
     let mut per_row = pgrx::PgMemoryContexts::new("eventic tracked row");
     while appending.done < appending.rows.len() {
@@ -179,7 +181,7 @@ pub fn append_kept() -> Res<()> {
         let table = TABLES.with(|tables| Rc::clone(&tables.borrow()[row.table]));
         // SAFETY: the closure makes and uses datums of this context only.
         unsafe {
-            per_row.switch_to(|_| append_one(row, &table.class_name, &table.id_column))?;
+            per_row.switch_to(|_| append_one(open.as_ref(), row, &table.class_name, &table.id_column))?;
             per_row.reset();
         }
         appending.done += 1;
@@ -219,9 +221,9 @@ impl Drop for Appending {
     }
 }
 
-fn append_one(row: &Kept, class_name: &str, id_column: &str) -> Res<()> {
-    if let Some(layout) = direct::layout()? {
-        if append_now(layout, row.id, id_column, row.doc)? {
+fn append_one(open: Option<&direct::Open>, row: &Kept, class_name: &str, id_column: &str) -> Res<()> {
+    if let Some(open) = open {
+        if append_now(open, row.id, id_column, row.doc)? {
             return Ok(());
         }
     }
@@ -235,8 +237,8 @@ fn append_one(row: &Kept, class_name: &str, id_column: &str) -> Res<()> {
 
 /// The row's document set over the latest version (all its columns but the key), appended
 /// now. False when the record has no version.
-fn append_now(layout: direct::Layout, id: Uuid, id_column: &str, doc: Datum) -> Res<bool> {
-    let appended = direct::append(layout, id, new_uuid_v7(), |head| {
+fn append_now(open: &direct::Open, id: Uuid, id_column: &str, doc: Datum) -> Res<bool> {
+    let appended = direct::append_in(open, id, new_uuid_v7(), |head| {
         store::require_write(id, &head.class_type)?;
         // SAFETY: jsonb datums (objects).
         unsafe {
@@ -246,8 +248,13 @@ fn append_now(layout: direct::Layout, id: Uuid, id_column: &str, doc: Datum) -> 
                 return Ok(Some(Next { data, deleted: false }));
             }
             // the latest version with the row's columns (but its key) set over it
-            let data = jsonb_fn::merge_objects(head.data, doc, Some(id_column));
-            Ok(jsonb_fn::differ(data, head.data).then_some(Next { data, deleted: false }))
+            let (data, sameness) = jsonb_fn::merge_objects_telling(head.data, doc, Some(id_column));
+            let differs = match sameness {
+                jsonb_fn::Sameness::Same => false,
+                jsonb_fn::Sameness::Differs => true,
+                jsonb_fn::Sameness::Unknown => jsonb_fn::differ(data, head.data),
+            };
+            Ok(differs.then_some(Next { data, deleted: false }))
         }
     })?;
     match appended {

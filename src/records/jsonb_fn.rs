@@ -129,99 +129,185 @@ pub unsafe fn row_to_jsonb(row: Datum, rowtype: pg_sys::Oid) -> Datum {
 
 /// `base || (over - skip)` for two jsonb objects, in one pass: both objects' keys are stored
 /// in jsonb's key order, so they merge like two sorted lists (a key of `over` replaces the
-/// same key of `base`) and the result is built once, without the sort `||` does. Anything but
-/// two objects goes through the operators instead.
+/// same key of `base`), and the result is written straight in jsonb's binary form, each value
+/// copied as it is stored (see [`merge_stored`]). Anything but two objects goes through the
+/// operators instead.
 ///
 /// # Safety
 /// The datums are non-null values of the types named (see the module comment).
 pub unsafe fn merge_objects(base: Datum, over: Datum, skip: Option<&str>) -> Datum {
+    unsafe { merge_objects_telling(base, over, skip).0 }
+}
+
+/// What a merge tells of its result against `base`.
+#[derive(Clone, Copy, PartialEq, Debug)]
+pub enum Sameness {
+    /// byte for byte the same pairs
+    Same,
+    /// a key added, or a string, boolean or null value (or a value's type) changed
+    Differs,
+    /// only numbers or nested values stored differently: equal or not as jsonb compares them
+    /// (`1.0` = `1`), which only [`differ`] tells
+    Unknown,
+}
+
+/// [`merge_objects`], also telling whether the result differs from `base`.
+///
+/// # Safety
+/// As [`merge_objects`].
+pub unsafe fn merge_objects_telling(base: Datum, over: Datum, skip: Option<&str>) -> (Datum, Sameness) {
     unsafe {
         let a = pg_sys::pg_detoast_datum(base.cast_mut_ptr()).cast::<pg_sys::Jsonb>();
         let b = pg_sys::pg_detoast_datum(over.cast_mut_ptr()).cast::<pg_sys::Jsonb>();
-        if !is_object(a) || !is_object(b) {
-            let over = match skip.and_then(|key| key.into_datum()) {
-                Some(key) => delete_key(over, key),
-                None => over,
-            };
-            return concat(base, over);
-        }
-        let mut state: *mut pg_sys::JsonbParseState = std::ptr::null_mut();
-        pg_sys::pushJsonbValue(&mut state, pg_sys::JsonbIteratorToken::WJB_BEGIN_OBJECT, std::ptr::null_mut());
-        let mut left = Pairs::new(a, None);
-        let mut right = Pairs::new(b, skip.map(str::as_bytes));
-        let (mut l, mut r) = (left.next(), right.next());
-        loop {
-            let take_left = match (&l, &r) {
-                (None, None) => break,
-                (Some(_), None) => true,
-                (None, Some(_)) => false,
-                (Some((lk, _)), Some((rk, _))) => match key_order(key_bytes(lk), key_bytes(rk)) {
-                    std::cmp::Ordering::Less => true,
-                    std::cmp::Ordering::Greater => false,
-                    // the same key: `over`'s value wins
-                    std::cmp::Ordering::Equal => {
-                        l = left.next();
-                        false
-                    }
-                },
-            };
-            let (side, pair) = if take_left { (&mut left, &mut l) } else { (&mut right, &mut r) };
-            if let Some((mut key, mut value)) = pair.take() {
-                pg_sys::pushJsonbValue(&mut state, pg_sys::JsonbIteratorToken::WJB_KEY, &mut key);
-                pg_sys::pushJsonbValue(&mut state, pg_sys::JsonbIteratorToken::WJB_VALUE, &mut value);
+        if let (Some(left), Some(right)) = (Stored::object(a), Stored::object(b)) {
+            if let Some(merged) = merge_stored(&left, &right, skip.map(str::as_bytes)) {
+                return merged;
             }
-            *pair = side.next();
         }
-        let merged = pg_sys::pushJsonbValue(&mut state, pg_sys::JsonbIteratorToken::WJB_END_OBJECT, std::ptr::null_mut());
-        Datum::from(pg_sys::JsonbValueToJsonb(merged))
+        let over = match skip.and_then(|key| key.into_datum()) {
+            Some(key) => delete_key(over, key),
+            None => over,
+        };
+        (concat(base, over), Sameness::Unknown)
     }
 }
 
-unsafe fn is_object(jb: *mut pg_sys::Jsonb) -> bool {
-    // JsonContainerIsObject: the container header's object flag
-    unsafe { (*jb).root.header & pg_sys::JB_FOBJECT != 0 }
+// jsonb's binary format (utils/jsonb.h): a container is a header word (pair count, kind
+// flags) and a JEntry word per key, then per value, then the keys' and values' bytes in that
+// order. A JEntry holds the item's type and its length, or, every JB_OFFSET_STRIDE-th, its end
+// offset (JENTRY_HAS_OFF). Numbers and nested containers start 4-byte aligned (the padding
+// before them counts in their length); alignment is relative to the varlena's start, and a
+// container's data area always starts aligned.
+const JB_CMASK: u32 = 0x0FFF_FFFF;
+const JB_FOBJECT: u32 = 0x2000_0000;
+const JB_FSCALAR: u32 = 0x1000_0000;
+const JENTRY_OFFLENMASK: u32 = 0x0FFF_FFFF;
+const JENTRY_TYPEMASK: u32 = 0x7000_0000;
+const JENTRY_HAS_OFF: u32 = 0x8000_0000;
+const JENTRY_ISSTRING: u32 = 0x0000_0000;
+const JENTRY_ISNUMERIC: u32 = 0x1000_0000;
+const JENTRY_ISCONTAINER: u32 = 0x5000_0000;
+const JB_OFFSET_STRIDE: usize = 32;
+
+/// A jsonb object's top-level pairs as stored: per pair the key's bytes, the value's JEntry
+/// type and the value's bytes (without alignment padding).
+struct Stored<'a> {
+    pairs: Vec<(&'a [u8], u32, &'a [u8])>,
 }
 
-/// The top-level (key, value) pairs of a jsonb object in stored order, nested values as
-/// binary (not descended into), leaving out the key `skip`.
-struct Pairs<'a> {
-    it: *mut pg_sys::JsonbIterator,
-    skip: Option<&'a [u8]>,
-}
-
-impl<'a> Pairs<'a> {
-    unsafe fn new(jb: *mut pg_sys::Jsonb, skip: Option<&'a [u8]>) -> Self {
+impl<'a> Stored<'a> {
+    /// # Safety
+    /// `jb` is a detoasted jsonb (4-byte varlena header) that outlives the result.
+    unsafe fn object(jb: *const pg_sys::Jsonb) -> Option<Stored<'a>> {
         unsafe {
-            let mut it = pg_sys::JsonbIteratorInit(&mut (*jb).root);
-            let mut v: pg_sys::JsonbValue = std::mem::zeroed();
-            pg_sys::JsonbIteratorNext(&mut it, &mut v, true); // WJB_BEGIN_OBJECT
-            Pairs { it, skip }
-        }
-    }
-
-    fn next(&mut self) -> Option<(pg_sys::JsonbValue, pg_sys::JsonbValue)> {
-        loop {
-            // SAFETY: an iterator over a live object container; KEY is followed by its VALUE.
-            unsafe {
-                let mut key: pg_sys::JsonbValue = std::mem::zeroed();
-                if pg_sys::JsonbIteratorNext(&mut self.it, &mut key, true) != pg_sys::JsonbIteratorToken::WJB_KEY {
+            let header = (*jb).root.header;
+            if header & JB_FOBJECT == 0 || header & JB_FSCALAR != 0 {
+                return None;
+            }
+            let n = (header & JB_CMASK) as usize;
+            let entries = std::slice::from_raw_parts((*jb).root.children.as_ptr().cast::<u32>(), 2 * n);
+            let start = entries.as_ptr().add(2 * n).cast::<u8>();
+            let total = pgrx::varlena::varsize_any(jb.cast::<pg_sys::varlena>());
+            let used = start.offset_from(jb.cast::<u8>()) as usize;
+            let data = std::slice::from_raw_parts(start, total.checked_sub(used)?);
+            // each item's [offset, end) in `data`
+            let mut spans = Vec::with_capacity(2 * n);
+            let mut offset = 0usize;
+            for entry in entries {
+                let field = (entry & JENTRY_OFFLENMASK) as usize;
+                let end = if entry & JENTRY_HAS_OFF != 0 { field } else { offset + field };
+                if end < offset || end > data.len() {
                     return None;
                 }
-                let mut value: pg_sys::JsonbValue = std::mem::zeroed();
-                pg_sys::JsonbIteratorNext(&mut self.it, &mut value, true);
-                if self.skip != Some(key_bytes(&key)) {
-                    return Some((key, value));
-                }
+                spans.push((entry & JENTRY_TYPEMASK, offset, end));
+                offset = end;
             }
+            let pairs = (0..n)
+                .map(|i| {
+                    let (_, key_from, key_to) = spans[i];
+                    let (kind, mut from, to) = spans[n + i];
+                    if kind == JENTRY_ISNUMERIC || kind == JENTRY_ISCONTAINER {
+                        from = (from + 3) & !3; // INTALIGN: skip the padding
+                    }
+                    (&data[key_from..key_to], kind, &data[from.min(to)..to])
+                })
+                .collect();
+            Some(Stored { pairs })
         }
     }
 }
 
-fn key_bytes(key: &pg_sys::JsonbValue) -> &[u8] {
-    // SAFETY: a jbvString key returned by the iterator points into its container.
+/// `left || (right - skip)` written as jsonb: the pairs of both in key order, `right`'s value
+/// for a key both have. `None` when the result would be too large for jsonb (the operators
+/// then raise the error Postgres gives).
+fn merge_stored(left: &Stored<'_>, right: &Stored<'_>, skip: Option<&[u8]>) -> Option<(Datum, Sameness)> {
+    let mut pairs: Vec<(&[u8], u32, &[u8])> = Vec::with_capacity(left.pairs.len() + right.pairs.len());
+    let mut sameness = Sameness::Same;
+    let (mut l, mut r) = (left.pairs.iter().peekable(), right.pairs.iter().filter(|p| Some(p.0) != skip).peekable());
+    loop {
+        let ord = match (l.peek(), r.peek()) {
+            (None, None) => break,
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (Some(a), Some(b)) => key_order(a.0, b.0),
+        };
+        match ord {
+            std::cmp::Ordering::Less => pairs.extend(l.next().copied()),
+            std::cmp::Ordering::Greater => {
+                sameness = Sameness::Differs; // a key `left` does not have
+                pairs.extend(r.next().copied());
+            }
+            std::cmp::Ordering::Equal => {
+                let (old, new) = (l.next()?, r.next()?);
+                if (old.1, old.2) != (new.1, new.2) {
+                    let stored_apart = old.1 == new.1 && (old.1 == JENTRY_ISNUMERIC || old.1 == JENTRY_ISCONTAINER);
+                    if !stored_apart {
+                        sameness = Sameness::Differs;
+                    } else if sameness == Sameness::Same {
+                        sameness = Sameness::Unknown;
+                    }
+                }
+                pairs.push(*new);
+            }
+        }
+    }
+    let count = pairs.len();
+    let data_len: usize = pairs.iter().map(|p| p.0.len() + p.2.len() + 3).sum();
+    let mut buf: Vec<u8> = Vec::with_capacity(8 + 8 * count + data_len);
+    buf.extend_from_slice(&[0; 4]); // the varlena header, set below
+    buf.extend_from_slice(&(count as u32 | JB_FOBJECT).to_ne_bytes());
+    buf.resize(8 + 8 * count, 0);
+    let base = buf.len();
+    let mut entries = Vec::with_capacity(2 * count);
+    for (i, (key, _, _)) in pairs.iter().enumerate() {
+        buf.extend_from_slice(key);
+        entries.push((i, JENTRY_ISSTRING, key.len()));
+    }
+    for (i, (_, kind, value)) in pairs.iter().enumerate() {
+        let mut len = value.len();
+        if *kind == JENTRY_ISNUMERIC || *kind == JENTRY_ISCONTAINER {
+            let pad = (4 - buf.len() % 4) % 4;
+            buf.resize(buf.len() + pad, 0);
+            len += pad;
+        }
+        buf.extend_from_slice(value);
+        entries.push((count + i, *kind, len));
+    }
+    if buf.len() - base > JENTRY_OFFLENMASK as usize {
+        return None;
+    }
+    let mut end = 0usize;
+    for (index, kind, len) in entries {
+        end += len;
+        let entry = if index % JB_OFFSET_STRIDE == 0 { kind | end as u32 | JENTRY_HAS_OFF } else { kind | len as u32 };
+        buf[8 + 4 * index..12 + 4 * index].copy_from_slice(&entry.to_ne_bytes());
+    }
+    // SAFETY: a palloc'd copy of the bytes built, its 4-byte varlena header set to their length.
     unsafe {
-        let s = key.val.string;
-        std::slice::from_raw_parts(s.val.cast::<u8>(), s.len.max(0) as usize)
+        let out = pg_sys::palloc(buf.len()).cast::<u8>();
+        std::ptr::copy_nonoverlapping(buf.as_ptr(), out, buf.len());
+        pgrx::varlena::set_varsize_4b(out.cast(), buf.len() as i32);
+        Some((Datum::from(out), sameness))
     }
 }
 
