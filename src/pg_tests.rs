@@ -314,3 +314,37 @@ fn plain_row_to_jsonb_is_to_jsonb_without_the_key() {
     };
     assert!(other.is_none());
 }
+
+/// Setting one key straight in jsonb's binary form gives exactly what `jsonb_set` gives, byte
+/// for byte, for every kind of value, a key that exists and one that does not.
+#[pg_test]
+fn set_key_is_jsonb_set() {
+    use crate::raw_jsonb::RawJsonb;
+    use crate::records::jsonb_fn::set_key_telling;
+    let datum = |text: &str| {
+        let text = std::ffi::CString::new(text).expect("no NUL");
+        // SAFETY: jsonb_in of a C string.
+        unsafe {
+            pgrx::direct_function_call_as_datum(pgrx::pg_sys::jsonb_in, &[Some(pgrx::pg_sys::Datum::from(text.as_ptr()))])
+        }
+        .expect("a jsonb")
+    };
+    let docs = [r#"{}"#, r#"{"a": "x", "title": "old", "n": 1.50, "properties": {"k": [1, 2.0]}}"#];
+    let values = [
+        r#""new""#, r#""""#, "7", "-1.250", "1e400", "true", "false", "null", "{}", "[]",
+        r#"{"x": [1, {"y": 2.5}], "s": "t"}"#, r#"[1, "two", 3.0, null, [true]]"#,
+    ];
+    for doc in docs {
+        for key in ["title", "zz", "a", "n"] {
+            for value in values {
+                // SAFETY: two jsonb datums.
+                let (set, _) = unsafe { set_key_telling(datum(doc), key, datum(value)) };
+                let same = Spi::get_one_with_args::<bool>(
+                    &format!("SELECT jsonb_send($1) = jsonb_send(jsonb_set('{doc}'::jsonb, '{{{key}}}', '{value}'::jsonb))"),
+                    &[RawJsonb::from_raw(set).into()],
+                );
+                assert_eq!(same, Ok(Some(true)), "{doc} set {key} = {value}");
+            }
+        }
+    }
+}

@@ -64,6 +64,49 @@ pub unsafe fn set_key(doc: Datum, name: &str, value: Datum) -> Datum {
     call_strict(pg_sys::jsonb_set, &[doc, path, value, Datum::from(true)])
 }
 
+/// [`set_key`] for an object `doc`, written straight in jsonb's binary form (see
+/// [`merge_stored`]), also telling whether the result differs from `doc`.
+///
+/// # Safety
+/// The datums are non-null values of the types named (see the module comment).
+pub unsafe fn set_key_telling(doc: Datum, name: &str, value: Datum) -> (Datum, Sameness) {
+    unsafe {
+        let a = pg_sys::pg_detoast_datum(doc.cast_mut_ptr()).cast::<pg_sys::Jsonb>();
+        let v = pg_sys::pg_detoast_datum(value.cast_mut_ptr()).cast::<pg_sys::Jsonb>();
+        if let (Some(object), Some((kind, bytes))) = (Stored::object(a), stored_value(v)) {
+            let pair = Stored { pairs: vec![(name.as_bytes(), kind, bytes)] };
+            if let Some(set) = merge_stored(&object, &pair, None) {
+                return set;
+            }
+        }
+        (set_key(doc, name, value), Sameness::Unknown)
+    }
+}
+
+/// A jsonb value as an item of a container stores it: its JEntry type and bytes (a scalar is
+/// stored as an array of one element; an object or array is its root container).
+///
+/// # Safety
+/// `jb` is a detoasted jsonb (4-byte varlena header) that outlives the result.
+unsafe fn stored_value<'a>(jb: *const pg_sys::Jsonb) -> Option<(u32, &'a [u8])> {
+    unsafe {
+        let header = (*jb).root.header;
+        let total = pgrx::varlena::varsize_any(jb.cast::<pg_sys::varlena>());
+        let root = std::ptr::addr_of!((*jb).root).cast::<u8>();
+        if header & JB_FSCALAR == 0 {
+            return Some((JENTRY_ISCONTAINER, std::slice::from_raw_parts(root, total.checked_sub(4)?)));
+        }
+        if header & JB_CMASK != 1 {
+            return None;
+        }
+        // the first entry stores its end offset (or length: from 0 either way)
+        let entry = *(*jb).root.children.as_ptr().cast::<u32>();
+        let data = std::slice::from_raw_parts(root.add(8), total.checked_sub(12)?);
+        let end = (entry & JENTRY_OFFLENMASK) as usize;
+        Some((entry & JENTRY_TYPEMASK, data.get(..end)?))
+    }
+}
+
 /// `doc -> name`, `None` when the key is absent.
 ///
 /// # Safety

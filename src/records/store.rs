@@ -458,7 +458,9 @@ pub fn after_direct_append(id: Uuid, class_type: &str, version: i32, data: pg_sy
 /// [`append`] on the direct path (records::direct): the same document, built with the same
 /// jsonb functions as [`APPEND_NEXT`]'s expression.
 fn append_direct(layout: direct::Layout, id: Uuid, change: Change, expected_version: Option<i32>) -> Result<i32> {
-    use crate::records::jsonb_fn::{concat, delete_keys, differ, empty_object, field, merge_objects, set_key};
+    use crate::records::jsonb_fn::{
+        concat, delete_keys, differ, empty_object, field, merge_objects_telling, set_key, set_key_telling, Sameness,
+    };
     let (revive, tombstone) = (change.revive, change.tombstone);
     let zero = pg_sys::Datum::from(0usize);
     let (fields, one) = match change.set {
@@ -479,6 +481,7 @@ fn append_direct(layout: direct::Layout, id: Uuid, change: Change, expected_vers
         if (head.deleted && !revive) || expected_version.is_some_and(|e| e != head.version) {
             return Ok(None);
         }
+        let mut told = Sameness::Unknown;
         // SAFETY: every datum is a non-null jsonb (text[] for removed / properties removed).
         let data = unsafe {
             if tombstone {
@@ -494,10 +497,15 @@ fn append_direct(layout: direct::Layout, id: Uuid, change: Change, expected_vers
                     Some(removed) => delete_keys(head.data, removed),
                     None => head.data,
                 };
-                data = match &one {
-                    Some((name, value)) => set_key(data, name, *value),
-                    None => merge_objects(data, fields, None),
+                let sameness;
+                (data, sameness) = match &one {
+                    Some((name, value)) => set_key_telling(data, name, *value),
+                    None => merge_objects_telling(data, fields, None),
                 };
+                // what the merge tells holds against the latest version when it was the only change
+                if removed.is_none() && properties.is_none() {
+                    told = sameness;
+                }
                 if let Some((set, gone)) = properties {
                     let bag = field(data, PROPERTIES).unwrap_or_else(empty_object);
                     data = set_key(data, PROPERTIES, concat(delete_keys(bag, gone), set));
@@ -505,8 +513,13 @@ fn append_direct(layout: direct::Layout, id: Uuid, change: Change, expected_vers
                 data
             }
         };
-        // SAFETY: two jsonb datums.
-        if tombstone || head.deleted || unsafe { differ(data, head.data) } {
+        let differs = || match told {
+            Sameness::Same => false,
+            Sameness::Differs => true,
+            // SAFETY: two jsonb datums.
+            Sameness::Unknown => unsafe { differ(data, head.data) },
+        };
+        if tombstone || head.deleted || differs() {
             Ok(Some(direct::Next { data, deleted: tombstone }))
         } else {
             Ok(None)
