@@ -124,3 +124,24 @@ def test_a_statement_failing_while_it_appends_leaves_nothing_behind(cluster, db)
         assert set(map(tuple, versions.values())) == {(0,)}
         assert conn.execute("SELECT data ->> 'title', (data ->> 'qty')::int FROM eventic.latest WHERE id = %s",
                             (changed,)).fetchone() == ("after", 1)
+
+
+def test_a_statement_of_one_row_appends_at_once(cluster, db):
+    with cluster.connect(dbname=db) as conn:
+        tracked_table(conn, "bt", rows=3)
+        # a later AFTER trigger of the statement notes the version it sees
+        conn.execute("CREATE TABLE seen (id uuid, version int)")
+        conn.execute(
+            """CREATE FUNCTION note_version() RETURNS trigger LANGUAGE plpgsql AS $$
+               BEGIN INSERT INTO seen SELECT NEW.id, max(version) FROM eventic.records WHERE id = NEW.id;
+                     RETURN NULL; END $$"""
+        )
+        conn.execute("CREATE TRIGGER zz_seen AFTER UPDATE ON bt FOR EACH ROW EXECUTE FUNCTION note_version()")
+        conn.execute("UPDATE bt SET title = 'one' WHERE qty = 1")
+        assert conn.execute("SELECT version FROM seen").fetchall() == [(1,)], "nothing to sort: appended by its trigger"
+        conn.execute("TRUNCATE seen")
+        conn.execute("UPDATE bt SET title = 'all'")
+        # (the row updated before is at version 1, the others at 0: their new versions come later)
+        assert sorted(conn.execute("SELECT version FROM seen").fetchall()) == [(0,), (0,), (1,)], (
+            "a statement of many rows appends at its end, after the other AFTER triggers"
+        )

@@ -3,9 +3,9 @@
 //!
 //! A statement that updates many rows of a tracked table fires the AFTER row trigger once per
 //! row, and each appends at a random place of eventic.records' primary key (record ids are
-//! random): most of a 30,000-row UPDATE went to finding pages no cache held. So while a
-//! statement's AFTER triggers run (inside the executor's finish, which eventic hooks), the
-//! trigger only keeps the row as a document; when they have all run, still inside the
+//! random): most of a 30,000-row UPDATE went to finding pages no cache held. So while the
+//! AFTER triggers of a statement that changed more than one row run (inside the executor's
+//! finish, which eventic hooks), the trigger only keeps the row as a document; when they have all run, still inside the
 //! statement, the kept rows are appended sorted by record id (stably: one record's rows in
 //! the order they came), each exactly as the trigger would have appended it then (the latest
 //! version read under the record's write lock, the same checks, errors and outbox events).
@@ -64,6 +64,9 @@ thread_local! {
     static KEPT_MEMORY: Cell<pg_sys::MemoryContext> = const { Cell::new(std::ptr::null_mut()) };
     /// hooked executor finishes in progress (row triggers run inside them)
     static FINISHING: Cell<u32> = const { Cell::new(0) };
+    /// whether the statement finishing (the innermost) changed more than one row: a single
+    /// row has nothing to sort, and appends at once
+    static MANY_ROWS: Cell<bool> = const { Cell::new(false) };
     static APPENDING: Cell<bool> = const { Cell::new(false) };
     static CALLBACKS: Cell<bool> = const { Cell::new(false) };
 }
@@ -81,15 +84,21 @@ pub fn init() {
 
 #[pg_guard]
 unsafe extern "C-unwind" fn finish(query: *mut pg_sys::QueryDesc) {
-    /// Counts a finish in progress; an ERROR unwinding through it counts it out too.
-    struct InProgress;
+    /// Counts a finish in progress (and restores the enclosing statement's row count); an
+    /// ERROR unwinding through it counts it out too.
+    struct InProgress {
+        outer_many: bool,
+    }
     impl Drop for InProgress {
         fn drop(&mut self) {
             FINISHING.with(|f| f.set(f.get() - 1));
+            MANY_ROWS.with(|m| m.set(self.outer_many));
         }
     }
+    // SAFETY: the executor's query, its estate set up by ExecutorStart.
+    let many = unsafe { !(*query).estate.is_null() && (*(*query).estate).es_processed > 1 };
     FINISHING.with(|f| f.set(f.get() + 1));
-    let in_progress = InProgress;
+    let in_progress = InProgress { outer_many: MANY_ROWS.with(|m| m.replace(many)) };
     // SAFETY: the executor's own call, passed on as it came.
     unsafe {
         match PREVIOUS_FINISH {
@@ -106,7 +115,7 @@ unsafe extern "C-unwind" fn finish(query: *mut pg_sys::QueryDesc) {
 /// as jsonb), now or, inside a statement, at its end. False when the record has no version
 /// (appending now): the caller then takes the generic path, which creates it.
 pub fn append(layout: direct::Layout, id: Uuid, class_name: &str, id_column: &str, doc: Datum) -> Res<bool> {
-    if FINISHING.with(Cell::get) == 0 || APPENDING.with(Cell::get) {
+    if FINISHING.with(Cell::get) == 0 || !MANY_ROWS.with(Cell::get) || APPENDING.with(Cell::get) {
         return append_now(&direct::open(layout), id, id_column, doc);
     }
     keep(id, class_name, id_column, doc);
