@@ -169,19 +169,8 @@ fn merge_objects_is_concat_without_the_skipped_key() {
         (r#"{"a": 1}"#, r#"[3]"#, None),
     ];
     for (base, over, skip) in cases {
-        let datum = |text: &str| {
-            let text = std::ffi::CString::new(text).expect("no NUL");
-            // SAFETY: jsonb_in of a C string; the result lives in the test's memory context.
-            unsafe {
-                pgrx::direct_function_call_as_datum(
-                    pgrx::pg_sys::jsonb_in,
-                    &[Some(pgrx::pg_sys::Datum::from(text.as_ptr()))],
-                )
-            }
-            .expect("a jsonb")
-        };
         // SAFETY: two jsonb datums.
-        let merged = RawJsonb::from_raw(unsafe { merge_objects(datum(base), datum(over), skip) });
+        let merged = RawJsonb::from_raw(unsafe { merge_objects(jsonb(base), jsonb(over), skip) });
         let expected = match skip {
             Some(key) => format!("SELECT '{base}'::jsonb || ('{over}'::jsonb - '{key}')"),
             None => format!("SELECT '{base}'::jsonb || '{over}'::jsonb"),
@@ -192,6 +181,17 @@ fn merge_objects_is_concat_without_the_skipped_key() {
         );
         assert_eq!(same, Ok(Some(true)), "{base} || {over} - {skip:?}");
     }
+}
+
+/// `text::jsonb`, in the test's memory context.
+#[cfg(any(test, feature = "pg_test"))]
+fn jsonb(text: &str) -> pgrx::pg_sys::Datum {
+    let text = std::ffi::CString::new(text).expect("no NUL");
+    // SAFETY: jsonb_in of a C string.
+    unsafe {
+        pgrx::direct_function_call_as_datum(pgrx::pg_sys::jsonb_in, &[Some(pgrx::pg_sys::Datum::from(text.as_ptr()))])
+    }
+    .expect("a jsonb")
 }
 
 /// `{"k<from>": <from>, ... }` up to `to` (exclusive), numbers and strings alternating.
@@ -208,14 +208,6 @@ fn many_keys(from: usize, to: usize) -> String {
 #[pg_test]
 fn merge_objects_tells_whether_the_result_differs() {
     use crate::records::jsonb_fn::{merge_objects_telling, Sameness};
-    let datum = |text: &str| {
-        let text = std::ffi::CString::new(text).expect("no NUL");
-        // SAFETY: jsonb_in of a C string.
-        unsafe {
-            pgrx::direct_function_call_as_datum(pgrx::pg_sys::jsonb_in, &[Some(pgrx::pg_sys::Datum::from(text.as_ptr()))])
-        }
-        .expect("a jsonb")
-    };
     let cases = [
         (r#"{"a": 1, "b": "x", "c": [1]}"#, r#"{"a": 1, "b": "x", "c": [1], "id": 9}"#, Sameness::Same),
         (r#"{"a": 1, "b": "x"}"#, r#"{"b": "y"}"#, Sameness::Differs),
@@ -227,7 +219,7 @@ fn merge_objects_tells_whether_the_result_differs() {
     ];
     for (base, over, want) in cases {
         // SAFETY: two jsonb objects.
-        let (_, told) = unsafe { merge_objects_telling(datum(base), datum(over), Some("id")) };
+        let (_, told) = unsafe { merge_objects_telling(jsonb(base), jsonb(over), Some("id")) };
         assert_eq!(told, want, "{base} || {over}");
     }
 }
@@ -321,14 +313,6 @@ fn plain_row_to_jsonb_is_to_jsonb_without_the_key() {
 fn set_key_is_jsonb_set() {
     use crate::raw_jsonb::RawJsonb;
     use crate::records::jsonb_fn::set_key_telling;
-    let datum = |text: &str| {
-        let text = std::ffi::CString::new(text).expect("no NUL");
-        // SAFETY: jsonb_in of a C string.
-        unsafe {
-            pgrx::direct_function_call_as_datum(pgrx::pg_sys::jsonb_in, &[Some(pgrx::pg_sys::Datum::from(text.as_ptr()))])
-        }
-        .expect("a jsonb")
-    };
     let docs = [r#"{}"#, r#"{"a": "x", "title": "old", "n": 1.50, "properties": {"k": [1, 2.0]}}"#];
     let values = [
         r#""new""#, r#""""#, "7", "-1.250", "1e400", "true", "false", "null", "{}", "[]",
@@ -338,7 +322,7 @@ fn set_key_is_jsonb_set() {
         for key in ["title", "zz", "a", "n"] {
             for value in values {
                 // SAFETY: two jsonb datums.
-                let (set, _) = unsafe { set_key_telling(datum(doc), key, datum(value)) };
+                let (set, _) = unsafe { set_key_telling(jsonb(doc), key, jsonb(value)) };
                 let same = Spi::get_one_with_args::<bool>(
                     &format!("SELECT jsonb_send($1) = jsonb_send(jsonb_set('{doc}'::jsonb, '{{{key}}}', '{value}'::jsonb))"),
                     &[RawJsonb::from_raw(set).into()],
