@@ -145,3 +145,39 @@ def test_a_statement_of_one_row_appends_at_once(cluster, db):
         assert sorted(conn.execute("SELECT version FROM seen").fetchall()) == [(0,), (0,), (1,)], (
             "a statement of many rows appends at its end, after the other AFTER triggers"
         )
+
+
+def test_kept_rows_are_appended_as_the_role_that_changed_them(cluster, db):
+    """A SECURITY DEFINER function writing eventic from a later AFTER trigger makes the kept
+    rows append first: they are appended as the role that changed them, not as its owner."""
+    role = "batch_writer_" + db
+    with cluster.connect(dbname=db) as conn:
+        tracked_table(conn, "bt", rows=3)
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+        conn.execute(f"GRANT SELECT, UPDATE ON bt TO {role}")
+        story = conn.execute("SELECT eventic.create('Story', '{\"n\": 0}')").fetchone()[0]
+        conn.execute(
+            f"""CREATE FUNCTION count_changes() RETURNS void LANGUAGE sql SECURITY DEFINER
+                SET search_path = pg_catalog, pg_temp
+                AS $$ SELECT eventic.set_field('{story}', 'n', to_jsonb(pg_catalog.random())) $$"""
+        )
+        conn.execute(
+            """CREATE FUNCTION after_change() RETURNS trigger LANGUAGE plpgsql AS $$
+               BEGIN PERFORM count_changes(); RETURN NULL; END $$"""
+        )
+        conn.execute("CREATE TRIGGER zz_count AFTER UPDATE ON bt FOR EACH ROW EXECUTE FUNCTION after_change()")
+    try:
+        with cluster.connect(dbname=db, user=role) as conn:
+            conn.execute("UPDATE bt SET title = 'by the role'")
+        with cluster.connect(dbname=db) as conn:
+            authors = conn.execute(
+                "SELECT DISTINCT created_by::text FROM eventic.records WHERE class_type = 'public.bt' AND version = 1"
+            ).fetchall()
+            assert authors == [(role,)]
+            assert conn.execute(
+                "SELECT count(*) FROM eventic.records WHERE id = %s AND created_by = 'postgres'", (story,)
+            ).fetchone()[0] == 4
+    finally:
+        with cluster.connect(dbname=db) as conn:
+            conn.execute(f"DROP OWNED BY {role}")
+            conn.execute(f"DROP ROLE {role}")

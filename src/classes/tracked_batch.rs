@@ -45,6 +45,9 @@ struct Kept {
     table: usize,
     /// the subtransaction that kept it (forgotten when that aborts)
     subxact: pg_sys::SubTransactionId,
+    /// the role that changed the row: its version is appended as that role, whoever's write
+    /// makes the kept rows append first (a SECURITY DEFINER function's, say)
+    user: pg_sys::Oid,
 }
 
 /// The class and key column of a tracked table rows were kept of.
@@ -146,9 +149,9 @@ fn keep(id: Uuid, class_name: &str, id_column: &str, doc: Datum) {
         KEPT_BYTES.with(|b| b.set(b.get() + size));
         Datum::from(copy)
     };
-    // SAFETY: reads a backend global.
-    let subxact = unsafe { pg_sys::GetCurrentSubTransactionId() };
-    KEPT.with(|kept| kept.borrow_mut().push(Kept { id, doc, table, subxact }));
+    // SAFETY: reads backend globals.
+    let (subxact, user) = unsafe { (pg_sys::GetCurrentSubTransactionId(), pg_sys::GetUserId()) };
+    KEPT.with(|kept| kept.borrow_mut().push(Kept { id, doc, table, subxact, user }));
     direct::write_first(append_kept);
 }
 
@@ -188,9 +191,15 @@ pub fn append_kept() -> Res<()> {
     while appending.done < appending.rows.len() {
         let row = &appending.rows[appending.done];
         let table = TABLES.with(|tables| Rc::clone(&tables.borrow()[row.table]));
-        // SAFETY: the closure makes and uses datums of this context only.
+        let append = || append_one(open.as_ref(), row, &table.class_name, &table.id_column);
+        // SAFETY: the closure makes and uses datums of this context only; GetUserId reads a
+        // backend global.
         unsafe {
-            per_row.switch_to(|_| append_one(open.as_ref(), row, &table.class_name, &table.id_column))?;
+            if row.user == pg_sys::GetUserId() {
+                per_row.switch_to(|_| append())?;
+            } else {
+                per_row.switch_to(|_| crate::roles::run_as(row.user, append))?;
+            }
             per_row.reset();
         }
         appending.done += 1;
