@@ -267,12 +267,7 @@ fn append_now(open: &direct::Open, id: Uuid, id_column: &str, doc: Datum) -> Res
             }
             // the latest version with the row's columns (but its key) set over it
             let (data, sameness) = jsonb_fn::merge_objects_telling(head.data, doc, Some(id_column));
-            let differs = match sameness {
-                jsonb_fn::Sameness::Same => false,
-                jsonb_fn::Sameness::Differs => true,
-                jsonb_fn::Sameness::Unknown => jsonb_fn::differ(data, head.data),
-            };
-            Ok(differs.then_some(Next { data, deleted: false }))
+            Ok(sameness.differs(data, head.data).then_some(Next { data, deleted: false }))
         }
     })?;
     match appended {

@@ -194,6 +194,21 @@ pub enum Sameness {
     Unknown,
 }
 
+impl Sameness {
+    /// Whether `result` differs from `base` as jsonb compares them, asking [`differ`] only
+    /// when the merge could not tell.
+    ///
+    /// # Safety
+    /// Two jsonb datums: the merge's result and its base.
+    pub unsafe fn differs(self, result: Datum, base: Datum) -> bool {
+        match self {
+            Sameness::Same => false,
+            Sameness::Differs => true,
+            Sameness::Unknown => unsafe { differ(result, base) },
+        }
+    }
+}
+
 /// [`merge_objects`], also telling whether the result differs from `base`.
 ///
 /// # Safety

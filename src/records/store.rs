@@ -459,7 +459,7 @@ pub fn after_direct_append(id: Uuid, class_type: &str, version: i32, data: pg_sy
 /// jsonb functions as [`APPEND_NEXT`]'s expression.
 fn append_direct(layout: direct::Layout, id: Uuid, change: Change, expected_version: Option<i32>) -> Result<i32> {
     use crate::records::jsonb_fn::{
-        concat, delete_keys, differ, empty_object, field, merge_objects_telling, set_key, set_key_telling, Sameness,
+        concat, delete_keys, empty_object, field, merge_objects_telling, set_key, set_key_telling, Sameness,
     };
     let (revive, tombstone) = (change.revive, change.tombstone);
     let zero = pg_sys::Datum::from(0usize);
@@ -513,13 +513,8 @@ fn append_direct(layout: direct::Layout, id: Uuid, change: Change, expected_vers
                 data
             }
         };
-        let differs = || match told {
-            Sameness::Same => false,
-            Sameness::Differs => true,
-            // SAFETY: two jsonb datums.
-            Sameness::Unknown => unsafe { differ(data, head.data) },
-        };
-        if tombstone || head.deleted || differs() {
+        // SAFETY: two jsonb datums.
+        if tombstone || head.deleted || unsafe { told.differs(data, head.data) } {
             Ok(Some(direct::Next { data, deleted: tombstone }))
         } else {
             Ok(None)
