@@ -45,8 +45,9 @@ def cluster():
     directory = os.environ.get("EVENTIC_IT_DIR", "/tmp/eventic-it")
     port = int(os.environ.get("EVENTIC_IT_PORT", "5800"))
     c = Cluster(directory, port)
-    # pg_stat_statements: test_plans counts the blocks the worker's statements read
-    c.run("start", directory, str(port), "max_connections = 200",
+    # pg_stat_statements: test_plans counts the blocks the worker's statements read;
+    # prepared transactions: test_record_heads rolls one back
+    c.run("start", directory, str(port), "max_connections = 200", "max_prepared_transactions = 4",
           "shared_preload_libraries = 'eventic,pg_stat_statements'", "pg_stat_statements.track = all")
     try:
         yield c

@@ -15,8 +15,9 @@
 //! writer committed, versions stay contiguous and no update is lost. Under REPEATABLE READ a
 //! latest version the transaction's snapshot cannot see is the standard 40001; SERIALIZABLE
 //! transactions also read the record with their snapshot, which registers the read with
-//! predicate locking. Where the latest version lies, when this connection wrote it last, is
-//! remembered (records::heads): then it is read by its address, without a search.
+//! predicate locking. Where each record's latest version lies is kept in shared memory by
+//! every writer (records::heads): the next writer, of any connection, reads it there by its
+//! address, without a search.
 //!
 //! What the insert trigger did for eventic's own versions (the class's JSON Schema, the
 //! outbox) the caller does after the insert; row-level security is the caller's access check.
@@ -152,8 +153,6 @@ pub struct Head {
     /// the document, detoasted, in the current memory context
     pub data: Datum,
     pub deleted: bool,
-    /// where its row is
-    tid: pg_sys::ItemPointerData,
 }
 
 enum Found {
@@ -163,49 +162,42 @@ enum Found {
     Missing,
 }
 
-/// Read the latest version of `id`: by the address this backend remembers when no one has
-/// written the record since (see records::heads), else from the primary key with a dirty
-/// snapshot (see the module comment), from the version it remembers on.
-unsafe fn read_head(
-    rel: pg_sys::Relation,
-    index: pg_sys::Relation,
-    id: &Uuid,
-    id_datum: Datum,
-    writes: Option<u64>,
-) -> Found {
-    let hint = heads::hint(id);
+/// Read the latest version of `id`: at its address when its slot holds one (see
+/// records::heads), else from the primary key with a dirty snapshot (see the module comment),
+/// from the version this backend last saw on.
+unsafe fn read_head(rel: pg_sys::Relation, index: pg_sys::Relation, id: &Uuid, id_datum: Datum) -> Found {
     // SAFETY: the caller's relations.
     unsafe {
         let serializable = pg_sys::XactIsoLevel >= pg_sys::XACT_SERIALIZABLE as i32;
-        if let Some(hint) = hint.filter(|h| h.writes.is_some() && h.writes == writes && !serializable) {
-            if let Some(found) = fetch_head(rel, id, hint) {
+        if !serializable {
+            if let Some(found) = heads::latest_address(id, heads::place_of(rel)).and_then(|tid| fetch_head(rel, id, tid)) {
                 return found;
             }
         }
         if serializable {
             register_read(rel, index, id_datum);
         }
-        // a missing version >= the hint means the hint is stale
-        let from = hint.map(|h| h.version);
+        // a missing version >= the one seen means it is stale
+        let from = heads::version_seen(id);
         let found = match scan_head(rel, index, id_datum, from) {
             Found::Missing if from.is_some() => scan_head(rel, index, id_datum, None),
             found => found,
         };
         if let Found::Head(head) = &found {
-            heads::remember(id, heads::Hint { version: head.version, tid: head.tid, writes });
+            heads::remember_version(id, head.version);
         }
         found
     }
 }
 
-/// The head at the remembered address, if that row still is version `hint.version` of `id`
-/// and no other transaction is inserting or removing it.
-unsafe fn fetch_head(rel: pg_sys::Relation, id: &Uuid, hint: heads::Hint) -> Option<Found> {
+/// The head at `tid`, if that row is a version of `id` and no other transaction is inserting
+/// or removing it (the caller knows it is the latest: see records::heads).
+unsafe fn fetch_head(rel: pg_sys::Relation, id: &Uuid, tid: pg_sys::ItemPointerData) -> Option<Found> {
     unsafe {
         let mut dirty: pg_sys::SnapshotData = std::mem::zeroed();
         dirty.snapshot_type = pg_sys::SnapshotType::SNAPSHOT_DIRTY;
         let mut tuple: pg_sys::HeapTupleData = std::mem::zeroed();
-        tuple.t_self = hint.tid;
+        tuple.t_self = tid;
         let mut buffer: pg_sys::Buffer = pg_sys::InvalidBuffer as pg_sys::Buffer;
         if !pg_sys::heap_fetch(rel, &mut dirty, &mut tuple, &mut buffer, false) {
             return None;
@@ -215,10 +207,7 @@ unsafe fn fetch_head(rel: pg_sys::Relation, id: &Uuid, hint: heads::Hint) -> Opt
         pg_sys::ReleaseBuffer(buffer);
         let mut isnull = false;
         let found_id = pg_sys::slot_getattr(slot, ATT_ID, &mut isnull);
-        let same = !isnull
-            && Uuid::from_datum(found_id, false).is_some_and(|found| found == *id)
-            && i32::from_datum(pg_sys::slot_getattr(slot, ATT_VERSION, &mut isnull), isnull)
-                == Some(hint.version);
+        let same = !isnull && Uuid::from_datum(found_id, false).is_some_and(|found| found == *id);
         // a row in flux (being inserted or removed) is left to the search: it tells what to
         // wait for
         let in_flux = dirty.xmin != pg_sys::InvalidTransactionId || dirty.xmax != pg_sys::InvalidTransactionId;
@@ -334,7 +323,6 @@ unsafe fn head_of(slot: *mut pg_sys::TupleTableSlot) -> Head {
         let deleted = pg_sys::slot_getattr(slot, ATT_DELETED, &mut isnull);
         let deleted = bool::from_datum(deleted, isnull).unwrap_or(false);
         Head {
-            tid: (*slot).tts_tid,
             version,
             class_type,
             class_datum,
@@ -411,8 +399,8 @@ pub fn append_in(
                     Ok(Some(next)) => {
                         let version = head.version + 1;
                         let tid = insert(open, id_datum, version, &head, &next, version_id);
-                        let writes = heads::count_write(&id);
-                        heads::remember(&id, heads::Hint { version, tid, writes });
+                        heads::publish(&id, heads::place_of(open.rel), tid);
+                        heads::remember_version(&id, version);
                         Ok(Ok(Appended::Version {
                             version,
                             class_type: head.class_type,
@@ -442,7 +430,7 @@ unsafe fn lock_and_read(open: &Open, id: &Uuid, id_datum: Datum) -> (RecordLock,
     unsafe {
         let lock = RecordLock::take(id);
         heads::check_generation(); // after the open, which has seen the table's invalidations
-        let found = read_head(open.rel, open.index, id, id_datum, heads::writes(id));
+        let found = read_head(open.rel, open.index, id, id_datum);
         (lock, found)
     }
 }
@@ -471,8 +459,8 @@ pub fn settle(layout: Layout, id: Uuid) -> Result<RecordLock> {
                     xid
                 }
                 Found::Head(_) | Found::Missing => {
-                    // what other backends remember of this record is no longer true
-                    heads::count_write(&id);
+                    // its rows may be removed: no one may read them by their address
+                    heads::forget_address(&id);
                     return Ok(lock);
                 }
             }

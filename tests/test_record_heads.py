@@ -1,0 +1,154 @@
+"""Where each record's latest version lies, kept in shared memory by every writer
+(src/records/heads.rs): the next writer of any connection reads the row there without
+searching the primary key, and no address outlives its row (an aborted, rolled-back or
+prepared write, a rewrite of eventic.records, a purge)."""
+
+import time
+
+import psycopg
+import pytest
+
+from conftest import wait_until
+
+JUNK = 3000
+
+
+def story(conn):
+    conn.execute("SELECT eventic.register_class('Story')")
+    return conn.execute("""SELECT eventic.create('Story', '{"title": "first"}')""").fetchone()[0]
+
+
+def versions(conn, record):
+    return [r[0] for r in conn.execute("SELECT version FROM eventic.records WHERE id = %s ORDER BY version", (record,))]
+
+
+def write_at_the_end(conn, record):
+    """Grow eventic.records by thousands of rows, then write `record`: its version lands in
+    the last block (the caller then throws all of it away)."""
+    conn.execute(f"""SELECT eventic.create('Story', '{{"title": "junk"}}') FROM generate_series(1, {JUNK})""")
+    conn.execute("""SELECT eventic.set_field(%s, 'title', '"thrown away"')""", (record,))
+
+
+def vacuum_truncates(conn):
+    before = conn.execute("SELECT pg_relation_size('eventic.records')").fetchone()[0]
+    conn.execute("VACUUM eventic.records")
+    after = conn.execute("SELECT pg_relation_size('eventic.records')").fetchone()[0]
+    # the test means something only if the blocks of the thrown-away rows are gone
+    assert after < before / 4, (before, after)
+
+
+def write_from_another_connection(cluster, db, record, expected_version):
+    with cluster.connect(dbname=db) as other:
+        got = other.execute("""SELECT eventic.set_field(%s, 'title', '"kept"')""", (record,)).fetchone()[0]
+        assert got == expected_version
+        assert versions(other, record) == list(range(expected_version + 1))
+
+
+def test_an_aborted_write_leaves_no_address_past_the_end_of_the_table(cluster, db):
+    with cluster.connect(dbname=db) as conn:
+        record = story(conn)
+        with pytest.raises(psycopg.errors.RaiseException):
+            with conn.transaction():
+                write_at_the_end(conn, record)
+                conn.execute("DO $$ BEGIN RAISE EXCEPTION 'abort'; END $$")
+        vacuum_truncates(conn)
+    write_from_another_connection(cluster, db, record, 1)
+
+
+def test_a_rolled_back_subtransaction_leaves_no_address_past_the_end(cluster, db):
+    with cluster.connect(dbname=db) as conn:
+        record = story(conn)
+        with conn.transaction():
+            conn.execute("SAVEPOINT s")
+            write_at_the_end(conn, record)
+            conn.execute("ROLLBACK TO SAVEPOINT s")
+        vacuum_truncates(conn)
+    write_from_another_connection(cluster, db, record, 1)
+
+
+def test_a_prepared_transaction_rolled_back_elsewhere_leaves_no_address(cluster, db):
+    with cluster.connect(dbname=db) as conn:
+        record = story(conn)
+        conn.execute("BEGIN")
+        write_at_the_end(conn, record)
+        conn.execute("PREPARE TRANSACTION 'heads_test'")
+    with cluster.connect(dbname=db) as other:
+        other.execute("ROLLBACK PREPARED 'heads_test'")
+        vacuum_truncates(other)
+    write_from_another_connection(cluster, db, record, 1)
+
+
+def test_a_rewrite_of_the_table_makes_every_address_stale(cluster, db):
+    with cluster.connect(dbname=db) as conn:
+        record = story(conn)
+        dead_rows_then_a_version_of(conn, record)
+        before = block_of(conn, record, 1)
+        conn.execute("VACUUM FULL eventic.records")
+        assert block_of(conn, record, 1) < before  # the row moved: its old address is past the new end
+    write_from_another_connection(cluster, db, record, 2)
+
+
+def dead_rows_then_a_version_of(conn, record):
+    """Thousands of rows of a rolled-back transaction, then the record's next version after
+    them, committed (its row lies past the dead ones)."""
+    with pytest.raises(psycopg.errors.RaiseException):
+        with conn.transaction():
+            conn.execute(f"""SELECT eventic.create('Story', '{{"title": "junk"}}') FROM generate_series(1, {JUNK})""")
+            conn.execute("DO $$ BEGIN RAISE EXCEPTION 'abort'; END $$")
+    conn.execute("""SELECT eventic.set_field(%s, 'title', '"second"')""", (record,))
+
+
+def block_of(conn, record, version):
+    return conn.execute("SELECT (ctid::text::point)[0] FROM eventic.records WHERE id = %s AND version = %s",
+                        (record, version)).fetchone()[0]
+
+
+def test_a_purge_forgets_the_address_of_the_rows_it_removes(cluster, db):
+    with cluster.connect(dbname=db) as conn:
+        record = story(conn)
+        dead_rows_then_a_version_of(conn, record)
+        conn.execute("SELECT eventic.purge(%s)", (record,))
+        vacuum_truncates(conn)
+    with cluster.connect(dbname=db) as other:
+        with pytest.raises(psycopg.errors.NoDataFound, match="does not exist"):
+            other.execute("""SELECT eventic.set_field(%s, 'title', '"gone"')""", (record,))
+        other.execute("SELECT eventic.create('Story', '{}', %s)", (record,))
+        assert other.execute("""SELECT eventic.set_field(%s, 'title', '"again"')""", (record,)).fetchone()[0] == 1
+
+
+def index_scans_of_the_primary_key(conn):
+    return conn.execute(
+        "SELECT idx_scan FROM pg_stat_all_indexes WHERE indexrelid = 'eventic.records_pkey'::regclass"
+    ).fetchone()[0]
+
+
+def test_connections_taking_turns_read_each_others_address_without_a_search(cluster, db):
+    with cluster.connect(dbname=db) as a, cluster.connect(dbname=db) as b, cluster.connect(dbname=db) as watch:
+        record = story(a)
+        b.execute("""SELECT eventic.set_field(%s, 'title', '"b0"')""", (record,))  # a search: nothing kept yet
+        time.sleep(1.1)  # statistics are sent at most once a second, when idle
+        assert wait_until(lambda: index_scans_of_the_primary_key(watch) >= 1, timeout=10)
+        watch.execute("SELECT pg_stat_clear_snapshot()")
+        start = index_scans_of_the_primary_key(watch)
+        for turn in range(10):
+            for name, conn in (("a", a), ("b", b)):
+                conn.execute("SELECT eventic.set_field(%s, 'title', to_jsonb(%s::text))", (record, f"turn {turn} of {name}"))
+        time.sleep(1.1)
+        for conn in (a, b):
+            conn.execute("SELECT 1")  # idle again: their counts are sent
+        time.sleep(1.1)
+        watch.execute("SELECT pg_stat_clear_snapshot()")
+        assert versions(watch, record) == list(range(22))
+        assert index_scans_of_the_primary_key(watch) == start
+
+
+def test_a_version_a_superuser_inserts_by_hand_is_built_on(cluster, db):
+    # as pg_restore into a live database would: the kept address no longer names the latest row
+    with cluster.connect(dbname=db) as conn:
+        record = story(conn)
+        conn.execute("""SELECT eventic.set_field(%s, 'title', '"second"')""", (record,))
+        conn.execute(
+            """INSERT INTO eventic.records (version_id, id, version, class_type, data)
+               SELECT gen_random_uuid(), id, version + 1, class_type, data || '{"title": "by hand"}'
+                 FROM eventic.records WHERE id = %s AND version = 1""", (record,))
+    write_from_another_connection(cluster, db, record, 3)
