@@ -40,37 +40,34 @@ def write_from_another_connection(cluster, db, record, expected_version):
         assert versions(other, record) == list(range(expected_version + 1))
 
 
-def test_an_aborted_write_leaves_no_address_past_the_end_of_the_table(cluster, db):
-    with cluster.connect(dbname=db) as conn:
-        record = story(conn)
-        with pytest.raises(psycopg.errors.RaiseException):
-            with conn.transaction():
-                write_at_the_end(conn, record)
-                conn.execute("DO $$ BEGIN RAISE EXCEPTION 'abort'; END $$")
-        vacuum_truncates(conn)
-    write_from_another_connection(cluster, db, record, 1)
-
-
-def test_a_rolled_back_subtransaction_leaves_no_address_past_the_end(cluster, db):
-    with cluster.connect(dbname=db) as conn:
-        record = story(conn)
+def by_an_abort(cluster, db, conn, record):
+    with pytest.raises(psycopg.errors.RaiseException):
         with conn.transaction():
-            conn.execute("SAVEPOINT s")
             write_at_the_end(conn, record)
-            conn.execute("ROLLBACK TO SAVEPOINT s")
-        vacuum_truncates(conn)
-    write_from_another_connection(cluster, db, record, 1)
+            conn.execute("DO $$ BEGIN RAISE EXCEPTION 'abort'; END $$")
 
 
-def test_a_prepared_transaction_rolled_back_elsewhere_leaves_no_address(cluster, db):
-    with cluster.connect(dbname=db) as conn:
-        record = story(conn)
-        conn.execute("BEGIN")
+def by_a_rollback_to_savepoint(cluster, db, conn, record):
+    with conn.transaction():
+        conn.execute("SAVEPOINT s")
         write_at_the_end(conn, record)
-        conn.execute("PREPARE TRANSACTION 'heads_test'")
+        conn.execute("ROLLBACK TO SAVEPOINT s")
+
+
+def by_rollback_prepared_elsewhere(cluster, db, conn, record):
+    conn.execute("BEGIN")
+    write_at_the_end(conn, record)
+    conn.execute("PREPARE TRANSACTION 'heads_test'")
     with cluster.connect(dbname=db) as other:
         other.execute("ROLLBACK PREPARED 'heads_test'")
-        vacuum_truncates(other)
+
+
+@pytest.mark.parametrize("thrown_away", [by_an_abort, by_a_rollback_to_savepoint, by_rollback_prepared_elsewhere])
+def test_a_write_thrown_away_leaves_no_address_past_the_end_of_the_table(cluster, db, thrown_away):
+    with cluster.connect(dbname=db) as conn:
+        record = story(conn)
+        thrown_away(cluster, db, conn, record)
+        vacuum_truncates(conn)
     write_from_another_connection(cluster, db, record, 1)
 
 
