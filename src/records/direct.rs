@@ -169,13 +169,12 @@ unsafe fn read_head(rel: pg_sys::Relation, index: pg_sys::Relation, id: &Uuid, i
     // SAFETY: the caller's relations.
     unsafe {
         let serializable = pg_sys::XactIsoLevel >= pg_sys::XACT_SERIALIZABLE as i32;
-        if !serializable {
-            if let Some(found) = heads::latest_address(id, heads::place_of(rel)).and_then(|tid| fetch_head(rel, id, tid)) {
-                return found;
-            }
-        }
         if serializable {
             register_read(rel, index, id_datum);
+        } else if let Some(found) =
+            heads::latest_address(id, heads::place_of(rel)).and_then(|tid| fetch_head(rel, id, tid))
+        {
+            return found;
         }
         // a missing version >= the one seen means it is stale
         let from = heads::version_seen(id);

@@ -140,6 +140,16 @@ pub fn latest_address(id: &Uuid, place: u64) -> Option<pg_sys::ItemPointerData> 
     (unchanged && found_key == key && found_place == place && tid != 0).then(|| tid_of(tid))
 }
 
+/// Write into a slot whose sequence number is `seq` (even): `write` runs between the number
+/// made odd and made even again. The sequence number after it, or `None` when the slot
+/// changed since `seq` was read.
+fn write_at(slot: &Slot, seq: u64, write: impl FnOnce(&Slot)) -> Option<u64> {
+    slot.seq.compare_exchange(seq, seq + 1, Ordering::Acquire, Ordering::Relaxed).ok()?;
+    fence(Ordering::Release);
+    write(slot);
+    Some(slot.seq.fetch_add(1, Ordering::Release) + 1)
+}
+
 /// Fill a slot; the sequence number after it, or `None` when another writer was filling it
 /// (its record then holds the slot: the sequence number is moved on so that the slot's
 /// readers see a change).
@@ -150,12 +160,13 @@ fn fill(slot: &Slot, key: u64, place: u64, tid: u64) -> Option<u64> {
             slot.seq.fetch_add(2, Ordering::AcqRel);
             return None;
         }
-        if slot.seq.compare_exchange_weak(seq, seq + 1, Ordering::Acquire, Ordering::Relaxed).is_ok() {
-            fence(Ordering::Release);
+        let filled = write_at(slot, seq, |slot| {
             slot.key.store(key, Ordering::Relaxed);
             slot.place.store(place, Ordering::Relaxed);
             slot.tid.store(tid, Ordering::Relaxed);
-            return Some(slot.seq.fetch_add(1, Ordering::Release) + 1);
+        });
+        if filled.is_some() {
+            return filled;
         }
     }
 }
@@ -201,11 +212,7 @@ fn clear_filled() {
         let Some(slot) = slot(index as usize) else {
             return;
         };
-        if slot.seq.compare_exchange(seq, seq + 1, Ordering::Acquire, Ordering::Relaxed).is_ok() {
-            fence(Ordering::Release);
-            slot.tid.store(0, Ordering::Relaxed);
-            slot.seq.fetch_add(1, Ordering::Release);
-        }
+        write_at(slot, seq, |slot| slot.tid.store(0, Ordering::Relaxed));
     }
 }
 
