@@ -171,10 +171,11 @@ fn fill(slot: &Slot, key: u64, place: u64, tid: u64) -> Option<u64> {
     }
 }
 
-/// Slots this transaction filled (index, sequence number after), cleared if it aborts.
+/// Addresses one transaction writes at most (16 MB of notes); past it, it clears them instead.
 const MAX_FILLED: usize = 1 << 20;
 
 thread_local! {
+    /// Slots this transaction filled (index, sequence number after), cleared if it aborts.
     static FILLED: RefCell<Vec<(u32, u64)>> = const { RefCell::new(Vec::new()) };
 }
 
