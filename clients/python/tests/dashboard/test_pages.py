@@ -9,8 +9,11 @@ import time
 
 import httpx
 from dashboard_harness import start_dashboard, wait_until
-from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+from selenium.common.exceptions import (NoSuchElementException, StaleElementReferenceException,
+                                        WebDriverException)
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support.expected_conditions import staleness_of
+from selenium.webdriver.support.wait import WebDriverWait
 
 
 def visit(browser, url, output_dir, shot=None):
@@ -20,14 +23,33 @@ def visit(browser, url, output_dir, shot=None):
     return browser
 
 
+def swapped(error):
+    """The element read was replaced under the reader: Chrome says so either way."""
+    return isinstance(error, StaleElementReferenceException) or \
+        "does not belong to the document" in (error.msg or "")
+
+
 def settled(read):
     """read() again when the live part was swapped under it (auto-refresh every 2 s)."""
     for _ in range(20):
         try:
             return read()
-        except StaleElementReferenceException:
+        except WebDriverException as error:
+            if not swapped(error):
+                raise
             time.sleep(0.05)
     return read()
+
+
+def loads_page(browser, act, timeout=10):
+    """act() (a click or a submit that loads a page), then wait until the old document is gone
+    and the new one loaded: read at once, Chrome may find an element in the old document and
+    fail to read it while the new one replaces it."""
+    old = browser.find_element(By.TAG_NAME, "html")
+    act()
+    WebDriverWait(browser, timeout).until(staleness_of(old))
+    WebDriverWait(browser, timeout).until(
+        lambda b: b.execute_script("return document.readyState") == "complete")
 
 
 def text(browser, css):
@@ -49,7 +71,8 @@ def shows(browser, css, expected, timeout=10):
 
 
 def click(browser, css):
-    settled(lambda: browser.find_element(By.CSS_SELECTOR, css).click())
+    """Click a button or link (each loads a page here) and wait for the page it loads."""
+    loads_page(browser, lambda: settled(lambda: browser.find_element(By.CSS_SELECTOR, css).click()))
 
 
 def attrs(browser, css, name):
@@ -171,7 +194,7 @@ def test_workflow_list_filters_by_status_and_name(dashboards, browser, output_di
     browser.find_element(By.CSS_SELECTOR, "#status-filter option[value='']").click()
     name = browser.find_element(By.ID, "name-filter")
     name.send_keys("app.checkout")
-    name.submit()
+    loads_page(browser, name.submit)
     shown = texts(browser, "#workflows tbody tr[data-workflow] td:first-child")
     assert "order-7-running" in shown and "viewer-own" not in shown and len(shown) >= 8
     browser.save_screenshot(str(output_dir / "workflows.png"))
@@ -184,7 +207,7 @@ def test_a_record_history_highlights_each_change(dash_cluster, dashboards, brows
     visit(browser, url + "/records", output_dir, "records")
     box = browser.find_element(By.ID, "q")
     box.send_keys(story)
-    box.submit()
+    loads_page(browser, box.submit)
     assert text(browser, "#record-id") == story and text(browser, "#latest-version") == "3"
     browser.save_screenshot(str(output_dir / "record.png"))
     v2 = "section[data-version='2'] "
