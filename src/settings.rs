@@ -13,6 +13,7 @@ static POLL_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(1_000);
 static MAX_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(8);
 static WORKERS_PER_DATABASE: GucSetting<i32> = GucSetting::<i32>::new(2);
 static PAUSE_WORKERS: GucSetting<bool> = GucSetting::<bool>::new(false);
+static RECORD_ADDRESS_SLOTS: GucSetting<i32> = GucSetting::<i32>::new(1 << 18);
 static LAUNCHER_DATABASE: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"postgres"));
 
@@ -122,6 +123,23 @@ pub fn init() {
     );
 }
 
+/// The settings that exist only when eventic is preloaded (a postmaster setting can be
+/// defined only then); called from `_PG_init` only then.
+pub fn init_preloaded() {
+    GucRegistry::define_int_guc(
+        c"eventic.record_address_slots",
+        c"How many records' latest addresses shared memory keeps (32 bytes each).",
+        c"The next write of a record whose address is kept reads its latest version there \
+          instead of searching the primary key. A record's slot is a hash of its id: with more \
+          records written than slots, some writes search. 0 keeps none. Read at server start.",
+        &RECORD_ADDRESS_SLOTS,
+        0,
+        1 << 24,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+}
+
 /// `eventic.strict_field_names`
 pub fn strict_field_names() -> bool {
     STRICT_FIELD_NAMES.get()
@@ -153,6 +171,11 @@ pub fn launcher_database() -> String {
         .get()
         .and_then(|name| name.into_string().ok())
         .unwrap_or_else(|| "postgres".to_string())
+}
+
+/// `eventic.record_address_slots` (defined when preloaded; read when shared memory is asked for)
+pub fn record_address_slots() -> usize {
+    usize::try_from(RECORD_ADDRESS_SLOTS.get()).unwrap_or(0)
 }
 
 /// `eventic.workers_per_database`

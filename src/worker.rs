@@ -48,6 +48,7 @@ pub fn init() {
         return;
     }
     runtime::mark_preloaded();
+    crate::settings::init_preloaded();
     board::init();
     crate::progress::init();
     crate::queues::rate::init();

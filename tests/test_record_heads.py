@@ -3,8 +3,11 @@
 searching the primary key, and no address outlives its row (an aborted, rolled-back or
 prepared write, a rewrite of eventic.records, a purge)."""
 
+import os
+
 import psycopg
 import pytest
+from conftest import Cluster
 
 JUNK = 3000
 
@@ -122,22 +125,51 @@ def flush_statistics(*conns):
         conn.execute("SELECT 1")
 
 
-def test_connections_taking_turns_read_each_others_address_without_a_search(cluster, db):
+def searches_of_connections_taking_turns(cluster, db, records=1):
+    """Two connections write `records` records in turns, 10 turns each: how many of the writes
+    after the first searched records_pkey."""
     with cluster.connect(dbname=db) as a, cluster.connect(dbname=db) as b, cluster.connect(dbname=db) as watch:
-        record = story(a)
-        b.execute("""SELECT eventic.set_field(%s, 'title', '"b0"')""", (record,))  # a search: nothing kept yet
+        ids = [story(a) for _ in range(records)]
+        for record in ids:  # a search each: nothing kept yet
+            b.execute("""SELECT eventic.set_field(%s, 'title', '"b0"')""", (record,))
         flush_statistics(a, b)
         watch.execute("SELECT pg_stat_clear_snapshot()")
         start = index_scans_of_the_primary_key(watch)
         assert start >= 1  # the search is counted: the count below means something
         for turn in range(10):
             for name, conn in (("a", a), ("b", b)):
-                conn.execute("SELECT eventic.set_field(%s, 'title', to_jsonb(%s::text))", (record, f"turn {turn} of {name}"))
+                for record in ids:
+                    conn.execute("SELECT eventic.set_field(%s, 'title', to_jsonb(%s::text))",
+                                 (record, f"turn {turn} of {name}"))
         flush_statistics(a, b)
         watch.execute("SELECT pg_stat_clear_snapshot()")
-        searches = index_scans_of_the_primary_key(watch) - start
-        assert versions(watch, record) == list(range(22))
-        assert searches == 0
+        for record in ids:
+            assert versions(watch, record) == list(range(22))
+        return index_scans_of_the_primary_key(watch) - start
+
+
+def test_connections_taking_turns_read_each_others_address_without_a_search(cluster, db):
+    with cluster.connect() as conn:
+        assert conn.execute("SHOW eventic.record_address_slots").fetchone()[0] == "262144"
+    assert searches_of_connections_taking_turns(cluster, db) == 0
+
+
+@pytest.mark.parametrize("slots, records", [(0, 1), (1, 2)], ids=["no slots", "two records in one slot"])
+def test_a_record_without_its_address_is_searched_for(slots, records):
+    """eventic.record_address_slots (server start): with none, every write searches; with
+    records sharing a slot, each finds the other's address there and searches too."""
+    small = Cluster(os.environ.get("EVENTIC_SLOTS_DIR", "/tmp/eventic-it-slots"),
+                    int(os.environ.get("EVENTIC_SLOTS_PORT", "5807")))
+    small.run("start", small.directory, str(small.port), f"eventic.record_address_slots = {slots}")
+    try:
+        with small.connect() as conn:
+            assert conn.execute("SHOW eventic.record_address_slots").fetchone()[0] == str(slots)
+            with pytest.raises(psycopg.errors.CantChangeRuntimeParam, match="restart"):
+                conn.execute("SET eventic.record_address_slots = 10")
+            conn.execute("CREATE EXTENSION eventic")
+        assert searches_of_connections_taking_turns(small, "postgres", records) >= 20 * records
+    finally:
+        small.run("stop", small.directory)
 
 
 def test_a_version_a_superuser_inserts_by_hand_is_built_on(cluster, db):

@@ -2,7 +2,8 @@
 //! record, by any connection, reads that row by its address instead of searching the
 //! primary key.
 //!
-//! Shared memory holds 262,144 slots (8 MB; a record's slot is a hash of its id). Every append
+//! Shared memory holds `eventic.record_address_slots` slots (262,144 = 8 MB by default; a
+//! record's slot is a hash of its id; 0: none, every read searches). Every append
 //! (any backend, with the record's write lock held) writes the address of the row it inserted
 //! into the record's slot; a purge clears it. A slot holds the last record written there, so
 //! an address found for a record is that record's latest row: the reader (with the record's
@@ -18,13 +19,11 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::sync::atomic::{fence, AtomicPtr, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::Uuid;
-
-const SLOTS: usize = 1 << 18;
 
 /// One record's latest address (32 bytes: a slot never straddles a cache line).
 #[repr(C, align(32))]
@@ -40,6 +39,8 @@ struct Slot {
 }
 
 static SHARED: AtomicPtr<Slot> = AtomicPtr::new(std::ptr::null_mut());
+/// How many slots SHARED has: set in the postmaster, which every backend is forked from.
+static SLOTS: AtomicUsize = AtomicUsize::new(0);
 static mut PREV_SHMEM_REQUEST: pg_sys::shmem_request_hook_type = None;
 static mut PREV_SHMEM_STARTUP: pg_sys::shmem_startup_hook_type = None;
 
@@ -61,7 +62,9 @@ unsafe extern "C-unwind" fn request_shmem() {
         if let Some(prev) = PREV_SHMEM_REQUEST {
             pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| prev());
         }
-        pg_sys::RequestAddinShmemSpace(std::mem::size_of::<Slot>() * SLOTS);
+        let slots = crate::settings::record_address_slots();
+        SLOTS.store(slots, Ordering::Relaxed);
+        pg_sys::RequestAddinShmemSpace(std::mem::size_of::<Slot>() * slots);
     }
 }
 
@@ -73,9 +76,12 @@ unsafe extern "C-unwind" fn start_shmem() {
         if let Some(prev) = PREV_SHMEM_STARTUP {
             pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| prev());
         }
+        let size = std::mem::size_of::<Slot>() * SLOTS.load(Ordering::Relaxed);
+        if size == 0 {
+            return;
+        }
         let init_lock = &raw mut (*pg_sys::MainLWLockArray.add(21)).lock; // AddinShmemInitLock
         pg_sys::LWLockAcquire(init_lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
-        let size = std::mem::size_of::<Slot>() * SLOTS;
         let mut found = false;
         let slots = pg_sys::ShmemInitStruct(c"eventic_record_heads".as_ptr(), size, &mut found).cast::<Slot>();
         if !found {
@@ -89,7 +95,8 @@ unsafe extern "C-unwind" fn start_shmem() {
 fn key_of(id: &Uuid) -> (usize, u64) {
     let b = id.as_bytes();
     let half = |i: usize| u64::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3], b[i + 4], b[i + 5], b[i + 6], b[i + 7]]);
-    (((half(0) ^ half(8)) % SLOTS as u64) as usize, half(0))
+    let slots = SLOTS.load(Ordering::Relaxed).max(1) as u64; // none: slot() finds none
+    (((half(0) ^ half(8)) % slots) as usize, half(0))
 }
 
 fn slot(index: usize) -> Option<&'static Slot> {
