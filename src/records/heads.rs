@@ -236,7 +236,8 @@ fn clear_filled() {
 /// Records remembered before the map starts again (about 24 bytes each).
 const MAX_VERSIONS: usize = 1 << 16;
 
-/// Record ids are random (UUIDv7's low half, UUIDv5): their own bits are the hash.
+/// Each 8 bytes of the id folded in and multiplied: ids are not random enough to be their own
+/// hash (UUIDv7s of one millisecond share most bits; see [`key_of`]).
 #[derive(Default)]
 struct IdHasher(u64);
 
