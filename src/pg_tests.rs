@@ -332,3 +332,32 @@ fn set_key_is_jsonb_set() {
         }
     }
 }
+
+#[pg_test]
+fn a_schedule_found_due_by_a_clock_a_moment_ahead_of_the_workers_runs_its_tick_once() {
+    // a worker woken just before a tick reads its clock in the second before it, and the
+    // query that finds the schedule due reads a later one: the tick fired must be the one due
+    Spi::run("CREATE FUNCTION public.scheduled_noop() RETURNS void LANGUAGE sql AS 'SELECT'")
+        .expect("function");
+    Spi::run("SELECT eventic.schedule('early', '*/2 * * * * *', 'public.scheduled_noop()', '[]')")
+        .expect("schedule");
+    let due = one::<i64>(
+        "SELECT EXTRACT(epoch FROM pg_catalog.date_trunc('second', clock_timestamp()))::int8 / 2 * 2 - 10",
+    );
+    Spi::run(&format!(
+        "UPDATE eventic.schedule_entries SET next_run = to_timestamp({due}) WHERE name = 'early'"
+    ))
+    .expect("due");
+    crate::schedules::fire_with(|| ((due - 1) * 1_000_000, 0)).expect("fire");
+    let (last_run, next_run) = Spi::get_two::<i64, i64>(
+        "SELECT EXTRACT(epoch FROM last_run)::int8, EXTRACT(epoch FROM next_run)::int8
+           FROM eventic.schedule_entries WHERE name = 'early'",
+    )
+    .expect("schedule row");
+    assert_eq!((last_run, next_run), (Some(due), Some(due + 2)));
+    let keys = one::<Vec<String>>("SELECT array_agg(dedup_key) FROM eventic.queue_schedules");
+    let tick = one::<String>(&format!(
+        "SELECT to_char(to_timestamp({due}) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
+    ));
+    assert_eq!(keys, vec![format!("schedule:early@{tick}")]);
+}

@@ -269,6 +269,8 @@ struct Due {
     workflow: bool,
     skip_missed: bool,
     owner: pg_sys::Oid,
+    /// The tick it was due at (Unix seconds).
+    next_run: i64,
 }
 
 /// In a worker's pass: fire the due ticks of this database's schedules, and set the worker's
@@ -306,7 +308,8 @@ fn installed() -> bool {
 /// The due schedules (at most 100 per pass), locked (a mutating plan, so a fresh snapshot, run by `select`: no
 /// transaction id while none is due).
 const DUE: &str =
-    "SELECT name, cron, timezone, fn::oid, args, queue_name, workflow, skip_missed, owner::oid
+    "SELECT name, cron, timezone, fn::oid, args, queue_name, workflow, skip_missed, owner::oid,
+                          EXTRACT(epoch FROM next_run)::pg_catalog.int8
                      FROM eventic.schedule_entries
                     WHERE next_run <= pg_catalog.clock_timestamp()
                     ORDER BY next_run LIMIT 100 FOR UPDATE SKIP LOCKED";
@@ -315,8 +318,11 @@ const NEXT: &str = "SELECT (EXTRACT(epoch FROM min(next_run)) * 1000000)::pg_cat
                       FROM eventic.schedule_entries";
 
 fn fire() -> Result<Option<std::time::Instant>> {
-    let (now_micros, started_micros) = clock();
-    let now = now_micros.div_euclid(1_000_000);
+    fire_with(clock)
+}
+
+/// [`fire`] with the clock given (tests stand a clock read a moment early in for it).
+pub(crate) fn fire_with(clock: impl Fn() -> (i64, i64)) -> Result<Option<std::time::Instant>> {
     let due: Vec<Due> = Spi::connect(|client| -> Result<Vec<Due>> {
         let stmt = crate::spi_plans::plan(client, DUE, &[], true)?;
         let mut due = Vec::new();
@@ -333,10 +339,14 @@ fn fire() -> Result<Option<std::time::Instant>> {
                 workflow: row.get::<bool>(7)?.unwrap_or(false),
                 skip_missed: row.get::<bool>(8)?.unwrap_or(false),
                 owner: row.get::<pg_sys::Oid>(9)?.unwrap_or(pg_sys::InvalidOid),
+                next_run: row.get::<i64>(10)?.unwrap_or(i64::MIN),
             });
         }
         Ok(due)
     })?;
+    // read after the rows were found due (by the statement's own, later clock)
+    let (now_micros, started_micros) = clock();
+    let now = now_micros.div_euclid(1_000_000);
     for schedule in &due {
         fire_one(schedule, now, started_micros)?;
     }
@@ -353,6 +363,9 @@ fn fire() -> Result<Option<std::time::Instant>> {
 /// Enqueue the latest due tick of `schedule` (unless it was missed while the server was down
 /// and the schedule skips those) and move its next_run past now.
 fn fire_one(schedule: &Due, now: i64, started_micros: i64) -> Result<()> {
+    // never before the tick found due: a clock read in the second before it (a worker woken
+    // a little early) would run the tick before it and leave this one due, to run again
+    let now = now.max(schedule.next_run);
     let times = parse_cron(&schedule.cron).and_then(|cron| {
         let tz = parse_zone(&schedule.timezone)?;
         Ok((

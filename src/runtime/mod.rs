@@ -34,7 +34,8 @@ pub fn mark_preloaded() {
 /// interrupts: the postmaster's death ends the process at once, a pending die (SIGTERM) or
 /// query cancel at the interrupt check. For workers and for backends waiting for a workflow.
 pub fn sleep_on_latch(timeout: Duration) {
-    let millis = timeout.as_millis().clamp(1, i32::MAX as u128) as std::ffi::c_long;
+    // rounded up: an alarm set for a schedule's tick wakes at the tick, not in the ms before it
+    let millis = timeout.as_micros().div_ceil(1000).clamp(1, i32::MAX as u128) as std::ffi::c_long;
     // SAFETY: a timed wait on this process's latch, as pg_sleep and background workers do.
     unsafe {
         pg_sys::WaitLatch(
