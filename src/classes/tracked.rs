@@ -302,6 +302,22 @@ fn row_change_as_json(
     })
 }
 
+/// The trigger's two arguments (the id column, the class), borrowed from the trigger: read
+/// for every row, copied for none.
+fn trigger_args<'t>(trigger: &'t PgTrigger<'_>) -> Res<[&'t str; 2]> {
+    let malformed = || EventicError::Internal("eventic.tracked_write needs 2 arguments".into());
+    // SAFETY: the trigger Postgres fired; its arguments are NUL-terminated strings that live
+    // as long as its trigger data.
+    unsafe {
+        let tg = trigger.trigger_data().tg_trigger;
+        if tg.is_null() || (*tg).tgnargs != 2 {
+            return Err(malformed());
+        }
+        let arg = |i: usize| std::ffi::CStr::from_ptr(*(*tg).tgargs.add(i)).to_str().map_err(|_| malformed());
+        Ok([arg(0)?, arg(1)?])
+    }
+}
+
 /// AFTER trigger of tracked tables (TG_ARGV: the id column, the class): each row change
 /// appends versions, as the role that changed the row (the table's privileges have let it).
 /// A trigger function, so no role can call it to write a tracked table's history otherwise.
@@ -310,12 +326,7 @@ fn tracked_write<'a>(
     trigger: &'a PgTrigger<'a>,
 ) -> std::result::Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, EventicError> {
     (|| -> Res<()> {
-        let args = trigger
-            .extra_args()
-            .map_err(|e| EventicError::Internal(e.to_string()))?;
-        let [id_column, class_name] = args.as_slice() else {
-            return Err(EventicError::Internal("eventic.tracked_write needs 2 arguments".into()));
-        };
+        let [id_column, class_name] = trigger_args(trigger)?;
         let relation = trigger
             .relation()
             .map_err(|e| EventicError::Internal(e.to_string()))?;

@@ -53,14 +53,16 @@ enum Key {
     Json(Value),
 }
 
-/// The row's key, read straight from the tuple; `None` for a null key or another key type
-/// (the generic path then handles the row).
-fn key_of(row: &PgHeapTuple<'_, AllocatedByPostgres>, id_column: &str) -> Res<Option<Key>> {
-    let Some((index, att)) = row.get_attribute_by_name(id_column) else {
-        return Ok(None);
-    };
+/// The row's key, read straight from the tuple (attribute `index` of type `type_oid`: the
+/// key column, looked up once for the new and the old row); `None` for a null key or another
+/// key type (the generic path then handles the row).
+fn key_at(
+    row: &PgHeapTuple<'_, AllocatedByPostgres>,
+    index: std::num::NonZeroUsize,
+    type_oid: pg_sys::Oid,
+) -> Res<Option<Key>> {
     let json = |v: Option<Value>| Ok(v.map(Key::Json));
-    match att.atttypid {
+    match type_oid {
         pg_sys::UUIDOID => Ok(row.get_by_index::<Uuid>(index)?.map(Key::Id)),
         pg_sys::INT2OID => json(row.get_by_index::<i16>(index)?.map(Value::from)),
         pg_sys::INT4OID => json(row.get_by_index::<i32>(index)?.map(Value::from)),
@@ -84,7 +86,10 @@ pub fn try_update(
     rowtype: pg_sys::Oid,
     raw: (pg_sys::HeapTuple, pg_sys::TupleDesc),
 ) -> Res<bool> {
-    let (Some(new_key), Some(old_key)) = (key_of(&new, id_column)?, key_of(old, id_column)?) else {
+    let Some((index, type_oid)) = new.get_attribute_by_name(id_column).map(|(i, att)| (i, att.atttypid)) else {
+        return Ok(false);
+    };
+    let (Some(new_key), Some(old_key)) = (key_at(&new, index, type_oid)?, key_at(old, index, type_oid)?) else {
         return Ok(false);
     };
     if new_key != old_key {

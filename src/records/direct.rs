@@ -38,6 +38,7 @@ const ATT_VERSION: i32 = 3;
 const ATT_CLASS_TYPE: i32 = 4;
 const ATT_DATA: i32 = 5;
 const ATT_DELETED: i32 = 8;
+const NATTS: usize = 8;
 const COLUMNS: &str = "version_id,id,version,class_type,data,created_at,created_by,deleted";
 
 #[derive(Clone, Copy)]
@@ -90,6 +91,8 @@ fn look_up_layout() -> Result<Option<Layout>> {
                    FROM pg_catalog.pg_attribute a
                   WHERE a.attrelid OPERATOR(pg_catalog.=) c.oid AND a.attnum OPERATOR(pg_catalog.>) 0
                     AND NOT a.attisdropped) OPERATOR(pg_catalog.=) '{COLUMNS}'
+            -- no dropped column either: a version is NATTS values, at the ATT_* numbers
+            AND c.relnatts OPERATOR(pg_catalog.=) {NATTS}
            FROM pg_catalog.pg_class c
           WHERE c.oid OPERATOR(pg_catalog.=) 'eventic.records'::pg_catalog.regclass"
     ))?;
@@ -201,22 +204,19 @@ unsafe fn fetch_head(rel: pg_sys::Relation, id: &Uuid, tid: pg_sys::ItemPointerD
         if !pg_sys::heap_fetch(rel, &mut dirty, &mut tuple, &mut buffer, false) {
             return None;
         }
-        let slot = pg_sys::table_slot_create(rel, std::ptr::null_mut());
-        pg_sys::ExecStoreBufferHeapTuple(&mut tuple, slot, buffer);
-        pg_sys::ReleaseBuffer(buffer);
-        let mut isnull = false;
-        let found_id = pg_sys::slot_getattr(slot, ATT_ID, &mut isnull);
-        let same = !isnull && Uuid::from_datum(found_id, false).is_some_and(|found| found == *id);
+        // read from the pinned page straight into arrays (no slot made and dropped per write)
+        let row = Row::of(&mut tuple, (*rel).rd_att);
+        let same = row.get::<Uuid>(ATT_ID).is_some_and(|found| found == *id);
         // a row in flux (being inserted or removed) is left to the search: it tells what to
         // wait for
         let in_flux = dirty.xmin != pg_sys::InvalidTransactionId || dirty.xmax != pg_sys::InvalidTransactionId;
         let found = if !same || in_flux {
             None
         } else {
-            check_visible_to_transaction(slot);
-            Some(Found::Head(head_of(slot)))
+            check_visible_to_transaction(tuple.t_data);
+            Some(Found::Head(row.head()))
         };
-        pg_sys::ExecDropSingleTupleTableSlot(slot);
+        pg_sys::ReleaseBuffer(buffer);
         found
     }
 }
@@ -273,8 +273,10 @@ unsafe fn scan_head(rel: pg_sys::Relation, index: pg_sys::Relation, id: Datum, f
         } else if dirty.xmax != pg_sys::InvalidTransactionId {
             Found::Busy(dirty.xmax)
         } else {
-            check_visible_to_transaction(slot);
-            Found::Head(head_of(slot))
+            let mut should_free = false;
+            let tuple = pg_sys::ExecFetchSlotHeapTuple(slot, false, &mut should_free);
+            check_visible_to_transaction((*tuple).t_data);
+            Found::Head(Row::of(tuple, (*rel).rd_att).head())
         };
         pg_sys::ExecDropSingleTupleTableSlot(slot);
         pg_sys::index_endscan(scan);
@@ -284,15 +286,13 @@ unsafe fn scan_head(rel: pg_sys::Relation, index: pg_sys::Relation, id: Datum, f
 
 /// Under REPEATABLE READ, a latest version committed after the transaction's snapshot is a
 /// serialization failure (what the SQL path's ON CONFLICT raised).
-unsafe fn check_visible_to_transaction(slot: *mut pg_sys::TupleTableSlot) {
+unsafe fn check_visible_to_transaction(header: pg_sys::HeapTupleHeader) {
     unsafe {
         if pg_sys::XactIsoLevel < pg_sys::XACT_REPEATABLE_READ as i32 {
             return;
         }
-        let mut should_free = false;
-        let tuple = pg_sys::ExecFetchSlotHeapTuple(slot, false, &mut should_free);
-        let xmin = (*(*tuple).t_data).t_choice.t_heap.t_xmin;
-        let frozen = (*(*tuple).t_data).t_infomask & pg_sys::HEAP_XMIN_FROZEN as u16
+        let xmin = (*header).t_choice.t_heap.t_xmin;
+        let frozen = (*header).t_infomask & pg_sys::HEAP_XMIN_FROZEN as u16
             == pg_sys::HEAP_XMIN_FROZEN as u16;
         if frozen
             || pg_sys::TransactionIdIsCurrentTransactionId(xmin)
@@ -309,24 +309,49 @@ unsafe fn check_visible_to_transaction(slot: *mut pg_sys::TupleTableSlot) {
     );
 }
 
-unsafe fn head_of(slot: *mut pg_sys::TupleTableSlot) -> Head {
-    unsafe {
-        let mut isnull = false;
-        let version = pg_sys::slot_getattr(slot, ATT_VERSION, &mut isnull);
-        let version = i32::from_datum(version, isnull).unwrap_or_default();
-        let class_datum = pg_sys::slot_getattr(slot, ATT_CLASS_TYPE, &mut isnull);
-        let class_datum = Datum::from(pg_sys::pg_detoast_datum_copy(class_datum.cast_mut_ptr()));
-        let class_type = String::from_datum(class_datum, false).unwrap_or_default();
-        let data = pg_sys::slot_getattr(slot, ATT_DATA, &mut isnull);
-        let data = Datum::from(pg_sys::pg_detoast_datum_copy(data.cast_mut_ptr()));
-        let deleted = pg_sys::slot_getattr(slot, ATT_DELETED, &mut isnull);
-        let deleted = bool::from_datum(deleted, isnull).unwrap_or(false);
-        Head {
-            version,
-            class_type,
-            class_datum,
-            data,
-            deleted,
+/// A version's columns, read from its tuple in one pass (eventic.records has exactly
+/// [`NATTS`] attributes: see [`layout`]).
+struct Row {
+    values: [Datum; NATTS],
+    nulls: [bool; NATTS],
+}
+
+impl Row {
+    /// # Safety
+    /// `tuple` is a row of eventic.records (`desc`), its buffer pinned while the row is used.
+    unsafe fn of(tuple: pg_sys::HeapTuple, desc: pg_sys::TupleDesc) -> Row {
+        let mut row = Row { values: [Datum::from(0usize); NATTS], nulls: [true; NATTS] };
+        // SAFETY: heap_deform_tuple fills natts entries, which layout() checked is NATTS.
+        unsafe {
+            if (*desc).natts as usize != NATTS {
+                pgrx::error!("eventic.records has {} attributes, not {NATTS}", (*desc).natts);
+            }
+            pg_sys::heap_deform_tuple(tuple, desc, row.values.as_mut_ptr(), row.nulls.as_mut_ptr());
+        }
+        row
+    }
+
+    fn get<T: FromDatum>(&self, att: i32) -> Option<T> {
+        let at = att as usize - 1;
+        // SAFETY: `T` is the attribute's type in eventic.records (the ATT_* constants).
+        unsafe { T::from_datum(self.values[at], self.nulls[at]) }
+    }
+
+    /// The head this version is: its class and document copied out of the page.
+    unsafe fn head(&self) -> Head {
+        // SAFETY: class_type and data are varlenas, never null in eventic.records.
+        unsafe {
+            let copy = |att: i32| {
+                Datum::from(pg_sys::pg_detoast_datum_copy(self.values[att as usize - 1].cast_mut_ptr()))
+            };
+            let class_datum = copy(ATT_CLASS_TYPE);
+            Head {
+                version: self.get::<i32>(ATT_VERSION).unwrap_or_default(),
+                class_type: String::from_datum(class_datum, false).unwrap_or_default(),
+                class_datum,
+                data: copy(ATT_DATA),
+                deleted: self.get::<bool>(ATT_DELETED).unwrap_or(false),
+            }
         }
     }
 }
